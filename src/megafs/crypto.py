@@ -1,0 +1,294 @@
+"""Cryptographic primitives and key schedule. Pure: no I/O, no trio.
+
+Everything the store sees is produced here. See ``docs/format.md`` for byte
+layouts and ``docs/security.md`` for why each piece is as it is.
+
+* AEAD: AES-256-GCM, 96-bit nonces from the OS CSPRNG (``os.urandom``),
+  fresh for every seal; a rewrite never reuses a nonce.
+* Subkeys: HKDF-SHA256 over the 256-bit master key, salt = vault id, one
+  ``info`` label per job (:data:`LABELS`).
+* Passphrase: Argon2id (RFC 9106) to a key-encryption key that AEAD-wraps
+  the master key; nothing derived from the passphrase is stored besides that
+  wrapped key.
+* Content: files are cut into chunks (one store object each), chunks into
+  blocks that are sealed one by one so a read fetches only the blocks it
+  needs. The associated data of a block binds vault id, file id, chunk object
+  id, chunk index, block index and chunk length.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import struct
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+KEY_SIZE = 32
+NONCE_SIZE = 12
+TAG_SIZE = 16
+OVERHEAD = NONCE_SIZE + TAG_SIZE
+ID_SIZE = 16
+
+#: HKDF ``info`` labels, one per key and job. Never reuse a label for a new job.
+LABELS = {
+    "header_mac": b"megafs v1 header MAC (HMAC-SHA256)",
+    "root": b"megafs v1 root pointer (AES-256-GCM)",
+    "meta": b"megafs v1 metadata objects (AES-256-GCM)",
+    "file_wrap": b"megafs v1 file content key wrapping (AES-256-GCM)",
+    "cache": b"megafs v1 local cache (AES-256-GCM)",
+    "recovery_kek": b"megafs v1 recovery key slot (AES-256-GCM)",
+}
+
+
+class AuthFailed(Exception):
+    """AEAD or MAC verification failed. Callers turn it into IntegrityError."""
+
+
+def random_bytes(n: int) -> bytes:
+    """Bytes from the OS CSPRNG. The only source of randomness in megafs."""
+    return os.urandom(n)
+
+
+def new_id() -> bytes:
+    """A fresh random 128-bit identifier (vault, file and object ids)."""
+    return os.urandom(ID_SIZE)
+
+
+def hkdf(master: bytes, salt: bytes, label: bytes, length: int = KEY_SIZE) -> bytes:
+    """Derive one subkey with HKDF-SHA256."""
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=label).derive(master)
+
+
+@dataclass(frozen=True)
+class KdfParams:
+    """Argon2id parameters as stored in the vault header."""
+
+    memory_kib: int = 65536
+    iterations: int = 3
+    lanes: int = 4
+
+    def check(self) -> None:
+        """Raise ValueError if the parameters are out of the sane range."""
+        if not (8 * self.lanes <= self.memory_kib <= 4 * 1024 * 1024):
+            raise ValueError(f"Argon2id memory {self.memory_kib} KiB out of range")
+        if not (1 <= self.iterations <= 64):
+            raise ValueError(f"Argon2id iterations {self.iterations} out of range")
+        if not (1 <= self.lanes <= 64):
+            raise ValueError(f"Argon2id lanes {self.lanes} out of range")
+
+
+def argon2id(passphrase: bytes, salt: bytes, params: KdfParams) -> bytes:
+    """Stretch a passphrase into a 256-bit key-encryption key. CPU-heavy (blocks)."""
+    params.check()
+    return Argon2id(
+        salt=salt,
+        length=KEY_SIZE,
+        iterations=params.iterations,
+        lanes=params.lanes,
+        memory_cost=params.memory_kib,
+    ).derive(passphrase)
+
+
+def seal(key: bytes, plaintext: bytes, aad: bytes, nonce: bytes | None = None) -> bytes:
+    """AES-256-GCM: return ``nonce || ciphertext || tag``.
+
+    ``nonce`` is for known-answer tests only; production always passes None
+    and gets a fresh random nonce.
+    """
+    if nonce is None:
+        nonce = os.urandom(NONCE_SIZE)
+    return nonce + AESGCM(key).encrypt(nonce, plaintext, aad)
+
+
+def open_sealed(key: bytes, sealed: bytes, aad: bytes) -> bytes:
+    """Inverse of :func:`seal`; raises :class:`AuthFailed` on any mismatch."""
+    if len(sealed) < OVERHEAD:
+        raise AuthFailed("too short")
+    try:
+        return AESGCM(key).decrypt(sealed[:NONCE_SIZE], sealed[NONCE_SIZE:], aad)
+    except InvalidTag:
+        raise AuthFailed("tag mismatch") from None
+
+
+def hmac_sha256(key: bytes, data: bytes) -> bytes:
+    return hmac.new(key, data, hashlib.sha256).digest()
+
+
+def hmac_verify(key: bytes, data: bytes, tag: bytes) -> bool:
+    return hmac.compare_digest(hmac_sha256(key, data), tag)
+
+
+class Keys:
+    """The subkeys of one unlocked vault. Holds key material: never log it."""
+
+    __slots__ = ("cache", "file_wrap", "header_mac", "master", "meta", "root", "vault_id")
+
+    def __init__(self, master: bytes, vault_id: bytes) -> None:
+        if len(master) != KEY_SIZE or len(vault_id) != ID_SIZE:
+            raise ValueError("bad key or vault id size")
+        self.master = master
+        self.vault_id = vault_id
+        self.header_mac = hkdf(master, vault_id, LABELS["header_mac"])
+        self.root = hkdf(master, vault_id, LABELS["root"])
+        self.meta = hkdf(master, vault_id, LABELS["meta"])
+        self.file_wrap = hkdf(master, vault_id, LABELS["file_wrap"])
+        self.cache = hkdf(master, vault_id, LABELS["cache"])
+
+
+# --- associated data -------------------------------------------------------
+# Every AAD starts with a distinct domain string, so that no sealed object of
+# one kind can ever be accepted as another kind.
+
+AAD_ROOT = b"megafs/v1/root\x00"
+AAD_META = b"megafs/v1/meta\x00"
+AAD_FILEKEY = b"megafs/v1/filekey\x00"
+AAD_BLOCK = b"megafs/v1/block\x00"
+AAD_INLINE = b"megafs/v1/inline\x00"
+AAD_CACHE = b"megafs/v1/cache\x00"
+
+
+def root_aad(vault_id: bytes) -> bytes:
+    return AAD_ROOT + vault_id
+
+
+def meta_aad(vault_id: bytes, kind: int, obj_id: bytes) -> bytes:
+    """AAD of a metadata object: vault, object kind byte and its own id."""
+    return AAD_META + vault_id + bytes([kind]) + obj_id
+
+
+def filekey_aad(vault_id: bytes, file_id: bytes) -> bytes:
+    return AAD_FILEKEY + vault_id + file_id
+
+
+_BLOCK_AD = struct.Struct(">16s16sQII")
+
+
+def block_aad(
+    vault_id: bytes,
+    file_id: bytes,
+    obj_id: bytes,
+    chunk_index: int,
+    block_index: int,
+    chunk_len: int,
+) -> bytes:
+    """AAD of one content block.
+
+    ``chunk_len`` is the plaintext length of the whole chunk, known to the
+    reader from authenticated metadata: a truncated or extended chunk object
+    fails, and so does the last block of an older, shorter version.
+    """
+    return AAD_BLOCK + vault_id + _BLOCK_AD.pack(
+        file_id, obj_id, chunk_index, block_index, chunk_len
+    )
+
+
+def inline_aad(vault_id: bytes, file_id: bytes, length: int) -> bytes:
+    return AAD_INLINE + vault_id + file_id + struct.pack(">Q", length)
+
+
+def wrap_file_key(keys: Keys, file_id: bytes, file_key: bytes, nonce: bytes | None = None) -> bytes:
+    """Wrap a per-file content key under the vault's file-wrap key (60 bytes)."""
+    return seal(keys.file_wrap, file_key, filekey_aad(keys.vault_id, file_id), nonce)
+
+
+def unwrap_file_key(keys: Keys, file_id: bytes, wrapped: bytes) -> bytes:
+    return open_sealed(keys.file_wrap, wrapped, filekey_aad(keys.vault_id, file_id))
+
+
+# --- content layout -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Chunk and block geometry of a vault (fixed at init, in the header)."""
+
+    chunk_size: int = 1 << 20
+    block_size: int = 1 << 16
+
+    def __post_init__(self) -> None:
+        if self.block_size <= 0 or self.chunk_size % self.block_size:
+            raise ValueError("chunk size must be a multiple of block size")
+
+    @property
+    def sealed_block(self) -> int:
+        return self.block_size + OVERHEAD
+
+    def sealed_len(self, plain_len: int) -> int:
+        """Size of the chunk object holding ``plain_len`` plaintext bytes."""
+        nblocks = -(-plain_len // self.block_size)
+        return plain_len + nblocks * OVERHEAD
+
+    def block_span(self, offset: int, length: int, chunk_len: int) -> tuple[int, int]:
+        """Blocks [first, last) of a chunk that cover plaintext [offset, offset+length)."""
+        end = min(offset + length, chunk_len)
+        if end <= offset:
+            return (0, 0)
+        return offset // self.block_size, -(-end // self.block_size)
+
+
+def seal_chunk(
+    keys: Keys,
+    layout: Layout,
+    file_key: bytes,
+    file_id: bytes,
+    obj_id: bytes,
+    chunk_index: int,
+    data: bytes,
+) -> bytes:
+    """Seal a chunk's plaintext into the bytes of its store object. CPU-heavy."""
+    aes = AESGCM(file_key)
+    bs = layout.block_size
+    out = bytearray()
+    n = len(data)
+    for bi, off in enumerate(range(0, n, bs)):
+        nonce = os.urandom(NONCE_SIZE)
+        aad = block_aad(keys.vault_id, file_id, obj_id, chunk_index, bi, n)
+        out += nonce
+        out += aes.encrypt(nonce, data[off : off + bs], aad)
+    return bytes(out)
+
+
+def open_blocks(
+    keys: Keys,
+    layout: Layout,
+    file_key: bytes,
+    file_id: bytes,
+    obj_id: bytes,
+    chunk_index: int,
+    chunk_len: int,
+    first_block: int,
+    sealed: bytes,
+) -> bytes:
+    """Verify and decrypt consecutive sealed blocks starting at ``first_block``.
+
+    ``sealed`` must be exactly the bytes of those blocks as stored; the
+    expected size of each is derived from ``chunk_len``, so truncation and
+    extension are detected. Raises :class:`AuthFailed`. CPU-heavy.
+    """
+    aes = AESGCM(file_key)
+    bs = layout.block_size
+    out = bytearray()
+    pos = 0
+    bi = first_block
+    while pos < len(sealed):
+        plain_len = min(bs, chunk_len - bi * bs)
+        if plain_len <= 0:
+            raise AuthFailed("data beyond the chunk's length")
+        piece = sealed[pos : pos + plain_len + OVERHEAD]
+        if len(piece) != plain_len + OVERHEAD:
+            raise AuthFailed("block truncated")
+        aad = block_aad(keys.vault_id, file_id, obj_id, chunk_index, bi, chunk_len)
+        try:
+            out += aes.decrypt(piece[:NONCE_SIZE], piece[NONCE_SIZE:], aad)
+        except InvalidTag:
+            raise AuthFailed(f"block {bi} tag mismatch") from None
+        pos += len(piece)
+        bi += 1
+    return bytes(out)

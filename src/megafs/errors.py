@@ -1,0 +1,174 @@
+"""The one exception tree of megafs.
+
+Every foreseeable failure is one of these classes. They are mapped to
+process exit codes in exactly one place (:mod:`megafs.cli`) and to errno
+values in exactly one place (:mod:`megafs.fuse_ops`).
+
+::
+
+    MegafsError
+    ├── UsageError                 bad command-line input
+    ├── PassphraseError            no passphrase could be obtained
+    ├── VaultError                 the vault itself
+    │   ├── NotAVault              no header, or not a megafs header
+    │   ├── UnsupportedVersion     header written by a newer megafs
+    │   ├── CorruptHeader          header unparseable or its MAC fails
+    │   ├── WrongPassphrase        no key slot opens with this secret
+    │   ├── IntegrityError         an object failed authentication
+    │   │   └── RollbackError      the store served an older root
+    │   ├── VaultBusy              another writer holds the vault
+    │   ├── CommitConflict         the root changed under our commit
+    │   └── VaultExists            init on a store that holds a vault
+    ├── StoreError                 the store (local folder or S3)
+    │   ├── StoreUnreachable       connection refused, DNS, timeouts
+    │   ├── StoreAuthError         credentials rejected / access denied
+    │   ├── NoSuchBucket           the bucket or folder does not exist
+    │   ├── ObjectNotFound         a named object is missing
+    │   ├── PreconditionFailed     compare-and-swap lost
+    │   ├── StoreFull              no space left / quota
+    │   └── StoreReadOnly          the store refuses writes
+    └── FsError                    a POSIX error from the filesystem model
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+
+
+class MegafsError(Exception):
+    """Base of every error megafs raises on purpose."""
+
+
+class UsageError(MegafsError):
+    """The user gave input that cannot work (bad URL, bad option value)."""
+
+
+class PassphraseError(MegafsError):
+    """No passphrase could be read (empty, unreadable file, failing --extpass)."""
+
+
+class VaultError(MegafsError):
+    """A problem with the vault's contents."""
+
+
+class NotAVault(VaultError):
+    """The store holds no megafs header."""
+
+
+class UnsupportedVersion(VaultError):
+    """The header has a format version this megafs cannot read."""
+
+
+class CorruptHeader(VaultError):
+    """The header cannot be parsed, or its authentication fails."""
+
+
+class WrongPassphrase(VaultError):
+    """No key slot of the header opens with the given secret."""
+
+
+class VaultExists(VaultError):
+    """``init`` was asked to create a vault where one already exists."""
+
+
+class IntegrityError(VaultError):
+    """An object read from the store failed authentication.
+
+    ``obj`` names the object (store name) so that logs can point at it.
+    """
+
+    def __init__(self, obj: str, detail: str = "authentication failed") -> None:
+        super().__init__(f"integrity error in object {obj}: {detail}")
+        self.obj = obj
+        self.detail = detail
+
+
+class RollbackError(IntegrityError):
+    """The store served a root older than one this client has already seen."""
+
+    def __init__(self, obj: str, seen: int, served: int) -> None:
+        super().__init__(
+            obj,
+            f"store served generation {served}, but generation {seen} was already seen "
+            "(rollback or stale replica)",
+        )
+        self.seen = seen
+        self.served = served
+
+
+class VaultBusy(VaultError):
+    """Another client holds the writer lease of this vault."""
+
+
+class CommitConflict(VaultError):
+    """The root pointer changed between our read and our compare-and-swap."""
+
+
+class StoreError(MegafsError):
+    """A failure talking to the store."""
+
+
+class StoreUnreachable(StoreError):
+    """The store could not be reached (connection refused, DNS, timeout)."""
+
+
+class StoreAuthError(StoreError):
+    """The store rejected our credentials or denied access."""
+
+
+class NoSuchBucket(StoreError):
+    """The bucket (S3) or folder (local) does not exist."""
+
+
+class ObjectNotFound(StoreError):
+    """The named object does not exist in the store."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"object not found: {name}")
+        self.name = name
+
+
+class PreconditionFailed(StoreError):
+    """A compare-and-swap lost: the pointer was not in the expected state."""
+
+
+class StoreFull(StoreError):
+    """The store has no space left (disk full, quota exceeded)."""
+
+
+class StoreReadOnly(StoreError):
+    """The store refuses writes."""
+
+
+class FsError(MegafsError):
+    """A POSIX error raised by the filesystem model, carrying an errno."""
+
+    def __init__(self, errno: int, msg: str = "") -> None:
+        super().__init__(msg or _errno.errorcode.get(errno, str(errno)))
+        self.errno = errno
+
+
+__all__ = [
+    "CommitConflict",
+    "CorruptHeader",
+    "FsError",
+    "IntegrityError",
+    "MegafsError",
+    "NoSuchBucket",
+    "NotAVault",
+    "ObjectNotFound",
+    "PassphraseError",
+    "PreconditionFailed",
+    "RollbackError",
+    "StoreAuthError",
+    "StoreError",
+    "StoreFull",
+    "StoreReadOnly",
+    "StoreUnreachable",
+    "UnsupportedVersion",
+    "UsageError",
+    "VaultBusy",
+    "VaultError",
+    "VaultExists",
+    "WrongPassphrase",
+]

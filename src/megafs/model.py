@@ -1,0 +1,1297 @@
+"""The filesystem model: inodes, directories and file data over a vault.
+
+No FUSE here: the pyfuse3 adapter (:mod:`megafs.fuse_ops`) calls these
+methods directly, and tests do too. Errors are :class:`~megafs.errors.FsError`
+with an errno; store and integrity failures propagate as their own classes
+for the adapter to map.
+
+On-store shape (see docs/format.md):
+
+* root pointer -> top index (``hi -> mid id``) -> mid index (``lo -> leaf id``)
+  -> leaf page (``ino -> inode record``), where ``page = ino >> 8``,
+  ``hi = page >> 10``, ``lo = page & 1023``;
+* an inode record holds attributes, xattrs, the wrapped per-file content key,
+  and a body: the chunk map of a file (or its content inline when small),
+  a directory's entries, a symlink's target. A body over 8 KiB is stored as
+  an object of its own.
+* file content: one object per chunk (``layout.chunk_size``), sealed in blocks.
+
+Laziness: opening costs the root and the top index; a page, a mid index, a
+body or a block is fetched the first time it is needed and kept in memory.
+
+Commits: :meth:`Filesystem.commit` takes a synchronous snapshot of every
+dirty chunk, body, page and index node (giving each a fresh random object
+id), uploads them in parallel, then compare-and-swaps the root. Objects the
+new root no longer references are deleted after that succeeds. A crash at any
+moment leaves the old root (plus unreferenced garbage) or the new one.
+
+Concurrency (trio, one thread): a method's mutations happen with no ``await``
+between them once everything they need is loaded, so each operation is atomic
+with respect to commits. Data operations on one inode (write, truncate) hold
+that inode's lock; :meth:`commit` holds the commit lock. No method holds two
+inode locks. Lock order: inode lock, then commit lock.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import os
+import stat
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import cachetools
+import msgpack
+import trio
+from sortedcontainers import SortedDict  # type: ignore[import-untyped]
+
+from . import crypto
+from .errors import FsError, IntegrityError, ObjectNotFound
+from .vault import KIND_BODY, KIND_INDEX, KIND_LEAF, Root, Vault, in_thread, obj_name
+
+log = logging.getLogger(__name__)
+
+ROOT_INO = 1
+PAGE_BITS = 8
+MID_BITS = 10
+NAME_MAX = 255
+INLINE_MAX = 2048  # files up to this size live inside their inode record
+BODY_INLINE_MAX = 8192  # bodies larger than this become objects of their own
+XATTR_CREATE = 1
+XATTR_REPLACE = 2
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+
+
+def _now() -> int:
+    return time.time_ns()
+
+
+@dataclass(frozen=True)
+class ChunkRef:
+    obj: bytes
+    length: int
+
+
+@dataclass(frozen=True)
+class Attr:
+    """What getattr returns: a plain snapshot of an inode's attributes."""
+
+    ino: int
+    mode: int
+    nlink: int
+    uid: int
+    gid: int
+    rdev: int
+    size: int
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+
+    @property
+    def blocks(self) -> int:
+        return (self.size + 511) // 512
+
+
+@dataclass
+class _Pending:
+    """A sealed-to-be chunk whose object is not committed yet; reads use ``data``."""
+
+    inode: Inode
+    index: int
+    data: bytes
+
+
+class Inode:
+    """One inode in memory. Body fields are valid only when ``body_loaded``."""
+
+    __slots__ = (
+        "atime",
+        "body_dirty",
+        "body_loaded",
+        "body_ref",
+        "chunks",
+        "ctime",
+        "dirty",
+        "entries",
+        "file_id",
+        "file_key",
+        "gid",
+        "ino",
+        "lock",
+        "mode",
+        "mtime",
+        "next_cookie",
+        "nlink",
+        "order",
+        "parent",
+        "rdev",
+        "size",
+        "small",
+        "target",
+        "uid",
+        "xattrs",
+    )
+
+    def __init__(self, ino: int, mode: int, uid: int, gid: int) -> None:
+        now = _now()
+        self.ino = ino
+        self.mode = mode
+        self.uid = uid
+        self.gid = gid
+        self.nlink = 1
+        self.size = 0
+        self.rdev = 0
+        self.atime = self.mtime = self.ctime = now
+        self.file_id = crypto.new_id()
+        self.file_key: bytes | None = None
+        self.xattrs: dict[bytes, bytes] = {}
+        self.body_ref: bytes | None = None
+        self.body_loaded = True
+        self.body_dirty = True
+        self.chunks: dict[int, ChunkRef] = {}
+        self.dirty: dict[int, bytearray] = {}
+        self.small: bytes | None = None
+        self.entries: dict[bytes, tuple[int, int]] = {}
+        self.order: Any = SortedDict()  # cookie -> name
+        self.next_cookie = 3  # 1 and 2 are "." and ".."
+        self.parent = ROOT_INO
+        self.target = b""
+        self.lock = trio.Lock()
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+    @property
+    def is_reg(self) -> bool:
+        return stat.S_ISREG(self.mode)
+
+    def attr(self) -> Attr:
+        return Attr(
+            self.ino,
+            self.mode,
+            self.nlink,
+            self.uid,
+            self.gid,
+            self.rdev,
+            self.size,
+            self.atime,
+            self.mtime,
+            self.ctime,
+        )
+
+    def add_entry(self, name: bytes, ino: int) -> None:
+        cookie = self.next_cookie
+        self.next_cookie += 1
+        self.entries[name] = (ino, cookie)
+        self.order[cookie] = name
+        self.body_dirty = True
+
+    def remove_entry(self, name: bytes) -> int:
+        ino, cookie = self.entries.pop(name)
+        del self.order[cookie]
+        self.body_dirty = True
+        return ino
+
+
+class Filesystem:
+    """The inode-style model of one vault.
+
+    Lookup counts: the adapter reports kernel references with :meth:`incref`
+    and :meth:`forget`; open handles with :meth:`open` and :meth:`release`.
+    An inode whose link count is 0 is kept (and listed as an orphan in the
+    root, so a crash cannot leak it) until both reach zero, then purged.
+    """
+
+    def __init__(
+        self,
+        vault: Vault,
+        root: Root,
+        *,
+        writable: bool,
+        dirty_limit: int = 64 << 20,
+        block_cache_bytes: int = 64 << 20,
+    ) -> None:
+        self.vault = vault
+        self.layout = vault.layout
+        self.writable = writable
+        self.root = root
+        self.dirty_limit = dirty_limit
+        self.inodes: dict[int, Inode] = {}
+        self.page_members: dict[int, set[int]] = {}
+        self.top: dict[int, bytes] = {}
+        self.mids: dict[int, dict[int, bytes]] = {}
+        self.dirty_pages: set[int] = set()
+        self.pending: dict[bytes, _Pending] = {}
+        self.garbage: list[bytes] = []
+        self.dirty_bytes = 0
+        self.refs: dict[int, int] = {}
+        self.opens: dict[int, int] = {}
+        self.orphans: set[int] = set(root.orphans)
+        self.meta_dirty = False
+        self.blocks: cachetools.LRUCache[tuple[bytes, int], bytes] = cachetools.LRUCache(
+            maxsize=block_cache_bytes, getsizeof=len
+        )
+        self._load_locks: dict[tuple[str, int], trio.Lock] = {}
+        self._commit_lock = trio.Lock()
+        self.commits = 0
+        self.root_for_commit = root
+
+    # --- opening -------------------------------------------------------
+
+    @classmethod
+    async def load(
+        cls, vault: Vault, *, writable: bool = True, force: bool = False, **kw: Any
+    ) -> Filesystem:
+        """Open the vault's filesystem. Costs a constant number of store requests.
+
+        A writable open takes the writer lease (raises VaultBusy if another
+        client holds it) and commits once to record it.
+        """
+        root = await vault.read_root()
+        fs = cls(vault, root, writable=writable, **kw)
+        if root.itab is not None:
+            raw = await vault.get_meta(KIND_INDEX, root.itab)
+            fs.top = {int(k): bytes(v) for k, v in raw.items()}
+        else:
+            fs._make_root_dir()
+        if writable:
+            vault.check_lease(root, force=force)
+            vault.read_only = False
+            fs.root.lease = vault.my_lease()
+            for ino in sorted(fs.orphans):
+                await fs._maybe_purge(ino)
+            fs.meta_dirty = True
+            await fs.commit()
+        return fs
+
+    def _make_root_dir(self) -> None:
+        ino = Inode(ROOT_INO, stat.S_IFDIR | 0o755, os.getuid(), os.getgid())
+        ino.nlink = 2
+        ino.parent = ROOT_INO
+        self._insert(ino)
+
+    async def close(self) -> None:
+        """Commit everything and release the writer lease."""
+        if self.writable:
+            self.root.lease = None
+            self.meta_dirty = True
+            await self.commit()
+            self.writable = False
+
+    # --- loading ----------------------------------------------------------
+
+    def _lock_for(self, kind: str, key: int) -> trio.Lock:
+        lk = self._load_locks.get((kind, key))
+        if lk is None:
+            lk = self._load_locks[(kind, key)] = trio.Lock()
+        return lk
+
+    async def _mid(self, hi: int) -> dict[int, bytes]:
+        m = self.mids.get(hi)
+        if m is not None:
+            return m
+        async with self._lock_for("mid", hi):
+            m = self.mids.get(hi)
+            if m is not None:
+                return m
+            obj = self.top.get(hi)
+            if obj is None:
+                m = {}
+            else:
+                raw = await self.vault.get_meta(KIND_INDEX, obj)
+                m = {int(k): bytes(v) for k, v in raw.items()}
+            self.mids[hi] = m
+            return m
+
+    async def _ensure_page(self, page: int) -> None:
+        if page in self.page_members:
+            return
+        async with self._lock_for("page", page):
+            if page in self.page_members:
+                return
+            mid = await self._mid(page >> MID_BITS)
+            obj = mid.get(page & ((1 << MID_BITS) - 1))
+            members: set[int] = set()
+            if obj is not None:
+                raw = await self.vault.get_meta(KIND_LEAF, obj)
+                name = obj_name(obj)
+                for k, rec in raw.items():
+                    ino = int(k)
+                    if ino >> PAGE_BITS != page:
+                        raise IntegrityError(name, f"inode {ino} does not belong in page {page}")
+                    self.inodes[ino] = self._decode(ino, rec, name)
+                    members.add(ino)
+            self.page_members[page] = members
+
+    async def _get(self, ino: int) -> Inode:
+        node = self.inodes.get(ino)
+        if node is None:
+            await self._ensure_page(ino >> PAGE_BITS)
+            node = self.inodes.get(ino)
+            if node is None:
+                raise FsError(errno.ENOENT)
+        if not node.body_loaded:
+            await self._load_body(node)
+        return node
+
+    async def _load_body(self, node: Inode) -> None:
+        async with self._lock_for("body", node.ino):
+            if node.body_loaded:
+                return
+            assert node.body_ref is not None
+            body = await self.vault.get_meta(KIND_BODY, node.body_ref)
+            self._decode_body(node, body, obj_name(node.body_ref))
+            node.body_loaded = True
+            node.body_dirty = False
+
+    # --- record encoding ------------------------------------------------
+
+    def _decode(self, ino: int, rec: Any, name: str) -> Inode:
+        try:
+            node = Inode(ino, int(rec["m"]), int(rec["u"]), int(rec["g"]))
+            node.nlink = int(rec["n"])
+            node.size = int(rec["s"])
+            node.atime, node.mtime, node.ctime = (int(t) for t in rec["t"])
+            node.rdev = int(rec.get("r", 0))
+            node.file_id = bytes(rec["f"])
+            node.xattrs = {bytes(k): bytes(v) for k, v in rec.get("x", {}).items()}
+            if "k" in rec:
+                try:
+                    node.file_key = crypto.unwrap_file_key(
+                        self.vault.keys, node.file_id, bytes(rec["k"])
+                    )
+                except crypto.AuthFailed:
+                    raise IntegrityError(name, f"file key of inode {ino} fails") from None
+            node.body_dirty = False
+            if "B" in rec:
+                node.body_ref = bytes(rec["B"])
+                node.body_loaded = False
+            else:
+                self._decode_body(node, rec["b"], name)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise IntegrityError(name, f"malformed inode {ino}: {e!r}") from None
+        return node
+
+    def _decode_body(self, node: Inode, body: Any, name: str) -> None:
+        try:
+            if node.is_dir:
+                node.parent = int(body["p"])
+                node.next_cookie = int(body["n"])
+                for ent_name, child, cookie in body["e"]:
+                    node.entries[bytes(ent_name)] = (int(child), int(cookie))
+                    node.order[int(cookie)] = bytes(ent_name)
+            elif stat.S_ISLNK(node.mode):
+                node.target = bytes(body["l"])
+            elif node.is_reg:
+                for idx, obj, length in body.get("c", []):
+                    node.chunks[int(idx)] = ChunkRef(bytes(obj), int(length))
+                if "i" in body:
+                    assert node.file_key is not None
+                    sealed = bytes(body["i"])
+                    try:
+                        node.small = crypto.open_sealed(
+                            node.file_key,
+                            sealed,
+                            crypto.inline_aad(self.vault.vault_id, node.file_id, len(sealed)),
+                        )
+                    except crypto.AuthFailed:
+                        raise IntegrityError(name, f"inline data of inode {node.ino}") from None
+        except (KeyError, TypeError, ValueError) as e:
+            raise IntegrityError(name, f"malformed body of inode {node.ino}: {e!r}") from None
+
+    def _encode_body(self, node: Inode) -> Any:
+        if node.is_dir:
+            return {
+                "p": node.parent,
+                "n": node.next_cookie,
+                "e": [[n, i, c] for n, (i, c) in node.entries.items()],
+            }
+        if stat.S_ISLNK(node.mode):
+            return {"l": node.target}
+        if node.is_reg:
+            body: dict[str, Any] = {
+                "c": [[i, r.obj, r.length] for i, r in sorted(node.chunks.items())]
+            }
+            if node.small is not None:
+                assert node.file_key is not None
+                sealed_len = len(node.small) + crypto.OVERHEAD
+                body["i"] = crypto.seal(
+                    node.file_key,
+                    node.small,
+                    crypto.inline_aad(self.vault.vault_id, node.file_id, sealed_len),
+                )
+            return body
+        return {}
+
+    def _encode(self, node: Inode, uploads: list[tuple[int, bytes, Any]]) -> Any:
+        rec: dict[str, Any] = {
+            "m": node.mode,
+            "u": node.uid,
+            "g": node.gid,
+            "n": node.nlink,
+            "s": node.size,
+            "t": [node.atime, node.mtime, node.ctime],
+            "f": node.file_id,
+        }
+        if node.rdev:
+            rec["r"] = node.rdev
+        if node.xattrs:
+            rec["x"] = node.xattrs
+        if node.file_key is not None:
+            rec["k"] = crypto.wrap_file_key(self.vault.keys, node.file_id, node.file_key)
+        if not node.body_loaded or (not node.body_dirty and node.body_ref is not None):
+            rec["B"] = node.body_ref
+            return rec
+        body = self._encode_body(node)
+        packed = msgpack.packb(body, use_bin_type=True)
+        if len(packed) > BODY_INLINE_MAX:
+            if node.body_ref is not None:
+                self.garbage.append(node.body_ref)
+            node.body_ref = crypto.new_id()
+            uploads.append((KIND_BODY, node.body_ref, body))
+            rec["B"] = node.body_ref
+        else:
+            if node.body_ref is not None:
+                self.garbage.append(node.body_ref)
+                node.body_ref = None
+            rec["b"] = body
+        node.body_dirty = False
+        return rec
+
+    # --- bookkeeping ----------------------------------------------------
+
+    def _touch(self, node: Inode) -> None:
+        self.dirty_pages.add(node.ino >> PAGE_BITS)
+
+    def _insert(self, node: Inode) -> None:
+        page = node.ino >> PAGE_BITS
+        self.inodes[node.ino] = node
+        self.page_members.setdefault(page, set()).add(node.ino)
+        self.dirty_pages.add(page)
+
+    def _check_writable(self) -> None:
+        if not self.writable:
+            raise FsError(errno.EROFS)
+
+    async def _new_inode(self, mode: int, uid: int, gid: int) -> Inode:
+        ino = self.root.next_ino
+        self.root.next_ino += 1
+        await self._ensure_page(ino >> PAGE_BITS)
+        node = Inode(ino, mode, uid, gid)
+        if node.is_reg:
+            node.file_key = crypto.random_bytes(crypto.KEY_SIZE)
+        return node
+
+    def incref(self, ino: int, n: int = 1) -> None:
+        """The kernel gained ``n`` references to ``ino`` (lookup, create, readdirplus)."""
+        self.refs[ino] = self.refs.get(ino, 0) + n
+
+    async def forget(self, ino: int, n: int) -> None:
+        """The kernel dropped ``n`` references. May purge an unlinked inode."""
+        left = self.refs.get(ino, 0) - n
+        if left > 0:
+            self.refs[ino] = left
+        else:
+            self.refs.pop(ino, None)
+            await self._maybe_purge(ino)
+
+    async def open(self, ino: int) -> Attr:
+        node = await self._get(ino)
+        self.opens[ino] = self.opens.get(ino, 0) + 1
+        return node.attr()
+
+    async def release(self, ino: int) -> None:
+        left = self.opens.get(ino, 0) - 1
+        if left > 0:
+            self.opens[ino] = left
+        else:
+            self.opens.pop(ino, None)
+            await self._maybe_purge(ino)
+
+    async def _maybe_purge(self, ino: int) -> None:
+        node = self.inodes.get(ino)
+        if node is None and ino in self.orphans:
+            try:
+                node = await self._get(ino)
+            except FsError:
+                self.orphans.discard(ino)
+                self.meta_dirty = True
+                return
+        if node is None or node.nlink > 0 or self.refs.get(ino) or self.opens.get(ino):
+            return
+        if not self.writable:
+            return
+        if not node.body_loaded:
+            await self._load_body(node)
+        node.body_dirty = True
+        for ref in node.chunks.values():
+            self._drop_ref(ref)
+        node.chunks.clear()
+        self.dirty_bytes -= sum(len(b) for b in node.dirty.values())
+        node.dirty.clear()
+        if node.body_ref is not None:
+            self.garbage.append(node.body_ref)
+        if node.is_reg:
+            self.root.stats[1] -= node.size
+        self.root.stats[0] -= 1
+        del self.inodes[ino]
+        self.page_members[ino >> PAGE_BITS].discard(ino)
+        self.dirty_pages.add(ino >> PAGE_BITS)
+        if ino in self.orphans:
+            self.orphans.discard(ino)
+            self.meta_dirty = True
+
+    def _drop_ref(self, ref: ChunkRef) -> None:
+        self.pending.pop(ref.obj, None)
+        self.garbage.append(ref.obj)
+
+    def _unlinked(self, node: Inode) -> None:
+        """``node`` lost a link; if it has none left, remember it as an orphan."""
+        if node.nlink == 0:
+            self.orphans.add(node.ino)
+            self.meta_dirty = True
+
+    # --- attributes -----------------------------------------------------
+
+    async def getattr(self, ino: int) -> Attr:
+        return (await self._get(ino)).attr()
+
+    async def setattr(
+        self,
+        ino: int,
+        *,
+        mode: int | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
+        size: int | None = None,
+        atime_ns: int | None = None,
+        mtime_ns: int | None = None,
+    ) -> Attr:
+        """chmod/chown/truncate/utimens in one call; ``None`` leaves a field alone."""
+        self._check_writable()
+        node = await self._get(ino)
+        if size is not None:
+            if node.is_dir:
+                raise FsError(errno.EISDIR)
+            if not node.is_reg:
+                raise FsError(errno.EINVAL)
+            await self.truncate(ino, size)
+        if mode is not None:
+            node.mode = stat.S_IFMT(node.mode) | stat.S_IMODE(mode)
+        if uid is not None:
+            node.uid = uid
+        if gid is not None:
+            node.gid = gid
+        if atime_ns is not None:
+            node.atime = atime_ns
+        if mtime_ns is not None:
+            node.mtime = mtime_ns
+        node.ctime = _now()
+        self._touch(node)
+        return node.attr()
+
+    # --- directories ----------------------------------------------------
+
+    async def _dir(self, ino: int) -> Inode:
+        node = await self._get(ino)
+        if not node.is_dir:
+            raise FsError(errno.ENOTDIR)
+        return node
+
+    @staticmethod
+    def _check_name(name: bytes) -> None:
+        if len(name) > NAME_MAX:
+            raise FsError(errno.ENAMETOOLONG)
+        if not name or b"/" in name or b"\0" in name or name in (b".", b".."):
+            raise FsError(errno.EINVAL)
+
+    async def lookup(self, parent: int, name: bytes) -> Attr:
+        """Return the attributes of ``name`` in ``parent``. Does not change lookup counts."""
+        d = await self._dir(parent)
+        if name == b".":
+            return d.attr()
+        if name == b"..":
+            return (await self._get(d.parent)).attr()
+        if len(name) > NAME_MAX:
+            raise FsError(errno.ENAMETOOLONG)
+        ent = d.entries.get(name)
+        if ent is None:
+            raise FsError(errno.ENOENT)
+        return (await self._get(ent[0])).attr()
+
+    async def readdir(self, ino: int, after: int) -> list[tuple[bytes, Attr, int]]:
+        """Entries of directory ``ino`` with a cookie greater than ``after``.
+
+        Returns (name, attr, cookie) in cookie order, "." and ".." first
+        (cookies 1 and 2). Cookies are stable while entries change: an entry
+        keeps its cookie until it is removed or renamed. Loads the children's
+        pages (READDIRPLUS needs their attributes); returns at most 256.
+        """
+        d = await self._dir(ino)
+        out: list[tuple[bytes, Attr, int]] = []
+        if after < 1:
+            out.append((b".", d.attr(), 1))
+        if after < 2:
+            out.append((b"..", (await self._get(d.parent)).attr(), 2))
+        names = [d.order[c] for c in itertools.islice(d.order.irange(minimum=after + 1), 256)]
+        for name in names:
+            ent = d.entries.get(name)
+            if ent is None:
+                continue
+            try:
+                attr = (await self._get(ent[0])).attr()
+            except FsError:
+                continue
+            out.append((name, attr, ent[1]))
+        return out
+
+    async def _make(
+        self, parent: int, name: bytes, mode: int, uid: int, gid: int, rdev: int = 0
+    ) -> Inode:
+        self._check_writable()
+        self._check_name(name)
+        d = await self._dir(parent)
+        if name in d.entries:
+            raise FsError(errno.EEXIST)
+        node = await self._new_inode(mode, uid, gid)
+        if name in d.entries:  # created while we awaited the page
+            raise FsError(errno.EEXIST)
+        node.rdev = rdev
+        node.parent = parent
+        if node.is_dir:
+            node.nlink = 2
+            d.nlink += 1
+        d.add_entry(name, node.ino)
+        d.mtime = d.ctime = node.ctime
+        self._touch(d)
+        self._insert(node)
+        self.root.stats[0] += 1
+        return node
+
+    async def mkdir(self, parent: int, name: bytes, mode: int, uid: int, gid: int) -> Attr:
+        node = await self._make(parent, name, stat.S_IFDIR | stat.S_IMODE(mode), uid, gid)
+        return node.attr()
+
+    async def create(self, parent: int, name: bytes, mode: int, uid: int, gid: int) -> Attr:
+        """Create a regular file (``mode`` permission bits only or with S_IFREG)."""
+        node = await self._make(parent, name, stat.S_IFREG | stat.S_IMODE(mode), uid, gid)
+        return node.attr()
+
+    async def mknod(
+        self, parent: int, name: bytes, mode: int, rdev: int, uid: int, gid: int
+    ) -> Attr:
+        fmt = stat.S_IFMT(mode) or stat.S_IFREG
+        if fmt not in (stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK):
+            raise FsError(errno.EINVAL)
+        node = await self._make(parent, name, fmt | stat.S_IMODE(mode), uid, gid, rdev)
+        return node.attr()
+
+    async def symlink(
+        self, parent: int, name: bytes, target: bytes, uid: int, gid: int
+    ) -> Attr:
+        if len(target) > 4095:
+            raise FsError(errno.ENAMETOOLONG)
+        node = await self._make(parent, name, stat.S_IFLNK | 0o777, uid, gid)
+        node.target = target
+        node.size = len(target)
+        return node.attr()
+
+    async def readlink(self, ino: int) -> bytes:
+        node = await self._get(ino)
+        if not stat.S_ISLNK(node.mode):
+            raise FsError(errno.EINVAL)
+        return node.target
+
+    async def link(self, ino: int, parent: int, name: bytes) -> Attr:
+        self._check_writable()
+        self._check_name(name)
+        node = await self._get(ino)
+        if node.is_dir:
+            raise FsError(errno.EPERM)
+        d = await self._dir(parent)
+        if name in d.entries:
+            raise FsError(errno.EEXIST)
+        if node.nlink == 0:
+            raise FsError(errno.ENOENT)
+        d.add_entry(name, ino)
+        node.nlink += 1
+        node.ctime = d.mtime = d.ctime = _now()
+        self._touch(node)
+        self._touch(d)
+        return node.attr()
+
+    async def unlink(self, parent: int, name: bytes) -> None:
+        self._check_writable()
+        d = await self._dir(parent)
+        ent = d.entries.get(name)
+        if ent is None:
+            raise FsError(errno.ENOENT)
+        node = await self._get(ent[0])
+        if node.is_dir:
+            raise FsError(errno.EISDIR)
+        d.remove_entry(name)
+        node.nlink -= 1
+        node.ctime = d.mtime = d.ctime = _now()
+        self._touch(d)
+        self._touch(node)
+        self._unlinked(node)
+        await self._maybe_purge(node.ino)
+
+    async def rmdir(self, parent: int, name: bytes) -> None:
+        self._check_writable()
+        d = await self._dir(parent)
+        ent = d.entries.get(name)
+        if ent is None:
+            raise FsError(errno.ENOENT)
+        node = await self._get(ent[0])
+        if not node.is_dir:
+            raise FsError(errno.ENOTDIR)
+        if node.entries:
+            raise FsError(errno.ENOTEMPTY)
+        d.remove_entry(name)
+        d.nlink -= 1
+        node.nlink = 0
+        node.ctime = d.mtime = d.ctime = _now()
+        self._touch(d)
+        self._touch(node)
+        self._unlinked(node)
+        await self._maybe_purge(node.ino)
+
+    async def _is_ancestor(self, anc: int, ino: int) -> bool:
+        """True if directory ``anc`` is ``ino`` or one of its ancestors."""
+        cur = ino
+        for _ in range(100000):
+            if cur == anc:
+                return True
+            if cur == ROOT_INO:
+                return False
+            cur = (await self._get(cur)).parent
+        raise FsError(errno.ELOOP)
+
+    async def rename(
+        self, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes, flags: int = 0
+    ) -> None:
+        """rename(2) with RENAME_NOREPLACE and RENAME_EXCHANGE."""
+        self._check_writable()
+        self._check_name(new_name)
+        if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) or flags == (
+            RENAME_NOREPLACE | RENAME_EXCHANGE
+        ):
+            raise FsError(errno.EINVAL)
+        od = await self._dir(old_parent)
+        nd = await self._dir(new_parent)
+        ent = od.entries.get(old_name)
+        if ent is None:
+            raise FsError(errno.ENOENT)
+        src = await self._get(ent[0])
+        tent = nd.entries.get(new_name)
+        dst = await self._get(tent[0]) if tent is not None else None
+        if src.is_dir and await self._is_ancestor(src.ino, new_parent):
+            raise FsError(errno.EINVAL)
+        if flags & RENAME_EXCHANGE:
+            if dst is None:
+                raise FsError(errno.ENOENT)
+            if dst.is_dir and await self._is_ancestor(dst.ino, old_parent):
+                raise FsError(errno.EINVAL)
+            self._exchange(od, old_name, src, nd, new_name, dst)
+            return
+        if dst is not None:
+            if flags & RENAME_NOREPLACE:
+                raise FsError(errno.EEXIST)
+            if dst.ino == src.ino:
+                return
+            if src.is_dir and not dst.is_dir:
+                raise FsError(errno.ENOTDIR)
+            if dst.is_dir and not src.is_dir:
+                raise FsError(errno.EISDIR)
+            if dst.is_dir and dst.entries:
+                raise FsError(errno.ENOTEMPTY)
+        # All checks done and everything loaded: mutate with no await.
+        now = _now()
+        if dst is not None:
+            nd.remove_entry(new_name)
+            if dst.is_dir:
+                dst.nlink = 0
+                nd.nlink -= 1
+            else:
+                dst.nlink -= 1
+            dst.ctime = now
+            self._touch(dst)
+            self._unlinked(dst)
+        od.remove_entry(old_name)
+        nd.add_entry(new_name, src.ino)
+        if src.is_dir and od.ino != nd.ino:
+            src.parent = nd.ino
+            od.nlink -= 1
+            nd.nlink += 1
+            src.body_dirty = True
+        src.ctime = od.mtime = od.ctime = nd.mtime = nd.ctime = now
+        for n in (src, od, nd):
+            self._touch(n)
+        if dst is not None:
+            await self._maybe_purge(dst.ino)
+
+    def _exchange(
+        self, od: Inode, old_name: bytes, src: Inode, nd: Inode, new_name: bytes, dst: Inode
+    ) -> None:
+        now = _now()
+        od.remove_entry(old_name)
+        nd.remove_entry(new_name)
+        od.add_entry(old_name, dst.ino)
+        nd.add_entry(new_name, src.ino)
+        if od.ino != nd.ino:
+            if src.is_dir:
+                src.parent = nd.ino
+                src.body_dirty = True
+                od.nlink -= 1
+                nd.nlink += 1
+            if dst.is_dir:
+                dst.parent = od.ino
+                dst.body_dirty = True
+                nd.nlink -= 1
+                od.nlink += 1
+        for n in (src, dst, od, nd):
+            n.ctime = now
+            self._touch(n)
+
+    # --- xattrs -----------------------------------------------------------
+
+    async def getxattr(self, ino: int, name: bytes) -> bytes:
+        node = await self._get(ino)
+        try:
+            return node.xattrs[name]
+        except KeyError:
+            raise FsError(errno.ENODATA) from None
+
+    async def listxattr(self, ino: int) -> list[bytes]:
+        return list((await self._get(ino)).xattrs)
+
+    async def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
+        self._check_writable()
+        node = await self._get(ino)
+        if not name or len(name) > 255:
+            raise FsError(errno.ERANGE)
+        if len(value) > 65536:
+            raise FsError(errno.E2BIG)
+        if flags & XATTR_CREATE and name in node.xattrs:
+            raise FsError(errno.EEXIST)
+        if flags & XATTR_REPLACE and name not in node.xattrs:
+            raise FsError(errno.ENODATA)
+        node.xattrs[name] = value
+        node.ctime = _now()
+        self._touch(node)
+
+    async def removexattr(self, ino: int, name: bytes) -> None:
+        self._check_writable()
+        node = await self._get(ino)
+        if node.xattrs.pop(name, None) is None:
+            raise FsError(errno.ENODATA)
+        node.ctime = _now()
+        self._touch(node)
+
+    # --- file data ------------------------------------------------------
+
+    async def _file(self, ino: int) -> Inode:
+        node = await self._get(ino)
+        if node.is_dir:
+            raise FsError(errno.EISDIR)
+        if not node.is_reg:
+            raise FsError(errno.EINVAL)
+        return node
+
+    async def _fetch_blocks(self, node: Inode, idx: int, ref: ChunkRef, lo: int, hi: int) -> bytes:
+        """Plaintext [lo, hi) of a committed chunk, fetching only the blocks needed."""
+        bs = self.layout.block_size
+        first, last = self.layout.block_span(lo, hi - lo, ref.length)
+        if first == last:
+            return b""
+        parts: list[bytes] = []
+        missing = [b for b in range(first, last) if (ref.obj, b) not in self.blocks]
+        if missing:
+            m0, m1 = missing[0], missing[-1] + 1
+            sb = self.layout.sealed_block
+            want = self.layout.sealed_len(min(ref.length, m1 * bs)) - m0 * sb
+            name = obj_name(ref.obj)
+            try:
+                sealed = await self.vault.store.get_range(name, m0 * sb, want)
+            except ObjectNotFound:
+                raise IntegrityError(name, "chunk object is missing from the store") from None
+            assert node.file_key is not None
+            key = node.file_key
+            keys = self.vault.keys
+            layout = self.layout
+
+            def work() -> bytes:
+                return crypto.open_blocks(
+                    keys, layout, key, node.file_id, ref.obj, idx, ref.length, m0, sealed
+                )
+
+            try:
+                plain = await in_thread(work)
+            except crypto.AuthFailed as e:
+                raise IntegrityError(name, str(e)) from None
+            for i, b in enumerate(range(m0, m1)):
+                self.blocks[(ref.obj, b)] = plain[i * bs : (i + 1) * bs]
+            for b in range(first, last):
+                blk = self.blocks.get((ref.obj, b))
+                if blk is None:
+                    blk = plain[(b - m0) * bs : (b - m0 + 1) * bs]
+                parts.append(blk)
+        else:
+            parts = [self.blocks[(ref.obj, b)] for b in range(first, last)]
+        joined = b"".join(parts)
+        return joined[lo - first * bs : hi - first * bs]
+
+    async def _chunk_range(self, node: Inode, idx: int, lo: int, hi: int) -> bytes:
+        """Stored plaintext of chunk ``idx`` in [lo, hi); may be shorter (zeros follow)."""
+        buf = node.dirty.get(idx)
+        if buf is not None:
+            return bytes(buf[lo:hi])
+        if idx == 0 and node.small is not None:
+            return node.small[lo:hi]
+        ref = node.chunks.get(idx)
+        if ref is None:
+            return b""
+        pend = self.pending.get(ref.obj)
+        if pend is not None:
+            return pend.data[lo:hi]
+        hi = min(hi, ref.length)
+        if hi <= lo:
+            return b""
+        return await self._fetch_blocks(node, idx, ref, lo, hi)
+
+    async def read(self, ino: int, offset: int, size: int) -> bytes:
+        """Read up to ``size`` bytes at ``offset``; short only at end of file.
+
+        Fetches only the blocks that cover the range (plus none around it).
+        Raises IntegrityError naming the object if a block fails to verify.
+        """
+        node = await self._file(ino)
+        end = min(offset + size, node.size)
+        if offset >= end:
+            return b""
+        cs = self.layout.chunk_size
+        out = bytearray()
+        for idx in range(offset // cs, (end - 1) // cs + 1):
+            base = idx * cs
+            lo = max(offset, base) - base
+            hi = min(end, base + cs) - base
+            piece = await self._chunk_range(node, idx, lo, hi)
+            out += piece
+            if len(piece) < hi - lo:
+                out += bytes(hi - lo - len(piece))
+        return bytes(out)
+
+    async def _whole_chunk(self, node: Inode, idx: int) -> bytearray:
+        return bytearray(await self._chunk_range(node, idx, 0, self.layout.chunk_size))
+
+    def _unsmall(self, node: Inode) -> None:
+        if node.small is not None:
+            node.dirty[0] = bytearray(node.small)
+            self.dirty_bytes += len(node.small)
+            node.small = None
+
+    async def write(self, ino: int, offset: int, data: bytes) -> int:
+        """Write ``data`` at ``offset`` (any offset; holes read as zeros).
+
+        Holds the inode's lock. Partially covered chunks that are not in
+        memory are fetched first; then the write is applied with no await,
+        so a commit sees all of it or none of it. May commit when dirty data
+        exceeds the limit (and so block on the store).
+        """
+        self._check_writable()
+        if not data:
+            return 0
+        node = await self._file(ino)
+        cs = self.layout.chunk_size
+        end = offset + len(data)
+        async with node.lock:
+            first, last = offset // cs, (end - 1) // cs
+            bases: dict[int, bytearray] = {}
+
+            def needs_base(idx: int) -> bool:
+                if idx in bases or idx in node.dirty or (idx == 0 and node.small is not None):
+                    return False
+                base = idx * cs
+                covered_from = max(offset, base) - base
+                covered_to = min(end, base + cs) - base
+                existing = min(cs, max(0, node.size - base))
+                return not (covered_from == 0 and covered_to >= existing)
+
+            # A commit may move a dirty chunk to pending while we await, so
+            # check again until a pass needs no fetch.
+            while need := [i for i in {first, last} if needs_base(i)]:
+                for idx in need:
+                    bases[idx] = await self._whole_chunk(node, idx)
+            # No await from here on.
+            self._unsmall(node)
+            node.body_dirty = True
+            for idx in range(first, last + 1):
+                base = idx * cs
+                lo = max(offset, base) - base
+                hi = min(end, base + cs) - base
+                buf = node.dirty.get(idx)
+                if buf is None:
+                    buf = bases.get(idx, bytearray())
+                    old = node.chunks.pop(idx, None)
+                    if old is not None:
+                        self._drop_ref(old)
+                    node.dirty[idx] = buf
+                    self.dirty_bytes += len(buf)
+                if len(buf) < lo:
+                    self.dirty_bytes += lo - len(buf)
+                    buf.extend(bytes(lo - len(buf)))
+                before = len(buf)
+                buf[lo:hi] = data[base + lo - offset : base + hi - offset]
+                self.dirty_bytes += len(buf) - before
+            if end > node.size:
+                self.root.stats[1] += end - node.size
+                node.size = end
+            node.mtime = node.ctime = _now()
+            self._touch(node)
+        if self.dirty_bytes > self.dirty_limit:
+            await self.commit()
+        return len(data)
+
+    async def truncate(self, ino: int, size: int) -> None:
+        """Set the file's length; growing makes a hole. Holds the inode's lock."""
+        self._check_writable()
+        if size < 0:
+            raise FsError(errno.EINVAL)
+        node = await self._file(ino)
+        cs = self.layout.chunk_size
+        async with node.lock:
+            cut_idx, cut_at = divmod(size, cs)
+            base: bytearray | None = None
+            while (
+                base is None
+                and size < node.size
+                and cut_at
+                and cut_idx not in node.dirty
+                and not (cut_idx == 0 and node.small is not None)
+            ):
+                base = await self._whole_chunk(node, cut_idx)
+            self._unsmall(node)
+            node.body_dirty = True
+            if size < node.size:
+                for idx in [i for i in node.chunks if i > cut_idx or (i == cut_idx and not cut_at)]:
+                    self._drop_ref(node.chunks.pop(idx))
+                for idx in [i for i in node.dirty if i > cut_idx or (i == cut_idx and not cut_at)]:
+                    self.dirty_bytes -= len(node.dirty.pop(idx))
+                if cut_at:
+                    buf = node.dirty.get(cut_idx)
+                    if buf is None:
+                        assert base is not None
+                        buf = base
+                        old = node.chunks.pop(cut_idx, None)
+                        if old is not None:
+                            self._drop_ref(old)
+                        node.dirty[cut_idx] = buf
+                        self.dirty_bytes += len(buf)
+                    if len(buf) > cut_at:
+                        self.dirty_bytes -= len(buf) - cut_at
+                        del buf[cut_at:]
+            self.root.stats[1] += size - node.size
+            node.size = size
+            node.mtime = node.ctime = _now()
+            self._touch(node)
+
+    async def fallocate(self, ino: int, offset: int, length: int) -> None:
+        """posix_fallocate: make the file at least offset+length long (no preallocation)."""
+        node = await self._file(ino)
+        if offset + length > node.size:
+            await self.truncate(ino, offset + length)
+
+    # --- commits ----------------------------------------------------------
+
+    def has_changes(self) -> bool:
+        return bool(self.dirty_pages or self.meta_dirty or self.pending)
+
+    async def fsync(self, ino: int | None = None) -> None:
+        """Make everything written so far durable in the store (commits the vault)."""
+        if self.writable:
+            await self.commit()
+
+    async def commit(self) -> bool:
+        """Commit all changes: upload new objects, then compare-and-swap the root.
+
+        Returns False if there was nothing to commit. Blocks on the store.
+        Raises CommitConflict if another client moved the root; store errors
+        propagate, and then the changes stay in memory for the next attempt.
+        """
+        if not self.writable:
+            return False
+        async with self._commit_lock:
+            if not self.has_changes():
+                return False
+            chunk_jobs, meta_jobs, snap_pages, garbage = self._snapshot()
+            try:
+                async with trio.open_nursery() as nursery:
+                    for obj, pend in chunk_jobs:
+                        nursery.start_soon(self._upload_chunk, obj, pend)
+                    for kind, obj_id, payload in meta_jobs:
+                        nursery.start_soon(self.vault.put_meta, kind, obj_id, payload)
+                await self.vault.commit_root(self.root_for_commit)
+            except BaseException:
+                self._unsnapshot(snap_pages, meta_jobs, garbage)
+                raise
+            self.root.generation = self.root_for_commit.generation
+            self.root.orphans = self.root_for_commit.orphans
+            bs = self.layout.block_size
+            for obj, pend in chunk_jobs:
+                if self.pending.pop(obj, None) is not None:
+                    for b in range(0, len(pend.data), bs):
+                        self.blocks[(obj, b // bs)] = pend.data[b : b + bs]
+            self.commits += 1
+        await self._collect(garbage)
+        return True
+
+    def _unsnapshot(
+        self, snap_pages: set[int], meta_jobs: list[tuple[int, bytes, Any]], garbage: list[bytes]
+    ) -> None:
+        """Undo a snapshot whose commit failed: nothing it made is referenced.
+
+        Chunks stay pending (their ids are in the live chunk maps and they are
+        uploaded again next time); pages, bodies and index nodes are marked
+        dirty so they get fresh objects; everything the snapshot made is garbage.
+        """
+        new_meta = {obj for _, obj, _ in meta_jobs}
+        self.dirty_pages |= snap_pages
+        for page in snap_pages:
+            for ino in self.page_members.get(page, ()):
+                node = self.inodes.get(ino)
+                if node is not None and node.body_ref in new_meta:
+                    node.body_dirty = True
+        self.meta_dirty = True
+        self.garbage.extend(garbage)
+        self.garbage.extend(new_meta)
+
+    async def _collect(self, garbage: list[bytes]) -> None:
+        """Delete objects that no committed root references any more (best effort)."""
+
+        async def one(obj: bytes) -> None:
+            try:
+                await self.vault.store.delete(obj_name(obj))
+            except Exception as e:  # garbage is harmless: fsck collects it
+                log.debug("could not delete %s: %s", obj_name(obj), e)
+
+        async with trio.open_nursery() as nursery:
+            for obj in garbage:
+                nursery.start_soon(one, obj)
+
+    async def _upload_chunk(self, obj: bytes, p: _Pending) -> None:
+        node = p.inode
+        assert node.file_key is not None
+        keys, layout, key, fid, idx, data = (
+            self.vault.keys,
+            self.layout,
+            node.file_key,
+            node.file_id,
+            p.index,
+            p.data,
+        )
+        sealed = await in_thread(
+            lambda: crypto.seal_chunk(keys, layout, key, fid, obj, idx, data)
+        )
+        await self.vault.store.put(obj_name(obj), sealed)
+
+    def _snapshot(
+        self,
+    ) -> tuple[list[tuple[bytes, _Pending]], list[tuple[int, bytes, Any]], set[int], list[bytes]]:
+        """Freeze the dirty state into upload jobs and the next root. No await.
+
+        Returns (chunk jobs, metadata jobs, pages snapshotted, garbage). The
+        garbage is what the new root no longer references; what is dropped
+        while the upload runs is still referenced by it and waits for the
+        commit after.
+        """
+        chunk_jobs = list(self.pending.items())  # left over from a failed commit
+        meta_jobs: list[tuple[int, bytes, Any]] = []
+        for node in list(self.inodes.values()):
+            if not node.dirty:
+                continue
+            if node.size <= INLINE_MAX and not node.chunks and set(node.dirty) <= {0}:
+                buf = node.dirty.pop(0, bytearray())
+                self.dirty_bytes -= len(buf)
+                node.small = bytes(buf[: node.size])
+                node.body_dirty = True
+                continue
+            for idx, buf in node.dirty.items():
+                obj = crypto.new_id()
+                data = bytes(buf)
+                pend = _Pending(node, idx, data)
+                self.pending[obj] = pend
+                node.chunks[idx] = ChunkRef(obj, len(data))
+                chunk_jobs.append((obj, pend))
+                self.dirty_bytes -= len(buf)
+            node.dirty.clear()
+            node.body_dirty = True
+            self._touch(node)
+        snap_pages = set(self.dirty_pages)
+        dirty_his: set[int] = set()
+        for page in sorted(self.dirty_pages):
+            members = self.page_members.get(page, set())
+            hi, lo = page >> MID_BITS, page & ((1 << MID_BITS) - 1)
+            mid = self.mids.setdefault(hi, {})
+            old = mid.pop(lo, None)
+            if old is not None:
+                self.garbage.append(old)
+            if members:
+                payload = {ino: self._encode(self.inodes[ino], meta_jobs) for ino in members}
+                obj = crypto.new_id()
+                meta_jobs.append((KIND_LEAF, obj, payload))
+                mid[lo] = obj
+            dirty_his.add(hi)
+        self.dirty_pages.clear()
+        for hi in dirty_his:
+            old = self.top.pop(hi, None)
+            if old is not None:
+                self.garbage.append(old)
+            if self.mids[hi]:
+                obj = crypto.new_id()
+                meta_jobs.append((KIND_INDEX, obj, dict(self.mids[hi])))
+                self.top[hi] = obj
+        itab = self.root.itab
+        if dirty_his or itab is None:
+            if itab is not None:
+                self.garbage.append(itab)
+            itab = crypto.new_id()
+            meta_jobs.append((KIND_INDEX, itab, dict(self.top)))
+        if self.writable and self.root.lease is not None:
+            self.root.lease = self.vault.my_lease()
+        self.root_for_commit = Root(
+            generation=self.root.generation + 1,
+            itab=itab,
+            next_ino=self.root.next_ino,
+            orphans=sorted(self.orphans),
+            lease=self.root.lease,
+            stats=list(self.root.stats),
+        )
+        self.root.itab = itab
+        self.meta_dirty = False
+        garbage, self.garbage = self.garbage, []
+        return chunk_jobs, meta_jobs, snap_pages, garbage
+
+    # --- misc -------------------------------------------------------------
+
+    def statfs(self) -> dict[str, int]:
+        files, used = self.root.stats
+        bsize = 4096
+        total = max(1 << 40, used * 2) // bsize
+        return {
+            "bsize": bsize,
+            "blocks": total,
+            "bfree": total - used // bsize,
+            "files": max(files, 0) + (1 << 24),
+            "ffree": 1 << 24,
+            "namemax": NAME_MAX,
+        }
+
+    def iter_loaded(self) -> Iterator[Inode]:
+        return iter(self.inodes.values())

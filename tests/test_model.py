@@ -138,8 +138,7 @@ async def test_directories_and_readdir(fs: Filesystem, store: Store) -> None:
             break
         seen += [n for n, _, _ in batch]
         after = batch[-1][2]
-    assert seen[:2] == [b".", b".."]
-    assert sorted(seen[2:]) == names
+    assert sorted(seen) == names
     # stable offsets: removing entries during a listing does not skip others
     first = await fs.readdir(d, 0)
     cookie = first[100][2]
@@ -150,7 +149,7 @@ async def test_directories_and_readdir(fs: Filesystem, store: Store) -> None:
     while batch := await fs.readdir(d, after):
         rest += [n for n, _, _ in batch]
         after = batch[-1][2]
-    assert rest == names[99:]
+    assert rest == names[101:]
     with pytest.raises(FsError) as e:
         await fs.rmdir(ROOT_INO, b"dir")
     assert e.value.errno == errno.ENOTEMPTY
@@ -158,7 +157,7 @@ async def test_directories_and_readdir(fs: Filesystem, store: Store) -> None:
     await fs.close()
     fs2 = await reopen(store)
     d2 = (await fs2.lookup(ROOT_INO, b"dir")).ino
-    assert len(await fs2.readdir(d2, 2)) == 256
+    assert len(await fs2.readdir(d2, 0)) == 256
 
 
 async def test_rename_variants(fs: Filesystem) -> None:

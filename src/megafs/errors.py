@@ -8,6 +8,7 @@ values in exactly one place (:mod:`megafs.fuse_ops`).
 
     MegafsError
     ├── UsageError                 bad command-line input
+    ├── MountError                 mountpoint missing, busy, or mounting failed
     ├── PassphraseError            no passphrase could be obtained
     ├── VaultError                 the vault itself
     │   ├── NotAVault              no header, or not a megafs header
@@ -41,6 +42,10 @@ class MegafsError(Exception):
 
 class UsageError(MegafsError):
     """The user gave input that cannot work (bad URL, bad option value)."""
+
+
+class MountError(MegafsError):
+    """The mountpoint is missing or already mounted, or the kernel refused the mount."""
 
 
 class PassphraseError(MegafsError):
@@ -154,6 +159,7 @@ __all__ = [
     "FsError",
     "IntegrityError",
     "MegafsError",
+    "MountError",
     "NoSuchBucket",
     "NotAVault",
     "ObjectNotFound",

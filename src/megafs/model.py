@@ -51,6 +51,7 @@ from sortedcontainers import SortedDict  # type: ignore[import-untyped]
 
 from . import crypto
 from .errors import FsError, IntegrityError, ObjectNotFound
+from .journal import Journal
 from .vault import KIND_BODY, KIND_INDEX, KIND_LEAF, Root, Vault, in_thread, obj_name
 
 log = logging.getLogger(__name__)
@@ -65,10 +66,6 @@ XATTR_CREATE = 1
 XATTR_REPLACE = 2
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
-
-
-def _now() -> int:
-    return time.time_ns()
 
 
 @dataclass(frozen=True)
@@ -137,8 +134,7 @@ class Inode:
         "xattrs",
     )
 
-    def __init__(self, ino: int, mode: int, uid: int, gid: int) -> None:
-        now = _now()
+    def __init__(self, ino: int, mode: int, uid: int, gid: int, now: int = 0) -> None:
         self.ino = ino
         self.mode = mode
         self.uid = uid
@@ -199,6 +195,23 @@ class Inode:
         return ino
 
 
+_REPLAY = {
+    "sa": "_replay_setattr",
+    "mk": "mkdir",
+    "cr": "create",
+    "mn": "mknod",
+    "sl": "symlink",
+    "ln": "link",
+    "ul": "unlink",
+    "rd": "rmdir",
+    "rn": "rename",
+    "sx": "setxattr",
+    "rx": "removexattr",
+    "wr": "write",
+    "tr": "truncate",
+}
+
+
 class Filesystem:
     """The inode-style model of one vault.
 
@@ -241,17 +254,29 @@ class Filesystem:
         self._commit_lock = trio.Lock()
         self.commits = 0
         self.root_for_commit = root
+        self.journal: Journal | None = None
+        self._replay_time: int | None = None
+        self._replay_ino: int | None = None
+        self._journal_mark: int | None = None
+        self.replayed = 0
 
     # --- opening -------------------------------------------------------
 
     @classmethod
     async def load(
-        cls, vault: Vault, *, writable: bool = True, force: bool = False, **kw: Any
+        cls,
+        vault: Vault,
+        *,
+        writable: bool = True,
+        force: bool = False,
+        journal: Journal | None = None,
+        **kw: Any,
     ) -> Filesystem:
         """Open the vault's filesystem. Costs a constant number of store requests.
 
         A writable open takes the writer lease (raises VaultBusy if another
-        client holds it) and commits once to record it.
+        client holds it), replays ``journal`` segments that the root does not
+        cover yet, then commits once to record the lease and the replay.
         """
         root = await vault.read_root()
         fs = cls(vault, root, writable=writable, **kw)
@@ -266,12 +291,45 @@ class Filesystem:
             fs.root.lease = vault.my_lease()
             for ino in sorted(fs.orphans):
                 await fs._maybe_purge(ino)
+            if journal is not None:
+                mark_client, mark = root.journal or (None, 0)
+                limit, fs.dirty_limit = fs.dirty_limit, 1 << 62  # no commit mid-replay
+                fs.replayed = await journal.replay(fs, mark_client, mark)
+                fs.dirty_limit = limit
+                if fs.replayed:
+                    log.warning("applied %d journalled changes left by a previous run", fs.replayed)
+                fs.journal = journal
             fs.meta_dirty = True
             await fs.commit()
         return fs
 
+    def _now(self) -> int:
+        """The operation's timestamp: the journalled one while replaying."""
+        return self._replay_time if self._replay_time is not None else time.time_ns()
+
+    def _log(self, *record: Any) -> None:
+        """Journal a completed mutation (op, timestamp, args...)."""
+        if self.journal is not None:
+            self.journal.append([record[0], self._now(), *record[1:]])
+
+    async def apply_record(self, rec: list[Any]) -> None:
+        """Replay one journal record. Records that no longer apply are skipped."""
+        op, t, *args = rec
+        self._replay_time = int(t)
+        try:
+            if op in ("mk", "cr", "mn", "sl"):
+                self._replay_ino = int(args[0])
+                args = args[1:]
+            fn = getattr(self, _REPLAY[op])
+            await fn(*args)
+        except FsError as e:
+            log.info("journal record %s no longer applies: %s", op, e)
+        finally:
+            self._replay_time = None
+            self._replay_ino = None
+
     def _make_root_dir(self) -> None:
-        ino = Inode(ROOT_INO, stat.S_IFDIR | 0o755, os.getuid(), os.getgid())
+        ino = Inode(ROOT_INO, stat.S_IFDIR | 0o755, os.getuid(), os.getgid(), self._now())
         ino.nlink = 2
         ino.parent = ROOT_INO
         self._insert(ino)
@@ -480,10 +538,14 @@ class Filesystem:
             raise FsError(errno.EROFS)
 
     async def _new_inode(self, mode: int, uid: int, gid: int) -> Inode:
-        ino = self.root.next_ino
-        self.root.next_ino += 1
+        if self._replay_ino is not None:
+            ino = self._replay_ino
+            self.root.next_ino = max(self.root.next_ino, ino + 1)
+        else:
+            ino = self.root.next_ino
+            self.root.next_ino += 1
         await self._ensure_page(ino >> PAGE_BITS)
-        node = Inode(ino, mode, uid, gid)
+        node = Inode(ino, mode, uid, gid, self._now())
         if node.is_reg:
             node.file_key = crypto.random_bytes(crypto.KEY_SIZE)
         return node
@@ -581,7 +643,7 @@ class Filesystem:
                 raise FsError(errno.EISDIR)
             if not node.is_reg:
                 raise FsError(errno.EINVAL)
-            await self.truncate(ino, size)
+            await self._truncate(ino, size)
         if mode is not None:
             node.mode = stat.S_IFMT(node.mode) | stat.S_IMODE(mode)
         if uid is not None:
@@ -592,9 +654,24 @@ class Filesystem:
             node.atime = atime_ns
         if mtime_ns is not None:
             node.mtime = mtime_ns
-        node.ctime = _now()
+        node.ctime = self._now()
         self._touch(node)
+        self._log("sa", ino, mode, uid, gid, size, atime_ns, mtime_ns)
         return node.attr()
+
+    async def _replay_setattr(
+        self,
+        ino: int,
+        mode: int | None,
+        uid: int | None,
+        gid: int | None,
+        size: int | None,
+        atime_ns: int | None,
+        mtime_ns: int | None,
+    ) -> None:
+        await self.setattr(
+            ino, mode=mode, uid=uid, gid=gid, size=size, atime_ns=atime_ns, mtime_ns=mtime_ns
+        )
 
     # --- directories ----------------------------------------------------
 
@@ -628,17 +705,14 @@ class Filesystem:
     async def readdir(self, ino: int, after: int) -> list[tuple[bytes, Attr, int]]:
         """Entries of directory ``ino`` with a cookie greater than ``after``.
 
-        Returns (name, attr, cookie) in cookie order, "." and ".." first
-        (cookies 1 and 2). Cookies are stable while entries change: an entry
-        keeps its cookie until it is removed or renamed. Loads the children's
-        pages (READDIRPLUS needs their attributes); returns at most 256.
+        Returns (name, attr, cookie) in cookie order; "." and ".." are not
+        listed (the kernel would not count their references). Cookies are
+        stable while entries change: an entry keeps its cookie until it is
+        removed or renamed. Loads the children's pages (READDIRPLUS needs
+        their attributes); returns at most 256 entries.
         """
         d = await self._dir(ino)
         out: list[tuple[bytes, Attr, int]] = []
-        if after < 1:
-            out.append((b".", d.attr(), 1))
-        if after < 2:
-            out.append((b"..", (await self._get(d.parent)).attr(), 2))
         names = [d.order[c] for c in itertools.islice(d.order.irange(minimum=after + 1), 256)]
         for name in names:
             ent = d.entries.get(name)
@@ -676,11 +750,13 @@ class Filesystem:
 
     async def mkdir(self, parent: int, name: bytes, mode: int, uid: int, gid: int) -> Attr:
         node = await self._make(parent, name, stat.S_IFDIR | stat.S_IMODE(mode), uid, gid)
+        self._log("mk", node.ino, parent, name, mode, uid, gid)
         return node.attr()
 
     async def create(self, parent: int, name: bytes, mode: int, uid: int, gid: int) -> Attr:
         """Create a regular file (``mode`` permission bits only or with S_IFREG)."""
         node = await self._make(parent, name, stat.S_IFREG | stat.S_IMODE(mode), uid, gid)
+        self._log("cr", node.ino, parent, name, mode, uid, gid)
         return node.attr()
 
     async def mknod(
@@ -690,6 +766,7 @@ class Filesystem:
         if fmt not in (stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK):
             raise FsError(errno.EINVAL)
         node = await self._make(parent, name, fmt | stat.S_IMODE(mode), uid, gid, rdev)
+        self._log("mn", node.ino, parent, name, mode, rdev, uid, gid)
         return node.attr()
 
     async def symlink(
@@ -700,6 +777,7 @@ class Filesystem:
         node = await self._make(parent, name, stat.S_IFLNK | 0o777, uid, gid)
         node.target = target
         node.size = len(target)
+        self._log("sl", node.ino, parent, name, target, uid, gid)
         return node.attr()
 
     async def readlink(self, ino: int) -> bytes:
@@ -721,9 +799,10 @@ class Filesystem:
             raise FsError(errno.ENOENT)
         d.add_entry(name, ino)
         node.nlink += 1
-        node.ctime = d.mtime = d.ctime = _now()
+        node.ctime = d.mtime = d.ctime = self._now()
         self._touch(node)
         self._touch(d)
+        self._log("ln", ino, parent, name)
         return node.attr()
 
     async def unlink(self, parent: int, name: bytes) -> None:
@@ -737,10 +816,11 @@ class Filesystem:
             raise FsError(errno.EISDIR)
         d.remove_entry(name)
         node.nlink -= 1
-        node.ctime = d.mtime = d.ctime = _now()
+        node.ctime = d.mtime = d.ctime = self._now()
         self._touch(d)
         self._touch(node)
         self._unlinked(node)
+        self._log("ul", parent, name)
         await self._maybe_purge(node.ino)
 
     async def rmdir(self, parent: int, name: bytes) -> None:
@@ -757,10 +837,11 @@ class Filesystem:
         d.remove_entry(name)
         d.nlink -= 1
         node.nlink = 0
-        node.ctime = d.mtime = d.ctime = _now()
+        node.ctime = d.mtime = d.ctime = self._now()
         self._touch(d)
         self._touch(node)
         self._unlinked(node)
+        self._log("rd", parent, name)
         await self._maybe_purge(node.ino)
 
     async def _is_ancestor(self, anc: int, ino: int) -> bool:
@@ -800,6 +881,7 @@ class Filesystem:
             if dst.is_dir and await self._is_ancestor(dst.ino, old_parent):
                 raise FsError(errno.EINVAL)
             self._exchange(od, old_name, src, nd, new_name, dst)
+            self._log("rn", old_parent, old_name, new_parent, new_name, flags)
             return
         if dst is not None:
             if flags & RENAME_NOREPLACE:
@@ -813,7 +895,7 @@ class Filesystem:
             if dst.is_dir and dst.entries:
                 raise FsError(errno.ENOTEMPTY)
         # All checks done and everything loaded: mutate with no await.
-        now = _now()
+        now = self._now()
         if dst is not None:
             nd.remove_entry(new_name)
             if dst.is_dir:
@@ -834,13 +916,14 @@ class Filesystem:
         src.ctime = od.mtime = od.ctime = nd.mtime = nd.ctime = now
         for n in (src, od, nd):
             self._touch(n)
+        self._log("rn", old_parent, old_name, new_parent, new_name, flags)
         if dst is not None:
             await self._maybe_purge(dst.ino)
 
     def _exchange(
         self, od: Inode, old_name: bytes, src: Inode, nd: Inode, new_name: bytes, dst: Inode
     ) -> None:
-        now = _now()
+        now = self._now()
         od.remove_entry(old_name)
         nd.remove_entry(new_name)
         od.add_entry(old_name, dst.ino)
@@ -884,16 +967,18 @@ class Filesystem:
         if flags & XATTR_REPLACE and name not in node.xattrs:
             raise FsError(errno.ENODATA)
         node.xattrs[name] = value
-        node.ctime = _now()
+        node.ctime = self._now()
         self._touch(node)
+        self._log("sx", ino, name, value, flags)
 
     async def removexattr(self, ino: int, name: bytes) -> None:
         self._check_writable()
         node = await self._get(ino)
         if node.xattrs.pop(name, None) is None:
             raise FsError(errno.ENODATA)
-        node.ctime = _now()
+        node.ctime = self._now()
         self._touch(node)
+        self._log("rx", ino, name)
 
     # --- file data ------------------------------------------------------
 
@@ -922,6 +1007,10 @@ class Filesystem:
                 sealed = await self.vault.store.get_range(name, m0 * sb, want)
             except ObjectNotFound:
                 raise IntegrityError(name, "chunk object is missing from the store") from None
+            if len(sealed) != want:
+                # A store that cut whole blocks off the end would otherwise
+                # give open_blocks fewer blocks than asked, read back as zeros.
+                raise IntegrityError(name, "chunk object is shorter than its recorded length")
             assert node.file_key is not None
             key = node.file_key
             keys = self.vault.keys
@@ -1053,14 +1142,19 @@ class Filesystem:
             if end > node.size:
                 self.root.stats[1] += end - node.size
                 node.size = end
-            node.mtime = node.ctime = _now()
+            node.mtime = node.ctime = self._now()
             self._touch(node)
+            self._log("wr", ino, offset, data)
         if self.dirty_bytes > self.dirty_limit:
             await self.commit()
         return len(data)
 
     async def truncate(self, ino: int, size: int) -> None:
         """Set the file's length; growing makes a hole. Holds the inode's lock."""
+        await self._truncate(ino, size)
+        self._log("tr", ino, size)
+
+    async def _truncate(self, ino: int, size: int) -> None:
         self._check_writable()
         if size < 0:
             raise FsError(errno.EINVAL)
@@ -1099,7 +1193,7 @@ class Filesystem:
                         del buf[cut_at:]
             self.root.stats[1] += size - node.size
             node.size = size
-            node.mtime = node.ctime = _now()
+            node.mtime = node.ctime = self._now()
             self._touch(node)
 
     async def fallocate(self, ino: int, offset: int, length: int) -> None:
@@ -1149,6 +1243,9 @@ class Filesystem:
                     for b in range(0, len(pend.data), bs):
                         self.blocks[(obj, b // bs)] = pend.data[b : b + bs]
             self.commits += 1
+            mark = self.root_for_commit.journal
+            if self.journal is not None and mark is not None:
+                self.journal.committed(mark[1])
         await self._collect(garbage)
         return True
 
@@ -1265,6 +1362,9 @@ class Filesystem:
             meta_jobs.append((KIND_INDEX, itab, dict(self.top)))
         if self.writable and self.root.lease is not None:
             self.root.lease = self.vault.my_lease()
+        if self.journal is not None:
+            self._journal_mark = self.journal.rotate()
+            self.root.journal = (self.vault.state.client_id, self._journal_mark)
         self.root_for_commit = Root(
             generation=self.root.generation + 1,
             itab=itab,
@@ -1272,6 +1372,7 @@ class Filesystem:
             orphans=sorted(self.orphans),
             lease=self.root.lease,
             stats=list(self.root.stats),
+            journal=self.root.journal,
         )
         self.root.itab = itab
         self.meta_dirty = False

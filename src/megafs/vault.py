@@ -35,6 +35,7 @@ from .errors import (
     CorruptHeader,
     IntegrityError,
     NotAVault,
+    ObjectNotFound,
     PreconditionFailed,
     RollbackError,
     VaultBusy,
@@ -139,7 +140,9 @@ class Root:
     next_ino: int
     orphans: list[int] = field(default_factory=list)
     lease: Lease | None = None
-    stats: list[int] = field(default_factory=lambda: [0, 0])  # [files, bytes]
+    stats: list[int] = field(default_factory=lambda: [0, 0])  # [inodes, bytes]
+    #: (client id, journal segment) of the last commit: see megafs.journal
+    journal: tuple[bytes, int] | None = None
 
     def encode(self) -> bytes:
         packed: bytes = msgpack.packb(
@@ -151,6 +154,7 @@ class Root:
                 "orph": self.orphans,
                 "lease": self.lease.encode() if self.lease else None,
                 "stats": self.stats,
+                "jrnl": list(self.journal) if self.journal else None,
             },
             use_bin_type=True,
         )
@@ -167,6 +171,7 @@ class Root:
                 orphans=[int(x) for x in d["orph"]],
                 lease=Lease.decode(d["lease"]) if d["lease"] is not None else None,
                 stats=[int(x) for x in d["stats"]],
+                journal=(bytes(d["jrnl"][0]), int(d["jrnl"][1])) if d.get("jrnl") else None,
             )
         except (KeyError, TypeError, ValueError, IndexError) as e:
             raise IntegrityError(ROOT, f"malformed root record: {e}") from None
@@ -287,7 +292,12 @@ class Vault:
         await self.store.put(obj_name(obj_id), data)
 
     async def get_meta(self, kind: int, obj_id: bytes) -> Any:
-        data = await self.store.get(obj_name(obj_id))
+        name = obj_name(obj_id)
+        try:
+            data = await self.store.get(name)
+        except ObjectNotFound:
+            # Referenced by authenticated metadata, so the store lost or withheld it.
+            raise IntegrityError(name, "object is missing from the store") from None
         return await in_thread(lambda: self.open_meta(kind, obj_id, data))
 
     # --- root pointer -----------------------------------------------------

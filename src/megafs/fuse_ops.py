@@ -1,0 +1,396 @@
+"""The pyfuse3 adapter: the only module that imports pyfuse3.
+
+Each handler translates kernel requests into calls on the filesystem model
+(:class:`megafs.model.Filesystem`) and nothing else. Errors are mapped to
+errno in exactly one place, :func:`_errno_for`: model errors carry their
+errno, store and integrity failures become EIO (or ENOSPC/EROFS/EACCES)
+with one log line naming the object. No other exception may escape a
+handler, because under trio it would stop ``pyfuse3.main``.
+
+Lookup counts: ``lookup``, ``create``, ``mkdir``, ``mknod``, ``symlink``,
+``link`` and each accepted ``readdir_reply`` add one reference via
+``Filesystem.incref``; ``forget`` drops them. "." and ".." are never returned
+by readdir, because the kernel does not count them.
+
+Kernel caching is used on purpose: this client is the vault's only writer
+(the lease guarantees it), so entry and attribute timeouts are long and
+``keep_cache`` keeps page-cache contents across opens.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar
+
+import pyfuse3
+from pyfuse3 import FileHandleT, FileInfo, FUSEError, InodeT
+
+from .errors import (
+    CommitConflict,
+    FsError,
+    IntegrityError,
+    StoreAuthError,
+    StoreError,
+    StoreFull,
+    StoreReadOnly,
+)
+from .model import Attr, Filesystem
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+ENTRY_TIMEOUT = 60.0
+ATTR_TIMEOUT = 60.0
+
+
+def _errno_for(e: BaseException) -> int:
+    """The one place where exceptions become errno values."""
+    if isinstance(e, FsError):
+        return e.errno
+    if isinstance(e, IntegrityError):
+        log.error("%s", e)
+        return errno.EIO
+    if isinstance(e, StoreFull):
+        log.error("store full: %s", e)
+        return errno.ENOSPC
+    if isinstance(e, StoreReadOnly):
+        log.error("store is read-only: %s", e)
+        return errno.EROFS
+    if isinstance(e, StoreAuthError):
+        log.error("store denied access: %s", e)
+        return errno.EACCES
+    if isinstance(e, StoreError | CommitConflict):
+        log.error("%s", e)
+        return errno.EIO
+    if isinstance(e, OSError) and e.errno:
+        log.error("local I/O error: %s", e)
+        return e.errno
+    log.exception("internal error (please report): %r", e)
+    return errno.EIO
+
+
+def _boundary(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+    """Wrap a handler so that only FUSEError leaves it."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await fn(*args, **kwargs)
+        except FUSEError:
+            raise
+        except Exception as e:
+            raise FUSEError(_errno_for(e)) from None
+
+    return wrapper
+
+
+@dataclass(frozen=True)
+class Options:
+    """Mount options that change what the adapter reports."""
+
+    read_only: bool = False
+    uid: int | None = None
+    gid: int | None = None
+    umask: int | None = None
+
+
+class Operations(pyfuse3.Operations):
+    """pyfuse3 handlers over a :class:`Filesystem`. All run in the trio thread."""
+
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+
+    def __init__(self, fs: Filesystem, options: Options | None = None) -> None:
+        super().__init__()
+        self.fs = fs
+        self.opts = options or Options()
+        self._handles: dict[int, int] = {}
+        self._next_fh = 1
+
+    # --- helpers ------------------------------------------------------
+
+    def _entry(self, a: Attr) -> pyfuse3.EntryAttributes:
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = InodeT(a.ino)
+        e.generation = 0
+        e.entry_timeout = ENTRY_TIMEOUT
+        e.attr_timeout = ATTR_TIMEOUT
+        mode = a.mode
+        if self.opts.umask is not None:
+            mode &= ~self.opts.umask
+        e.st_mode = pyfuse3.ModeT(mode)
+        e.st_nlink = a.nlink
+        e.st_uid = self.opts.uid if self.opts.uid is not None else a.uid
+        e.st_gid = self.opts.gid if self.opts.gid is not None else a.gid
+        e.st_rdev = a.rdev
+        e.st_size = a.size
+        e.st_blksize = 65536
+        e.st_blocks = a.blocks
+        e.st_atime_ns = a.atime_ns
+        e.st_mtime_ns = a.mtime_ns
+        e.st_ctime_ns = a.ctime_ns
+        return e
+
+    def _check_rw(self) -> None:
+        if self.opts.read_only:
+            raise FUSEError(errno.EROFS)
+
+    def _new_fh(self, ino: int) -> FileHandleT:
+        fh = self._next_fh
+        self._next_fh += 1
+        self._handles[fh] = ino
+        return FileHandleT(fh)
+
+    def _ino(self, fh: int) -> int:
+        try:
+            return self._handles[fh]
+        except KeyError:
+            raise FUSEError(errno.EBADF) from None
+
+    # --- lookups and attributes ---------------------------------------------
+
+    @_boundary
+    async def lookup(
+        self, parent_inode: InodeT, name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        """Adds one lookup reference on success (also for "." and "..")."""
+        a = await self.fs.lookup(parent_inode, name)
+        self.fs.incref(a.ino)
+        return self._entry(a)
+
+    @_boundary
+    async def forget(self, inode_list: Any) -> None:
+        """Drops lookup references; may purge unlinked inodes (and so await)."""
+        for ino, n in inode_list:
+            await self.fs.forget(ino, n)
+
+    @_boundary
+    async def getattr(
+        self, inode: InodeT, ctx: pyfuse3.RequestContext | None = None
+    ) -> pyfuse3.EntryAttributes:
+        return self._entry(await self.fs.getattr(inode))
+
+    @_boundary
+    async def setattr(
+        self,
+        inode: InodeT,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: FileHandleT | None,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        self._check_rw()
+        a = await self.fs.setattr(
+            inode,
+            mode=attr.st_mode if fields.update_mode else None,
+            uid=attr.st_uid if fields.update_uid else None,
+            gid=attr.st_gid if fields.update_gid else None,
+            size=attr.st_size if fields.update_size else None,
+            atime_ns=attr.st_atime_ns if fields.update_atime else None,
+            mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
+        )
+        return self._entry(a)
+
+    @_boundary
+    async def readlink(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> bytes:
+        return await self.fs.readlink(inode)
+
+    # --- directories ----------------------------------------------------
+
+    @_boundary
+    async def opendir(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> FileHandleT:
+        a = await self.fs.getattr(inode)
+        if not (a.mode & 0o170000 == 0o040000):
+            raise FUSEError(errno.ENOTDIR)
+        return FileHandleT(inode)
+
+    @_boundary
+    async def readdir(self, fh: FileHandleT, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        """READDIRPLUS: each accepted entry adds one lookup reference."""
+        after = start_id
+        while True:
+            batch = await self.fs.readdir(fh, after)
+            if not batch:
+                return
+            for name, a, cookie in batch:
+                if not pyfuse3.readdir_reply(token, name, self._entry(a), cookie):
+                    return
+                self.fs.incref(a.ino)
+                after = cookie
+
+    @_boundary
+    async def releasedir(self, fh: FileHandleT) -> None:
+        return None
+
+    @_boundary
+    async def fsyncdir(self, fh: FileHandleT, datasync: bool) -> None:
+        await self.fs.fsync()
+
+    @_boundary
+    async def mkdir(
+        self, parent_inode: InodeT, name: bytes, mode: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        self._check_rw()
+        a = await self.fs.mkdir(parent_inode, name, mode, ctx.uid, ctx.gid)
+        self.fs.incref(a.ino)
+        return self._entry(a)
+
+    @_boundary
+    async def mknod(
+        self, parent_inode: InodeT, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        self._check_rw()
+        a = await self.fs.mknod(parent_inode, name, mode, rdev, ctx.uid, ctx.gid)
+        self.fs.incref(a.ino)
+        return self._entry(a)
+
+    @_boundary
+    async def symlink(
+        self, parent_inode: InodeT, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        self._check_rw()
+        a = await self.fs.symlink(parent_inode, name, target, ctx.uid, ctx.gid)
+        self.fs.incref(a.ino)
+        return self._entry(a)
+
+    @_boundary
+    async def link(
+        self, inode: InodeT, new_parent_inode: InodeT, new_name: bytes,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        self._check_rw()
+        a = await self.fs.link(inode, new_parent_inode, new_name)
+        self.fs.incref(a.ino)
+        return self._entry(a)
+
+    @_boundary
+    async def unlink(self, parent_inode: InodeT, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self._check_rw()
+        await self.fs.unlink(parent_inode, name)
+
+    @_boundary
+    async def rmdir(self, parent_inode: InodeT, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self._check_rw()
+        await self.fs.rmdir(parent_inode, name)
+
+    @_boundary
+    async def rename(
+        self,
+        parent_inode_old: InodeT,
+        name_old: bytes,
+        parent_inode_new: InodeT,
+        name_new: bytes,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
+        self._check_rw()
+        await self.fs.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
+
+    # --- files ------------------------------------------------------------
+
+    @_boundary
+    async def open(self, inode: InodeT, flags: int, ctx: pyfuse3.RequestContext) -> FileInfo:
+        if flags & os.O_ACCMODE != os.O_RDONLY:
+            self._check_rw()
+        await self.fs.open(inode)
+        return FileInfo(fh=self._new_fh(inode), keep_cache=True)
+
+    @_boundary
+    async def create(
+        self,
+        parent_inode: InodeT,
+        name: bytes,
+        mode: int,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> tuple[FileInfo, pyfuse3.EntryAttributes]:
+        """Creates and opens: one lookup reference and one open handle."""
+        self._check_rw()
+        a = await self.fs.create(parent_inode, name, mode, ctx.uid, ctx.gid)
+        self.fs.incref(a.ino)
+        await self.fs.open(a.ino)
+        return FileInfo(fh=self._new_fh(a.ino), keep_cache=True), self._entry(a)
+
+    @_boundary
+    async def read(self, fh: FileHandleT, off: int, size: int) -> bytes:
+        """May block on the store for blocks that are not cached."""
+        return await self.fs.read(self._ino(fh), off, size)
+
+    @_boundary
+    async def write(self, fh: FileHandleT, off: int, buf: bytes) -> int:
+        """Lands in memory (and the journal); may block when dirty data is over the limit."""
+        self._check_rw()
+        return await self.fs.write(self._ino(fh), off, buf)
+
+    @_boundary
+    async def flush(self, fh: FileHandleT) -> None:
+        return None
+
+    @_boundary
+    async def fsync(self, fh: FileHandleT, datasync: bool) -> None:
+        """Returns once everything written so far is committed to the store."""
+        await self.fs.fsync(self._ino(fh))
+
+    @_boundary
+    async def release(self, fh: FileHandleT) -> None:
+        ino = self._handles.pop(fh, None)
+        if ino is not None:
+            await self.fs.release(ino)
+
+    # --- extended attributes -------------------------------------------------
+
+    @_boundary
+    async def setxattr(
+        self, inode: InodeT, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
+    ) -> None:
+        self._check_rw()
+        await self.fs.setxattr(inode, name, value)
+
+    @_boundary
+    async def getxattr(self, inode: InodeT, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        try:
+            return await self.fs.getxattr(inode, name)
+        except FsError as e:
+            if e.errno == errno.ENODATA:
+                raise FUSEError(pyfuse3.ENOATTR) from None
+            raise
+
+    @_boundary
+    async def listxattr(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        return await self.fs.listxattr(inode)
+
+    @_boundary
+    async def removexattr(
+        self, inode: InodeT, name: bytes, ctx: pyfuse3.RequestContext
+    ) -> None:
+        self._check_rw()
+        try:
+            await self.fs.removexattr(inode, name)
+        except FsError as e:
+            if e.errno == errno.ENODATA:
+                raise FUSEError(pyfuse3.ENOATTR) from None
+            raise
+
+    # --- filesystem -------------------------------------------------------
+
+    @_boundary
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        st = self.fs.statfs()
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = st["bsize"]
+        s.f_frsize = st["bsize"]
+        s.f_blocks = st["blocks"]
+        s.f_bfree = st["bfree"]
+        s.f_bavail = st["bfree"]
+        s.f_files = st["files"]
+        s.f_ffree = st["ffree"]
+        s.f_favail = st["ffree"]
+        s.f_namemax = st["namemax"]
+        return s

@@ -1,0 +1,317 @@
+"""Mount lifecycle: unlock, mount, serve, flush, commit, unmount.
+
+``megafs mount`` checks the mountpoint and reads the passphrase in the
+foreground process, then (unless ``-f``) forks a daemon and waits on a pipe
+until the daemon says the mount is ready or why it failed, so the command
+returns only once the folder is usable or with the one-line reason.
+
+The daemon's single trio run owns one nursery holding every background task
+(periodic commits, signal handling) and ``pyfuse3.main``. When the kernel
+unmounts (``fusermount3 -u``, ``megafs umount``, SIGTERM, SIGINT) the
+nursery ends, then everything is committed and the writer lease released
+before the process exits 0. If the final commit fails, the changes are still
+in the local journal and the next mount uploads them; the exit status is
+then non-zero.
+
+A pid file per mountpoint (in the runtime folder) lets ``megafs umount``
+find the daemon, signal it, and wait for its exit status.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from .errors import MegafsError, MountError, UsageError
+from .journal import Journal
+from .model import Filesystem
+from .stores import open_store
+from .vault import Vault
+
+log = logging.getLogger(__name__)
+
+#: Options of mount(8)/fstab that mean nothing to megafs and are ignored.
+IGNORED_OPTIONS = {
+    "rw", "dev", "nodev", "suid", "nosuid", "exec", "noexec", "auto", "noauto", "user",
+    "nouser", "users", "_netdev", "nofail", "defaults", "async", "atime", "noatime",
+    "relatime", "diratime", "nodiratime",
+}
+
+
+@dataclass
+class MountConfig:
+    store_url: str
+    mountpoint: str
+    endpoint: str | None = None
+    foreground: bool = False
+    debug: bool = False
+    read_only: bool = False
+    allow_other: bool = False
+    default_permissions: bool = True
+    uid: int | None = None
+    gid: int | None = None
+    umask: int | None = None
+    cache_dir: str | None = None
+    cache_size: int = 1 << 30
+    commit_interval: float = 5.0
+    log_file: str | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def apply_options(self, opts: str) -> None:
+        """Apply a ``-o a,b=c`` option string (mount(8) and fstab style)."""
+        for raw in opts.split(","):
+            opt = raw.strip()
+            if not opt or opt in IGNORED_OPTIONS:
+                continue
+            key, _, val = opt.partition("=")
+            try:
+                if key == "ro":
+                    self.read_only = True
+                elif key == "allow_other":
+                    self.allow_other = True
+                elif key == "default_permissions":
+                    self.default_permissions = True
+                elif key == "uid":
+                    self.uid = int(val)
+                elif key == "gid":
+                    self.gid = int(val)
+                elif key == "umask":
+                    self.umask = int(val, 8)
+                elif key in ("cache_dir", "cache-dir"):
+                    self.cache_dir = val
+                elif key in ("cache_size", "cache-size"):
+                    self.cache_size = parse_size(val)
+                elif key == "endpoint":
+                    self.endpoint = val
+                elif key in ("passfile", "extpass", "log"):
+                    self.extra[key] = val
+                elif key == "commit_interval":
+                    self.commit_interval = float(val)
+                else:
+                    raise UsageError(f"unknown mount option: {opt}")
+            except ValueError:
+                raise UsageError(f"bad value for mount option: {opt}") from None
+
+
+def parse_size(text: str) -> int:
+    """'512M', '2G', '1048576' -> bytes."""
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    mult = 1
+    for suffix, m in (("K", 1 << 10), ("M", 1 << 20), ("G", 1 << 30), ("T", 1 << 40)):
+        if t.endswith(suffix):
+            mult, t = m, t[:-1]
+            break
+    value = int(float(t) * mult)
+    if value <= 0:
+        raise ValueError(text)
+    return value
+
+
+def runtime_dir() -> str:
+    base = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/megafs-{os.getuid()}"
+    path = os.path.join(base, "megafs")
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    return path
+
+
+def _pid_path(mountpoint: str) -> str:
+    key = hashlib.sha256(os.path.realpath(mountpoint).encode()).hexdigest()[:24]
+    return os.path.join(runtime_dir(), f"{key}.pid")
+
+
+def check_mountpoint(mountpoint: str) -> None:
+    if not os.path.isdir(mountpoint):
+        raise MountError(f"mountpoint does not exist or is not a folder: {mountpoint}")
+    if os.path.ismount(mountpoint):
+        raise MountError(f"mountpoint is already mounted: {mountpoint}")
+
+
+def default_cache_dir(vault_id: bytes) -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "megafs", vault_id.hex())
+
+
+async def _commit_loop(fs: Filesystem, interval: float) -> None:
+    """Commit every ``interval`` seconds when there are changes; renew the lease."""
+    last = trio.current_time()
+    while True:
+        await trio.sleep(interval)
+        now = trio.current_time()
+        try:
+            if fs.has_changes():
+                await fs.commit()
+                last = now
+            elif now - last > 60:
+                fs.meta_dirty = True  # renew the writer lease
+                await fs.commit()
+                last = now
+        except MegafsError as e:
+            log.warning("background commit failed, will retry: %s", e)
+
+
+async def _signals(on_signal: Callable[[], None]) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
+        async for signum in sigs:
+            log.info("signal %d: unmounting", signum)
+            on_signal()
+
+
+async def serve(cfg: MountConfig, passphrase: str, ready: Callable[[], None]) -> None:
+    """Unlock, mount, serve until unmounted, then commit. Raises MegafsError."""
+    import pyfuse3
+
+    from .fuse_ops import Operations, Options
+
+    store = open_store(cfg.store_url, endpoint=cfg.endpoint)
+    try:
+        vault = await Vault.unlock(store, passphrase)
+        cache_dir = cfg.cache_dir or default_cache_dir(vault.vault_id)
+        journal = None if cfg.read_only else Journal(cache_dir, vault.keys)
+        fs = await Filesystem.load(vault, writable=not cfg.read_only, journal=journal)
+        ops = Operations(
+            fs, Options(read_only=cfg.read_only, uid=cfg.uid, gid=cfg.gid, umask=cfg.umask)
+        )
+        options = {"fsname=megafs", "subtype=megafs"}
+        if cfg.default_permissions:
+            options.add("default_permissions")
+        if cfg.read_only:
+            options.add("ro")
+        if cfg.allow_other:
+            options.add("allow_other")
+        if cfg.debug:
+            options.add("debug")
+        try:
+            pyfuse3.init(ops, cfg.mountpoint, options)
+        except RuntimeError as e:
+            raise MountError(f"could not mount {cfg.mountpoint}: {e}") from None
+        mounted = True
+        try:
+            ready()
+            async with trio.open_nursery() as nursery:
+                if not cfg.read_only:
+                    nursery.start_soon(_commit_loop, fs, cfg.commit_interval)
+                nursery.start_soon(_signals, pyfuse3.terminate)
+                await pyfuse3.main()
+                nursery.cancel_scope.cancel()
+        finally:
+            if mounted:
+                pyfuse3.close(unmount=True)
+        await fs.close()
+        if journal is not None:
+            journal.close()
+    finally:
+        await store.aclose()
+
+
+def run_foreground(cfg: MountConfig, passphrase: str, ready: Callable[[], None]) -> None:
+    """Serve in this process; pid file for ``megafs umount``. Raises MegafsError."""
+    pid_path = _pid_path(cfg.mountpoint)
+    with open(pid_path, "w") as f:
+        f.write(str(os.getpid()))
+    status = 1
+    try:
+        trio.run(serve, cfg, passphrase, ready)
+        status = 0
+    finally:
+        with open(pid_path + ".status", "w") as f:
+            f.write(str(status))
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(pid_path)
+
+
+def daemonize(
+    cfg: MountConfig, passphrase: str, run: Callable[[Callable[[], None]], int]
+) -> int:
+    """Fork; the child calls ``run(ready)``; the parent returns once ready or failed.
+
+    Returns the parent's exit status: 0 when the mount is ready, else the
+    child's reported status (its one-line reason already printed).
+    """
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        os.close(rfd)
+        os.setsid()
+        devnull = os.open(os.devnull, os.O_RDWR)
+        os.dup2(devnull, 0)
+        os.dup2(devnull, 1)
+        if not cfg.foreground:
+            os.dup2(devnull, 2)
+        told = False
+
+        def ready() -> None:
+            nonlocal told
+            os.write(wfd, b"OK\n")
+            os.close(wfd)
+            told = True
+
+        code = 1
+        try:
+            code = run(ready)
+        finally:
+            if not told:
+                os.write(wfd, f"{code}\n".encode())
+                os.close(wfd)
+            os._exit(code)
+    os.close(wfd)
+    with os.fdopen(rfd, "rb") as r:
+        line = r.readline().strip()
+    if line == b"OK":
+        return 0
+    try:
+        code = int(line)
+    except ValueError:
+        print("megafs: the mount daemon exited unexpectedly", file=sys.stderr)
+        code = 1
+    os.waitpid(pid, 0)
+    return code or 1
+
+
+def umount(mountpoint: str, timeout: float = 3600.0) -> int:
+    """Unmount and wait until the daemon has committed and exited. Returns its status."""
+    mp = os.path.realpath(mountpoint)
+    pid_path = _pid_path(mp)
+    status_path = pid_path + ".status"
+    try:
+        with open(pid_path) as f:
+            pid = int(f.read().strip())
+    except (FileNotFoundError, ValueError):
+        pid = 0
+    if pid:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(status_path)
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pid = 0
+    if not pid:
+        if not os.path.ismount(mp):
+            raise MountError(f"not mounted: {mountpoint}")
+        res = subprocess.run(["fusermount3", "-u", mp], capture_output=True, text=True)
+        if res.returncode:
+            raise MountError(f"could not unmount {mountpoint}: {res.stderr.strip()}")
+        return 0
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        raise MountError(f"the daemon of {mountpoint} did not exit within {timeout:.0f} s")
+    try:
+        with open(status_path) as f:
+            return int(f.read().strip() or "1")
+    except (FileNotFoundError, ValueError):
+        return 1

@@ -50,6 +50,7 @@ import trio
 from sortedcontainers import SortedDict  # type: ignore[import-untyped]
 
 from . import crypto
+from .cache import ContentCache
 from .errors import FsError, IntegrityError, ObjectNotFound
 from .journal import Journal
 from .vault import KIND_BODY, KIND_INDEX, KIND_LEAF, Root, Vault, in_thread, obj_name
@@ -229,6 +230,7 @@ class Filesystem:
         writable: bool,
         dirty_limit: int = 64 << 20,
         block_cache_bytes: int = 64 << 20,
+        cache: ContentCache | None = None,
     ) -> None:
         self.vault = vault
         self.layout = vault.layout
@@ -251,6 +253,8 @@ class Filesystem:
             maxsize=block_cache_bytes, getsizeof=len
         )
         self._load_locks: dict[tuple[str, int], trio.Lock] = {}
+        self.cache = cache
+        self._read_end: dict[int, int] = {}  # ino -> end of the last read (readahead)
         self._commit_lock = trio.Lock()
         self.commits = 0
         self.root_for_commit = root
@@ -574,6 +578,7 @@ class Filesystem:
             self.opens[ino] = left
         else:
             self.opens.pop(ino, None)
+            self._read_end.pop(ino, None)
             await self._maybe_purge(ino)
 
     async def _maybe_purge(self, ino: int) -> None:
@@ -990,8 +995,15 @@ class Filesystem:
             raise FsError(errno.EINVAL)
         return node
 
-    async def _fetch_blocks(self, node: Inode, idx: int, ref: ChunkRef, lo: int, hi: int) -> bytes:
-        """Plaintext [lo, hi) of a committed chunk, fetching only the blocks needed."""
+    async def _fetch_blocks(
+        self, node: Inode, idx: int, ref: ChunkRef, lo: int, hi: int, ahead: bool = False
+    ) -> bytes:
+        """Plaintext [lo, hi) of a committed chunk, fetching only the blocks needed.
+
+        With ``ahead`` (a sequential reader) the fetch runs on to the end of
+        the chunk, so a streaming read costs one request per chunk. Looks in
+        the memory block cache, then the disk cache, then the store.
+        """
         bs = self.layout.block_size
         first, last = self.layout.block_span(lo, hi - lo, ref.length)
         if first == last:
@@ -1000,13 +1012,24 @@ class Filesystem:
         missing = [b for b in range(first, last) if (ref.obj, b) not in self.blocks]
         if missing:
             m0, m1 = missing[0], missing[-1] + 1
+            if ahead:
+                m1 = -(-ref.length // bs)
             sb = self.layout.sealed_block
             want = self.layout.sealed_len(min(ref.length, m1 * bs)) - m0 * sb
             name = obj_name(ref.obj)
-            try:
-                sealed = await self.vault.store.get_range(name, m0 * sb, want)
-            except ObjectNotFound:
-                raise IntegrityError(name, "chunk object is missing from the store") from None
+            sealed_or_none: bytes | None = None
+            if self.cache is not None and self.cache.has(name, m0, m1):
+                sealed_or_none = await self.cache.read(name, m0 * sb, want)
+            if sealed_or_none is None or len(sealed_or_none) != want:
+                try:
+                    sealed_or_none = await self.vault.store.get_range(name, m0 * sb, want)
+                except ObjectNotFound:
+                    raise IntegrityError(
+                        name, "chunk object is missing from the store"
+                    ) from None
+                if self.cache is not None and len(sealed_or_none) == want:
+                    await self.cache.store(name, m0, sealed_or_none)
+            sealed = sealed_or_none
             if len(sealed) != want:
                 # A store that cut whole blocks off the end would otherwise
                 # give open_blocks fewer blocks than asked, read back as zeros.
@@ -1037,7 +1060,9 @@ class Filesystem:
         joined = b"".join(parts)
         return joined[lo - first * bs : hi - first * bs]
 
-    async def _chunk_range(self, node: Inode, idx: int, lo: int, hi: int) -> bytes:
+    async def _chunk_range(
+        self, node: Inode, idx: int, lo: int, hi: int, ahead: bool = False
+    ) -> bytes:
         """Stored plaintext of chunk ``idx`` in [lo, hi); may be shorter (zeros follow)."""
         buf = node.dirty.get(idx)
         if buf is not None:
@@ -1053,7 +1078,7 @@ class Filesystem:
         hi = min(hi, ref.length)
         if hi <= lo:
             return b""
-        return await self._fetch_blocks(node, idx, ref, lo, hi)
+        return await self._fetch_blocks(node, idx, ref, lo, hi, ahead)
 
     async def read(self, ino: int, offset: int, size: int) -> bytes:
         """Read up to ``size`` bytes at ``offset``; short only at end of file.
@@ -1066,12 +1091,14 @@ class Filesystem:
         if offset >= end:
             return b""
         cs = self.layout.chunk_size
+        ahead = self._read_end.get(ino) == offset and offset > 0
+        self._read_end[ino] = end
         out = bytearray()
         for idx in range(offset // cs, (end - 1) // cs + 1):
             base = idx * cs
             lo = max(offset, base) - base
             hi = min(end, base + cs) - base
-            piece = await self._chunk_range(node, idx, lo, hi)
+            piece = await self._chunk_range(node, idx, lo, hi, ahead)
             out += piece
             if len(piece) < hi - lo:
                 out += bytes(hi - lo - len(piece))
@@ -1273,6 +1300,8 @@ class Filesystem:
         """Delete objects that no committed root references any more (best effort)."""
 
         async def one(obj: bytes) -> None:
+            if self.cache is not None:
+                self.cache.forget(obj_name(obj))
             try:
                 await self.vault.store.delete(obj_name(obj))
             except Exception as e:  # garbage is harmless: fsck collects it
@@ -1297,6 +1326,8 @@ class Filesystem:
             lambda: crypto.seal_chunk(keys, layout, key, fid, obj, idx, data)
         )
         await self.vault.store.put(obj_name(obj), sealed)
+        if self.cache is not None:
+            await self.cache.store(obj_name(obj), 0, sealed)
 
     def _snapshot(
         self,

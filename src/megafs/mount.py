@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from .cache import ContentCache
 from .errors import MegafsError, MountError, UsageError
 from .journal import Journal
 from .model import Filesystem
@@ -177,7 +178,10 @@ async def serve(cfg: MountConfig, passphrase: str, ready: Callable[[], None]) ->
         vault = await Vault.unlock(store, passphrase)
         cache_dir = cfg.cache_dir or default_cache_dir(vault.vault_id)
         journal = None if cfg.read_only else Journal(cache_dir, vault.keys)
-        fs = await Filesystem.load(vault, writable=not cfg.read_only, journal=journal)
+        cache = ContentCache(cache_dir, cfg.cache_size, vault.layout.sealed_block)
+        fs = await Filesystem.load(
+            vault, writable=not cfg.read_only, journal=journal, cache=cache
+        )
         ops = Operations(
             fs, Options(read_only=cfg.read_only, uid=cfg.uid, gid=cfg.gid, umask=cfg.umask)
         )
@@ -229,52 +233,57 @@ def run_foreground(cfg: MountConfig, passphrase: str, ready: Callable[[], None])
             os.unlink(pid_path)
 
 
-def daemonize(
-    cfg: MountConfig, passphrase: str, run: Callable[[Callable[[], None]], int]
-) -> int:
+def daemonize(run: Callable[[Callable[[], None]], tuple[int, str]]) -> tuple[int, str]:
     """Fork; the child calls ``run(ready)``; the parent returns once ready or failed.
 
-    Returns the parent's exit status: 0 when the mount is ready, else the
-    child's reported status (its one-line reason already printed).
+    ``run`` returns (exit status, one-line reason). The parent gets (0, "")
+    as soon as the child calls ``ready()``, else the child's status and
+    reason, read from a pipe. The child detaches (new session, standard
+    streams on /dev/null) and never returns from this function.
     """
+    sys.stdout.flush()
+    sys.stderr.flush()
     rfd, wfd = os.pipe()
     pid = os.fork()
-    if pid == 0:  # child
+    if pid == 0:  # the daemon
         os.close(rfd)
         os.setsid()
         devnull = os.open(os.devnull, os.O_RDWR)
-        os.dup2(devnull, 0)
-        os.dup2(devnull, 1)
-        if not cfg.foreground:
-            os.dup2(devnull, 2)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
         told = False
 
         def ready() -> None:
             nonlocal told
-            os.write(wfd, b"OK\n")
-            os.close(wfd)
-            told = True
+            if not told:
+                told = True
+                os.write(wfd, b"0 ok\n")
+                os.close(wfd)
 
-        code = 1
+        code, reason = 1, "the mount daemon failed"
         try:
-            code = run(ready)
+            code, reason = run(ready)
         finally:
             if not told:
-                os.write(wfd, f"{code}\n".encode())
+                os.write(wfd, f"{code or 1} {reason}\n".encode())
                 os.close(wfd)
             os._exit(code)
     os.close(wfd)
     with os.fdopen(rfd, "rb") as r:
-        line = r.readline().strip()
-    if line == b"OK":
-        return 0
-    try:
-        code = int(line)
-    except ValueError:
-        print("megafs: the mount daemon exited unexpectedly", file=sys.stderr)
-        code = 1
+        line = r.readline().decode(errors="replace").strip()
+    code_text, _, reason = line.partition(" ")
+    if code_text == "0":
+        return 0, ""
     os.waitpid(pid, 0)
-    return code or 1
+    try:
+        return int(code_text), reason
+    except ValueError:
+        return 1, "the mount daemon exited unexpectedly"
+
+
+def log_path(mountpoint: str) -> str:
+    """Where a background daemon logs (next to its pid file)."""
+    return _pid_path(mountpoint)[:-4] + ".log"
 
 
 def umount(mountpoint: str, timeout: float = 3600.0) -> int:

@@ -35,14 +35,15 @@ inode locks. Lock order: inode lock, then commit lock.
 from __future__ import annotations
 
 import errno
+import functools
 import itertools
 import logging
 import os
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import cachetools
 import msgpack
@@ -196,6 +197,20 @@ class Inode:
         return ino
 
 
+F = TypeVar("F", bound=Callable[..., Coroutine[Any, Any, Any]])
+
+
+def _operation(fn: F) -> F:
+    """Mark a journalled, mutating operation: it starts with a fresh timestamp."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: Filesystem, *args: Any, **kwargs: Any) -> Any:
+        self._op_time = None
+        return await fn(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
 _REPLAY = {
     "sa": "_replay_setattr",
     "mk": "mkdir",
@@ -242,6 +257,7 @@ class Filesystem:
         self.top: dict[int, bytes] = {}
         self.mids: dict[int, dict[int, bytes]] = {}
         self.dirty_pages: set[int] = set()
+        self.dirty_inodes: set[int] = set()  # inodes with dirty chunk buffers
         self.pending: dict[bytes, _Pending] = {}
         self.garbage: list[bytes] = []
         self.dirty_bytes = 0
@@ -260,6 +276,7 @@ class Filesystem:
         self.root_for_commit = root
         self.journal: Journal | None = None
         self._replay_time: int | None = None
+        self._op_time: int | None = None
         self._replay_ino: int | None = None
         self._journal_mark: int | None = None
         self.replayed = 0
@@ -308,13 +325,22 @@ class Filesystem:
         return fs
 
     def _now(self) -> int:
-        """The operation's timestamp: the journalled one while replaying."""
-        return self._replay_time if self._replay_time is not None else time.time_ns()
+        """The operation's timestamp: one per operation, the journalled one in replay.
+
+        The first call of an operation fixes it; :meth:`_log` releases it.
+        Every call happens in an operation's final, await-free section.
+        """
+        if self._replay_time is not None:
+            return self._replay_time
+        if self._op_time is None:
+            self._op_time = time.time_ns()
+        return self._op_time
 
     def _log(self, *record: Any) -> None:
         """Journal a completed mutation (op, timestamp, args...)."""
         if self.journal is not None:
             self.journal.append([record[0], self._now(), *record[1:]])
+        self._op_time = None
 
     async def apply_record(self, rec: list[Any]) -> None:
         """Replay one journal record. Records that no longer apply are skipped."""
@@ -629,6 +655,7 @@ class Filesystem:
     async def getattr(self, ino: int) -> Attr:
         return (await self._get(ino)).attr()
 
+    @_operation
     async def setattr(
         self,
         ino: int,
@@ -753,17 +780,20 @@ class Filesystem:
         self.root.stats[0] += 1
         return node
 
+    @_operation
     async def mkdir(self, parent: int, name: bytes, mode: int, uid: int, gid: int) -> Attr:
         node = await self._make(parent, name, stat.S_IFDIR | stat.S_IMODE(mode), uid, gid)
         self._log("mk", node.ino, parent, name, mode, uid, gid)
         return node.attr()
 
+    @_operation
     async def create(self, parent: int, name: bytes, mode: int, uid: int, gid: int) -> Attr:
         """Create a regular file (``mode`` permission bits only or with S_IFREG)."""
         node = await self._make(parent, name, stat.S_IFREG | stat.S_IMODE(mode), uid, gid)
         self._log("cr", node.ino, parent, name, mode, uid, gid)
         return node.attr()
 
+    @_operation
     async def mknod(
         self, parent: int, name: bytes, mode: int, rdev: int, uid: int, gid: int
     ) -> Attr:
@@ -774,6 +804,7 @@ class Filesystem:
         self._log("mn", node.ino, parent, name, mode, rdev, uid, gid)
         return node.attr()
 
+    @_operation
     async def symlink(
         self, parent: int, name: bytes, target: bytes, uid: int, gid: int
     ) -> Attr:
@@ -791,6 +822,7 @@ class Filesystem:
             raise FsError(errno.EINVAL)
         return node.target
 
+    @_operation
     async def link(self, ino: int, parent: int, name: bytes) -> Attr:
         self._check_writable()
         self._check_name(name)
@@ -810,6 +842,7 @@ class Filesystem:
         self._log("ln", ino, parent, name)
         return node.attr()
 
+    @_operation
     async def unlink(self, parent: int, name: bytes) -> None:
         self._check_writable()
         d = await self._dir(parent)
@@ -828,6 +861,7 @@ class Filesystem:
         self._log("ul", parent, name)
         await self._maybe_purge(node.ino)
 
+    @_operation
     async def rmdir(self, parent: int, name: bytes) -> None:
         self._check_writable()
         d = await self._dir(parent)
@@ -860,6 +894,7 @@ class Filesystem:
             cur = (await self._get(cur)).parent
         raise FsError(errno.ELOOP)
 
+    @_operation
     async def rename(
         self, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes, flags: int = 0
     ) -> None:
@@ -960,6 +995,7 @@ class Filesystem:
     async def listxattr(self, ino: int) -> list[bytes]:
         return list((await self._get(ino)).xattrs)
 
+    @_operation
     async def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
         self._check_writable()
         node = await self._get(ino)
@@ -976,6 +1012,7 @@ class Filesystem:
         self._touch(node)
         self._log("sx", ino, name, value, flags)
 
+    @_operation
     async def removexattr(self, ino: int, name: bytes) -> None:
         self._check_writable()
         node = await self._get(ino)
@@ -1110,9 +1147,11 @@ class Filesystem:
     def _unsmall(self, node: Inode) -> None:
         if node.small is not None:
             node.dirty[0] = bytearray(node.small)
+            self.dirty_inodes.add(node.ino)
             self.dirty_bytes += len(node.small)
             node.small = None
 
+    @_operation
     async def write(self, ino: int, offset: int, data: bytes) -> int:
         """Write ``data`` at ``offset`` (any offset; holes read as zeros).
 
@@ -1159,6 +1198,7 @@ class Filesystem:
                     if old is not None:
                         self._drop_ref(old)
                     node.dirty[idx] = buf
+                    self.dirty_inodes.add(node.ino)
                     self.dirty_bytes += len(buf)
                 if len(buf) < lo:
                     self.dirty_bytes += lo - len(buf)
@@ -1176,6 +1216,7 @@ class Filesystem:
             await self.commit()
         return len(data)
 
+    @_operation
     async def truncate(self, ino: int, size: int) -> None:
         """Set the file's length; growing makes a hole. Holds the inode's lock."""
         await self._truncate(ino, size)
@@ -1214,6 +1255,7 @@ class Filesystem:
                         if old is not None:
                             self._drop_ref(old)
                         node.dirty[cut_idx] = buf
+                        self.dirty_inodes.add(node.ino)
                         self.dirty_bytes += len(buf)
                     if len(buf) > cut_at:
                         self.dirty_bytes -= len(buf) - cut_at
@@ -1341,8 +1383,10 @@ class Filesystem:
         """
         chunk_jobs = list(self.pending.items())  # left over from a failed commit
         meta_jobs: list[tuple[int, bytes, Any]] = []
-        for node in list(self.inodes.values()):
-            if not node.dirty:
+        dirty_inodes, self.dirty_inodes = self.dirty_inodes, set()
+        for ino in sorted(dirty_inodes):
+            node = self.inodes.get(ino)
+            if node is None or not node.dirty:
                 continue
             if node.size <= INLINE_MAX and not node.chunks and set(node.dirty) <= {0}:
                 buf = node.dirty.pop(0, bytearray())

@@ -118,12 +118,11 @@ class LocalStore(Store):
         return os.path.join(self.root, "pointers", name)
 
     def _ensure_root(self) -> None:
+        """The folder must exist (``create`` makes it); subfolders appear on first write."""
         if not os.path.isdir(self.root):
             if not self._create:
                 raise FileNotFoundError(errno.ENOENT, "no such folder", self.root)
             os.makedirs(self.root, exist_ok=True)
-        for sub in ("objects", "pointers"):
-            os.makedirs(os.path.join(self.root, sub), exist_ok=True)
 
     async def check(self) -> None:
         await self._run(self._ensure_root, self.root)

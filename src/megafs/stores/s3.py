@@ -1,0 +1,558 @@
+"""A store in an S3 bucket (AWS, SeaweedFS, MinIO, Garage, ...).
+
+Layout under the store's key prefix::
+
+    <prefix>o/<name>    immutable objects (the only keys ``list`` looks at)
+    <prefix>p/<name>    pointers, overwritten only by conditional PUT
+
+Pointer compare-and-swap is S3's conditional write: ``If-None-Match: *``
+creates a pointer only if it is absent, ``If-Match: <etag>`` replaces it only
+if it is unchanged; the server answers 412 (or 409 ConditionalRequestConflict)
+when we lost. The version tag of a pointer is its S3 ETag.
+
+Credentials, region and (when none is given) the endpoint are resolved once,
+lazily, by botocore exactly as the AWS tools do it (environment, shared
+credentials and config files, ``AWS_PROFILE``, SSO, instance metadata).
+Requests are signed with botocore's SigV4 signer and sent through one pooled
+``httpx.AsyncClient`` per store, at most ``max_concurrency`` at a time.
+
+Retries: :func:`is_temp_failure` is the only place that decides what is
+retried. A retried call backs off exponentially with full jitter, and gives
+up after ``max_attempts`` attempts or ``retry_deadline`` seconds, whichever
+comes first; the error it then raises is final.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import random
+import re
+import xml.etree.ElementTree as ET
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from urllib.parse import quote, urlsplit
+
+import botocore.auth
+import botocore.awsrequest
+import botocore.credentials
+import botocore.exceptions
+import botocore.session
+import httpx
+import trio
+
+from ..errors import (
+    NoSuchBucket,
+    ObjectNotFound,
+    PreconditionFailed,
+    StoreAuthError,
+    StoreError,
+    StoreFull,
+    StoreUnreachable,
+    UsageError,
+)
+from .base import Pointer, Store
+
+log = logging.getLogger(__name__)
+
+#: Bodies at least this large are hashed and signed in a worker thread.
+_THREAD_SIGN_BYTES = 256 * 1024
+
+#: S3 error codes that mean "these credentials are not accepted".
+_AUTH_CODES = {
+    "InvalidAccessKeyId": "the access key ID is not known to the server",
+    "SignatureDoesNotMatch": "the request signature does not match (wrong secret access key?)",
+    "AccessDenied": "access denied to this bucket or key",
+    "ExpiredToken": "the session token has expired",
+    "InvalidToken": "the session token is malformed or invalid",
+    "TokenRefreshRequired": "the session token must be refreshed",
+    "RequestTimeTooSkewed": "this machine's clock differs too much from the server's",
+    "AuthorizationHeaderMalformed": "the server rejected the authorization header",
+    "MissingSecurityHeader": "the request is missing a required security header",
+    "AllAccessDisabled": "all access to this bucket is disabled",
+    "AccountProblem": "the account has a problem that prevents this operation",
+}
+
+#: S3 error codes that mean "no space left".
+_FULL_CODES = {"QuotaExceeded", "InsufficientStorage", "StorageFull", "XMinioStorageFull"}
+
+#: 5xx status codes that are a final answer, not a transient state.
+_FINAL_5XX = {501, 505, 507}
+
+_DNS_BUCKET = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
+
+
+def is_temp_failure(failure: BaseException | httpx.Response) -> bool:
+    """Decide whether a failed attempt is worth retrying. The one place that does.
+
+    Retried: connection errors (refused, reset, DNS), dropped connections,
+    timeouts, HTTP 5xx (but not 501/505/507), 429, and S3's
+    ``400 RequestTimeout`` (the server gave up waiting for our body).
+    Never retried: any other 4xx, notably 400, 401, 403, 404, 409 and 412.
+    """
+    if isinstance(failure, httpx.Response):
+        status = failure.status_code
+        if status == 429 or (500 <= status <= 599 and status not in _FINAL_5XX):
+            return True
+        return status == 400 and _error_code(failure) == "RequestTimeout"
+    return isinstance(
+        failure, httpx.TimeoutException | httpx.NetworkError | httpx.RemoteProtocolError
+    )
+
+
+def _error_code(resp: httpx.Response) -> str:
+    """The ``<Code>`` of an S3 XML error body, or "" (HEAD answers have no body)."""
+    code, _ = _parse_error(resp)
+    return code
+
+
+def _parse_error(resp: httpx.Response) -> tuple[str, str]:
+    """``(Code, Message)`` of an S3 XML error body; empty strings if there is none."""
+    try:
+        root = ET.fromstring(resp.content)
+    except ET.ParseError:
+        return "", ""
+    code = root.findtext("{*}Code") or ""
+    message = root.findtext("{*}Message") or ""
+    return code.strip(), message.strip()
+
+
+@dataclass(frozen=True)
+class _Resolved:
+    """What botocore told us, resolved once per store."""
+
+    endpoint: str
+    region: str
+    credentials: botocore.credentials.Credentials
+
+
+class S3Store(Store):
+    """Store under ``prefix`` in an S3 ``bucket``.
+
+    ``endpoint`` defaults to ``$MEGAFS_S3_ENDPOINT``, then to the AWS
+    configuration (``AWS_ENDPOINT_URL``, ``endpoint_url`` in the profile), then
+    to AWS itself. Custom endpoints use path-style addressing; AWS uses
+    virtual-hosted addressing when the bucket name allows it.
+
+    ``transport`` replaces the HTTP transport (tests inject faults with it);
+    ``session`` replaces the botocore session (and thus the credential chain).
+    Constructing a store does no I/O; the first call resolves credentials.
+    """
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        endpoint: str | None = None,
+        max_concurrency: int = 32,
+        max_attempts: int = 8,
+        retry_deadline: float = 60.0,
+        backoff_base: float = 0.1,
+        backoff_cap: float = 5.0,
+        connect_timeout: float = 10.0,
+        io_timeout: float = 60.0,
+        list_page_size: int = 1000,
+        transport: httpx.AsyncBaseTransport | None = None,
+        session: botocore.session.Session | None = None,
+    ) -> None:
+        if not bucket:
+            raise UsageError("an S3 store needs a bucket name: s3://bucket/prefix")
+        self.bucket = bucket
+        prefix = prefix.strip("/")
+        self.prefix = f"{prefix}/" if prefix else ""
+        self.url = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
+        self._endpoint_arg = endpoint or os.environ.get("MEGAFS_S3_ENDPOINT") or None
+        self._max_attempts = max(1, max_attempts)
+        self._retry_deadline = retry_deadline
+        self._backoff_base = backoff_base
+        self._backoff_cap = backoff_cap
+        self._list_page_size = list_page_size
+        self._session = session
+        self._limiter = trio.CapacityLimiter(max_concurrency)
+        self._client = httpx.AsyncClient(
+            transport=transport,
+            timeout=httpx.Timeout(io_timeout, connect=connect_timeout),
+            limits=httpx.Limits(
+                max_connections=max_concurrency, max_keepalive_connections=max_concurrency
+            ),
+            follow_redirects=False,
+        )
+        self._setup_lock = trio.Lock()
+        self._resolved: _Resolved | None = None
+        self._frozen: botocore.credentials.ReadOnlyCredentials | None = None
+        self._closed = False
+
+    @classmethod
+    def from_url(cls, url: str, *, endpoint: str | None = None, **options: object) -> S3Store:
+        """Make a store for ``s3://bucket[/prefix]``. Does no I/O."""
+        parts = urlsplit(url)
+        if parts.scheme != "s3" or not parts.netloc:
+            raise UsageError(f"not an S3 URL (expected s3://bucket/prefix): {url}")
+        if parts.query or parts.fragment:
+            raise UsageError(f"S3 URL must not have a query or fragment: {url}")
+        return cls(parts.netloc, parts.path, endpoint=endpoint, **options)  # type: ignore[arg-type]
+
+    # -- where things are --------------------------------------------------
+
+    def _where(self) -> str:
+        ep = self._resolved.endpoint if self._resolved else (self._endpoint_arg or "AWS S3")
+        return f"endpoint {ep}, bucket {self.bucket}"
+
+    def _obj_key(self, name: str) -> str:
+        return f"{self.prefix}o/{name}"
+
+    def _ptr_key(self, name: str) -> str:
+        return f"{self.prefix}p/{name}"
+
+    def _url(self, key: str | None, query: Mapping[str, str] | None = None) -> str:
+        assert self._resolved is not None
+        base = self._resolved.endpoint.rstrip("/")
+        parts = urlsplit(base)
+        virtual = (
+            (parts.hostname or "").endswith(".amazonaws.com")
+            and _DNS_BUCKET.match(self.bucket) is not None
+            and not parts.path
+        )
+        if virtual:
+            netloc = f"{self.bucket}.{parts.netloc}"
+            url = f"{parts.scheme}://{netloc}/"
+        else:
+            url = f"{base}/{quote(self.bucket, safe='')}"
+            if key is not None:
+                url += "/"
+        if key is not None:
+            url += quote(key, safe="/~")
+        if query:
+            url += "?" + "&".join(
+                f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in sorted(query.items())
+            )
+        return url
+
+    # -- setup -----------------------------------------------------------------
+
+    def _resolve(self) -> _Resolved:
+        """Ask botocore for credentials, region and endpoint. Blocks (files, IMDS)."""
+        try:
+            session = self._session or botocore.session.get_session()
+            creds = session.get_credentials()
+            if creds is None:
+                raise StoreAuthError(
+                    "no AWS credentials found (set AWS_ACCESS_KEY_ID and "
+                    "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE / ~/.aws/credentials) "
+                    f"for {self.url}"
+                )
+            if self._endpoint_arg:
+                endpoint = self._endpoint_arg
+                region = session.get_config_variable("region") or "us-east-1"
+            else:
+                client = session.create_client("s3")
+                endpoint = client.meta.endpoint_url
+                region = client.meta.region_name
+                if not region or region == "aws-global":
+                    region = "us-east-1"
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:
+            raise StoreAuthError(f"cannot load the AWS configuration for {self.url}: {e}") from e
+        if urlsplit(endpoint).scheme not in ("http", "https"):
+            raise StoreError(f"S3 endpoint must be an http:// or https:// URL: {endpoint}")
+        return _Resolved(endpoint=endpoint, region=str(region), credentials=creds)
+
+    async def _frozen_credentials(self) -> botocore.credentials.ReadOnlyCredentials:
+        """Current credentials; refreshes (in a thread) only when botocore says so."""
+        if self._resolved is None:
+            async with self._setup_lock:
+                if self._resolved is None:
+                    self._resolved = await trio.to_thread.run_sync(self._resolve)
+        creds = self._resolved.credentials
+        stale = (
+            isinstance(creds, botocore.credentials.RefreshableCredentials)
+            and creds.refresh_needed()
+        )
+        if self._frozen is None or stale:
+            try:
+                self._frozen = await trio.to_thread.run_sync(creds.get_frozen_credentials)
+            except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:
+                raise StoreAuthError(f"cannot refresh AWS credentials for {self.url}: {e}") from e
+        return self._frozen
+
+    # -- one HTTP exchange, retried -----------------------------------------------
+
+    def _sign(
+        self,
+        frozen: botocore.credentials.ReadOnlyCredentials,
+        method: str,
+        url: str,
+        body: bytes,
+        headers: Mapping[str, str],
+    ) -> dict[str, str]:
+        """SigV4-sign a request (hashes the body: pure CPU) and return its headers."""
+        assert self._resolved is not None
+        req = botocore.awsrequest.AWSRequest(
+            method=method, url=url, data=body, headers=dict(headers)
+        )
+        botocore.auth.S3SigV4Auth(frozen, "s3", self._resolved.region).add_auth(req)
+        return dict(req.headers.items())
+
+    async def _attempt(
+        self,
+        method: str,
+        key: str | None,
+        query: Mapping[str, str] | None,
+        body: bytes,
+        headers: Mapping[str, str],
+    ) -> httpx.Response:
+        frozen = await self._frozen_credentials()
+        url = self._url(key, query)
+        hdrs = {"Accept-Encoding": "identity", **headers}
+        async with self._limiter:  # sign late: a queued request keeps a fresh timestamp
+            if len(body) >= _THREAD_SIGN_BYTES:
+                signed = await trio.to_thread.run_sync(self._sign, frozen, method, url, body, hdrs)
+            else:
+                signed = self._sign(frozen, method, url, body, hdrs)
+            return await self._client.request(method, url, content=body, headers=signed)
+
+    async def _exchange(
+        self,
+        method: str,
+        key: str | None,
+        *,
+        what: str,
+        query: Mapping[str, str] | None = None,
+        body: bytes = b"",
+        headers: Mapping[str, str] | None = None,
+    ) -> tuple[httpx.Response, bool]:
+        """Send one request, retrying temporary failures; return the final answer.
+
+        The flag is True when an earlier attempt may have reached the server
+        (it timed out or lost its connection after sending), so a write may
+        already have been applied. Raises StoreUnreachable (or StoreError for a
+        persistent 5xx) when the retries run out; any other answer is returned
+        for the caller to interpret.
+        """
+        if self._closed:
+            raise StoreError(f"S3 store {self.url} is closed")
+        deadline = trio.current_time() + self._retry_deadline
+        maybe_applied = False
+        attempt = 0
+        while True:
+            attempt += 1
+            failure: BaseException | httpx.Response
+            try:
+                resp = await self._attempt(method, key, query, body, headers or {})
+            except httpx.TransportError as e:
+                if not is_temp_failure(e):
+                    raise StoreError(f"S3 {method} {what} failed ({self._where()}): {e!r}") from e
+                failure = e
+                if not isinstance(e, httpx.ConnectError | httpx.ConnectTimeout):
+                    maybe_applied = True
+            else:
+                if not is_temp_failure(resp):
+                    return resp, maybe_applied
+                failure = resp
+                maybe_applied = True
+            delay = random.uniform(
+                0, min(self._backoff_cap, self._backoff_base * 2 ** (attempt - 1))
+            )
+            if attempt >= self._max_attempts or trio.current_time() + delay > deadline:
+                raise self._gave_up(failure, method, what, attempt)
+            log.info(
+                "S3 %s %s: temporary failure (%s), retry %d in %.2fs",
+                method,
+                what,
+                _describe(failure),
+                attempt,
+                delay,
+            )
+            await trio.sleep(delay)
+
+    def _gave_up(
+        self, failure: BaseException | httpx.Response, method: str, what: str, attempts: int
+    ) -> StoreError:
+        tries = f"{attempts} attempt{'s' if attempts != 1 else ''}"
+        if isinstance(failure, httpx.Response):
+            msg = f"S3 {method} {what} kept failing with {_describe(failure)} after {tries}"
+            if failure.status_code in (502, 503, 504):
+                return StoreUnreachable(f"{msg} ({self._where()})")
+            return StoreError(f"{msg} ({self._where()})")
+        if isinstance(failure, httpx.TimeoutException):
+            cause = f"timed out ({type(failure).__name__})"
+        elif isinstance(failure, httpx.ConnectError):
+            cause = f"cannot connect: {failure}"
+        else:
+            cause = f"connection lost: {failure!r}"
+        return StoreUnreachable(f"S3 server unreachable ({self._where()}): {cause}, after {tries}")
+
+    def _error(self, resp: httpx.Response, what: str, name: str | None = None) -> StoreError:
+        """Map a final non-success answer to the exception tree."""
+        status = resp.status_code
+        code, message = _parse_error(resp)
+        detail = f"{code}: {message}" if message else code or f"HTTP {status}"
+        where = self._where()
+        region = resp.headers.get("x-amz-bucket-region")
+        hint = ""
+        if region and self._resolved and region != self._resolved.region:
+            hint = f" (the bucket is in region {region}: set AWS_DEFAULT_REGION={region})"
+        if code == "NoSuchBucket":
+            return NoSuchBucket(f"S3 bucket {self.bucket!r} does not exist ({where})")
+        if code in _AUTH_CODES or status in (401, 403):
+            reason = _AUTH_CODES.get(code, "credentials rejected")
+            key = self._frozen.access_key if self._frozen else "?"
+            return StoreAuthError(
+                f"S3 refused {what}: {code or f'HTTP {status}'}: {reason}{hint} "
+                f"(access key {key}, {where})"
+            )
+        if status == 404:
+            return ObjectNotFound(name) if name is not None else ObjectNotFound(what)
+        if status == 412 or code == "ConditionalRequestConflict":
+            return PreconditionFailed(f"S3 conditional write of {what} lost ({detail})")
+        if status == 507 or code in _FULL_CODES:
+            return StoreFull(f"S3 store is full while writing {what}: {detail} ({where})")
+        if status in (301, 307) or code in ("PermanentRedirect", "TemporaryRedirect"):
+            return StoreError(f"S3 redirected {what}: {detail}{hint} ({where})")
+        return StoreError(f"S3 {what} failed: HTTP {status} {detail} ({where})")
+
+    # -- the Store contract ----------------------------------------------------
+
+    async def check(self) -> None:
+        """List at most one key: proves reachability, credentials and the bucket."""
+        resp, _ = await self._exchange(
+            "GET",
+            None,
+            what=f"listing of {self.url}",
+            query={"list-type": "2", "max-keys": "1", "prefix": self.prefix},
+        )
+        if resp.status_code == 404:
+            raise NoSuchBucket(f"S3 bucket {self.bucket!r} does not exist ({self._where()})")
+        if resp.status_code != 200:
+            raise self._error(resp, f"listing of {self.url}")
+
+    async def put(self, name: str, data: bytes) -> None:
+        """PUT the object; retried on temporary failures (PUT is idempotent)."""
+        resp, _ = await self._exchange("PUT", self._obj_key(name), what=f"object {name}", body=data)
+        if resp.status_code != 200:
+            raise self._error(resp, f"object {name}", name)
+
+    async def get(self, name: str) -> bytes:
+        """GET the whole object; retried on temporary failures."""
+        resp, _ = await self._exchange("GET", self._obj_key(name), what=f"object {name}")
+        if resp.status_code != 200:
+            raise self._error(resp, f"object {name}", name)
+        return resp.content
+
+    async def get_range(self, name: str, offset: int, length: int) -> bytes:
+        """Ranged GET. A range starting at or past the end is b"" (S3 answers 416)."""
+        if length <= 0:
+            return b""
+        resp, _ = await self._exchange(
+            "GET",
+            self._obj_key(name),
+            what=f"object {name}",
+            headers={"Range": f"bytes={offset}-{offset + length - 1}"},
+        )
+        if resp.status_code == 206:
+            return resp.content[:length]
+        if resp.status_code == 200:  # the server ignored Range
+            return resp.content[offset : offset + length]
+        if resp.status_code == 416:
+            return b""
+        raise self._error(resp, f"object {name}", name)
+
+    async def delete(self, name: str) -> None:
+        """DELETE the object; a missing object (404, or S3's 204) is fine. Retried."""
+        resp, _ = await self._exchange("DELETE", self._obj_key(name), what=f"object {name}")
+        if resp.status_code in (200, 204):
+            return
+        if resp.status_code == 404 and _error_code(resp) != "NoSuchBucket":
+            return
+        raise self._error(resp, f"object {name}", name)
+
+    async def list(self, prefix: str = "") -> AsyncIterator[tuple[str, int]]:
+        """ListObjectsV2 under ``<prefix>o/``, page by page (continuation tokens)."""
+        base = self._obj_key("")
+        token: str | None = None
+        while True:
+            query = {
+                "list-type": "2",
+                "prefix": base + prefix,
+                "max-keys": str(self._list_page_size),
+            }
+            if token:
+                query["continuation-token"] = token
+            resp, _ = await self._exchange("GET", None, what=f"listing of {self.url}", query=query)
+            if resp.status_code != 200:
+                raise self._error(resp, f"listing of {self.url}")
+            try:
+                root = ET.fromstring(resp.content)
+            except ET.ParseError as e:
+                raise StoreError(f"S3 listing is not valid XML ({self._where()}): {e}") from e
+            for item in root.iterfind("{*}Contents"):
+                key = item.findtext("{*}Key") or ""
+                if not key.startswith(base) or key.endswith("/"):
+                    continue  # directory markers some servers report
+                yield key[len(base) :], int(item.findtext("{*}Size") or "0")
+            token = root.findtext("{*}NextContinuationToken")
+            if (root.findtext("{*}IsTruncated") or "").lower() != "true" or not token:
+                return
+
+    async def read_pointer(self, name: str) -> Pointer | None:
+        """GET the pointer and its ETag; None on NoSuchKey. Retried."""
+        resp, _ = await self._exchange("GET", self._ptr_key(name), what=f"pointer {name}")
+        if resp.status_code == 200:
+            etag = resp.headers.get("etag")
+            if not etag:
+                raise StoreError(f"S3 server sent no ETag for pointer {name} ({self._where()})")
+            return Pointer(resp.content, etag)
+        if resp.status_code == 404 and _error_code(resp) != "NoSuchBucket":
+            return None
+        raise self._error(resp, f"pointer {name}")
+
+    async def cas_pointer(self, name: str, data: bytes, expected: str | None) -> str:
+        """Conditional PUT of a pointer; retried on temporary failures.
+
+        A retried attempt may meet its own earlier, applied write and get 412;
+        then the pointer is re-read and, if it holds exactly ``data``, the
+        write counts as ours. (Another writer storing the very same bytes
+        in that window is indistinguishable, and equally harmless.)
+        """
+        cond = {"If-None-Match": "*"} if expected is None else {"If-Match": expected}
+        what = f"pointer {name}"
+        resp, maybe_applied = await self._exchange(
+            "PUT", self._ptr_key(name), what=what, body=data, headers=cond
+        )
+        if resp.status_code == 200:
+            etag: str | None = resp.headers.get("etag")
+            if etag:
+                return etag
+            current = await self.read_pointer(name)
+            if current is not None and current.data == data:
+                return current.etag
+            # Already replaced by someone else: S3's ETag of a plain PUT is the
+            # MD5 of the body, and it cannot match the pointer's current tag.
+            return f'"{hashlib.md5(data, usedforsecurity=False).hexdigest()}"'
+        if resp.status_code == 404 and _error_code(resp) != "NoSuchBucket":
+            # AWS answers If-Match on a missing key with 404 NoSuchKey.
+            raise PreconditionFailed(f"S3 conditional write of {what} lost (pointer is absent)")
+        err = self._error(resp, what)
+        if isinstance(err, PreconditionFailed) and maybe_applied:
+            current = await self.read_pointer(name)
+            if current is not None and current.data == data:
+                log.info("S3 CAS of %s: an earlier attempt was applied; treating as success", name)
+                return current.etag
+        raise err
+
+    async def aclose(self) -> None:
+        """Close the connection pool. Idempotent."""
+        if not self._closed:
+            self._closed = True
+            await self._client.aclose()
+
+
+def _describe(failure: BaseException | httpx.Response) -> str:
+    if isinstance(failure, httpx.Response):
+        code = _error_code(failure)
+        return f"HTTP {failure.status_code}" + (f" {code}" if code else "")
+    return repr(failure)
+
+
+__all__ = ["S3Store", "is_temp_failure"]

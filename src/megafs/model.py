@@ -40,7 +40,6 @@ import itertools
 import logging
 import os
 import stat
-import struct
 import time
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
@@ -196,31 +195,6 @@ class Inode:
         del self.order[cookie]
         self.body_dirty = True
         return ino
-
-
-ACL_ACCESS = b"system.posix_acl_access"
-
-
-def _acl_mode(value: bytes) -> tuple[int, bool]:
-    """Permission bits that a POSIX access ACL implies, and whether it is minimal.
-
-    Setting an access ACL sets the mode's permission bits as it does on any
-    Linux filesystem (owner from USER_OBJ, group from MASK or GROUP_OBJ,
-    other from OTHER). A minimal ACL says nothing beyond the mode.
-    """
-    if len(value) < 4 or (len(value) - 4) % 8 or struct.unpack_from("<I", value)[0] != 2:
-        raise FsError(errno.EINVAL)
-    perms: dict[int, int] = {}
-    for off in range(4, len(value), 8):
-        tag, perm = struct.unpack_from("<HH", value, off)
-        perms[tag] = perms.get(tag, 0) | (perm & 7)
-    try:
-        user, other = perms[0x01], perms[0x20]
-        group = perms[0x10] if 0x10 in perms else perms[0x04]
-    except KeyError:
-        raise FsError(errno.EINVAL) from None
-    minimal = not (set(perms) - {0x01, 0x04, 0x20})
-    return (user << 6) | (group << 3) | other, minimal
 
 
 F = TypeVar("F", bound=Callable[..., Coroutine[Any, Any, Any]])
@@ -1033,15 +1007,7 @@ class Filesystem:
             raise FsError(errno.EEXIST)
         if flags & XATTR_REPLACE and name not in node.xattrs:
             raise FsError(errno.ENODATA)
-        if name == ACL_ACCESS:
-            mode_bits, minimal = _acl_mode(value)
-            node.mode = (node.mode & ~0o777) | mode_bits
-            if minimal:  # equivalent to the mode bits: keep only those
-                node.xattrs.pop(name, None)
-            else:
-                node.xattrs[name] = value
-        else:
-            node.xattrs[name] = value
+        node.xattrs[name] = value
         node.ctime = self._now()
         self._touch(node)
         self._log("sx", ino, name, value, flags)
@@ -1473,7 +1439,7 @@ class Filesystem:
             self.root.lease = self.vault.my_lease()
         if self.journal is not None:
             self._journal_mark = self.journal.rotate()
-            self.root.journal = (self.vault.state.client_id, self._journal_mark)
+            self.root.journal = (self.journal.id, self._journal_mark)
         self.root_for_commit = Root(
             generation=self.root.generation + 1,
             itab=itab,

@@ -305,3 +305,15 @@ async def test_lazy_open_and_ranged_reads(tmp_path: Path) -> None:
     await fs2.read(big, 3_000_000, 4096)
     assert counting.gets == 1
     assert counting.bytes <= 2 * (65536 + 28)
+
+
+async def test_empty_small_file_grown_far(fs: Filesystem, store: Store) -> None:
+    ino = await mkfile(fs, ROOT_INO, b"e")
+    await fs.commit()  # stored inline, empty
+    await fs.write(ino, 5 << 20, b"end")
+    await fs.truncate(ino, 3)  # leaves an empty chunk 0 buffer
+    await fs.write(ino, 1 << 20, b"x")
+    await fs.close()
+    fs2 = await reopen(store)
+    assert await fs2.read(ino, 0, 10) == bytes(10)
+    assert await fs2.read(ino, 1 << 20, 10) == b"x"

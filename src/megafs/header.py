@@ -226,7 +226,7 @@ def with_new_passphrase(
 
 
 def format_recovery_key(key: bytes) -> str:
-    """32 bytes -> 'ABCD-EFGH-...' (base32, 13 groups of 4, with a checksum group)."""
+    """32 bytes -> 'ABCD-EFGH-...': base32 of key + 3 checksum bytes, 14 groups of 4."""
     check = crypto.hmac_sha256(b"megafs recovery checksum", key)[:3]
     text = base64.b32encode(key + check).decode().rstrip("=")
     return "-".join(text[i : i + 4] for i in range(0, len(text), 4))

@@ -265,7 +265,9 @@ class Filesystem:
         self.opens: dict[int, int] = {}
         self.orphans: set[int] = set(root.orphans)
         self.meta_dirty = False
-        self.blocks: cachetools.LRUCache[tuple[bytes, int], bytes] = cachetools.LRUCache(
+        # (file id, object id, block) -> plaintext: keyed by the file too, so
+        # that a block is only ever served to the file it was verified for.
+        self.blocks: cachetools.LRUCache[tuple[bytes, bytes, int], bytes] = cachetools.LRUCache(
             maxsize=block_cache_bytes, getsizeof=len
         )
         self._load_locks: dict[tuple[str, int], trio.Lock] = {}
@@ -477,7 +479,10 @@ class Filesystem:
             elif stat.S_ISLNK(node.mode):
                 node.target = bytes(body["l"])
             elif node.is_reg:
+                cs = self.layout.chunk_size
                 for idx, obj, length in body.get("c", []):
+                    if not (0 <= int(idx) < 1 << 44 and 0 < int(length) <= cs):
+                        raise ValueError(f"chunk {idx} length {length} out of range")
                     node.chunks[int(idx)] = ChunkRef(bytes(obj), int(length))
                 if "i" in body:
                     assert node.file_key is not None
@@ -1046,7 +1051,7 @@ class Filesystem:
         if first == last:
             return b""
         parts: list[bytes] = []
-        missing = [b for b in range(first, last) if (ref.obj, b) not in self.blocks]
+        missing = [b for b in range(first, last) if (node.file_id, ref.obj, b) not in self.blocks]
         if missing:
             m0, m1 = missing[0], missing[-1] + 1
             if ahead:
@@ -1086,14 +1091,14 @@ class Filesystem:
             except crypto.AuthFailed as e:
                 raise IntegrityError(name, str(e)) from None
             for i, b in enumerate(range(m0, m1)):
-                self.blocks[(ref.obj, b)] = plain[i * bs : (i + 1) * bs]
+                self.blocks[(node.file_id, ref.obj, b)] = plain[i * bs : (i + 1) * bs]
             for b in range(first, last):
-                blk = self.blocks.get((ref.obj, b))
+                blk = self.blocks.get((node.file_id, ref.obj, b))
                 if blk is None:
                     blk = plain[(b - m0) * bs : (b - m0 + 1) * bs]
                 parts.append(blk)
         else:
-            parts = [self.blocks[(ref.obj, b)] for b in range(first, last)]
+            parts = [self.blocks[(node.file_id, ref.obj, b)] for b in range(first, last)]
         joined = b"".join(parts)
         return joined[lo - first * bs : hi - first * bs]
 
@@ -1145,7 +1150,9 @@ class Filesystem:
         return bytearray(await self._chunk_range(node, idx, 0, self.layout.chunk_size))
 
     def _unsmall(self, node: Inode) -> None:
-        if node.small is not None:
+        if node.small == b"":
+            node.small = None
+        elif node.small is not None:
             node.dirty[0] = bytearray(node.small)
             self.dirty_inodes.add(node.ino)
             self.dirty_bytes += len(node.small)
@@ -1310,7 +1317,7 @@ class Filesystem:
             for obj, pend in chunk_jobs:
                 if self.pending.pop(obj, None) is not None:
                     for b in range(0, len(pend.data), bs):
-                        self.blocks[(obj, b // bs)] = pend.data[b : b + bs]
+                        self.blocks[(pend.inode.file_id, obj, b // bs)] = pend.data[b : b + bs]
             self.commits += 1
             mark = self.root_for_commit.journal
             if self.journal is not None and mark is not None:
@@ -1395,6 +1402,8 @@ class Filesystem:
                 node.body_dirty = True
                 continue
             for idx, buf in node.dirty.items():
+                if not buf:  # nothing stored: a hole
+                    continue
                 obj = crypto.new_id()
                 data = bytes(buf)
                 pend = _Pending(node, idx, data)

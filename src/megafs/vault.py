@@ -141,7 +141,7 @@ class Root:
     orphans: list[int] = field(default_factory=list)
     lease: Lease | None = None
     stats: list[int] = field(default_factory=lambda: [0, 0])  # [inodes, bytes]
-    #: (client id, journal segment) of the last commit: see megafs.journal
+    #: (journal id, journal segment) of the last commit: see megafs.journal
     journal: tuple[bytes, int] | None = None
 
     def encode(self) -> bytes:
@@ -340,7 +340,7 @@ class Vault:
         if lease is None or force:
             return
         if lease.client_id == self.state.client_id:
-            if lease.pid == os.getpid() or not _pid_alive(lease.pid):
+            if lease.pid == os.getpid() or not pid_alive(lease.pid):
                 return
         elif lease.until < time.time():
             return
@@ -351,11 +351,21 @@ class Vault:
         )
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs on this machine.
+
+    A zombie has exited even though its pid stays taken until its parent
+    reaps it (a container's init may do so late, or never): it counts as gone.
+    """
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
+        pass
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
         return True
-    return True
+    return state not in (b"Z", b"X")

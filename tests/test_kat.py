@@ -1,0 +1,769 @@
+"""Known-answer tests: the v1 on-store format, frozen.
+
+Two kinds of frozen data live in ``tests/vectors/``:
+
+* ``v1.json``: fixed keys, ids and nonces, and the exact bytes every layer
+  makes of them (subkeys, associated data, header, root, wrapped file key,
+  inline data, a leaf page, an index node, a body, a chunk);
+* ``vault-v1/``: a whole small vault in a local-store folder.
+
+Both were written once by ``tests/vectors/generate_v1.py``. Each vector is
+checked both ways: the current writer reproduces the frozen bytes from the
+frozen inputs, and the current reader opens the frozen bytes. A small reader
+written from ``docs/format.md`` alone (:class:`DocReader`, no megafs imports)
+reads the frozen vault and a freshly written one, so neither the code nor the
+document can drift from the format silently.
+
+Never regenerate the vectors to make a failing test here pass: a failure
+means that vaults written by an earlier megafs would no longer open.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import json
+import os
+import shutil
+import stat
+import struct
+import unicodedata
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
+
+from megafs import crypto, header
+from megafs.crypto import KdfParams, Keys, Layout
+from megafs.header import Header, Slot
+from megafs.model import ROOT_INO, ChunkRef, Filesystem, Inode
+from megafs.stores import LocalStore
+from megafs.vault import KIND_BODY, KIND_INDEX, KIND_LEAF, Lease, Root, Vault
+
+VECTORS = Path(__file__).parent / "vectors"
+V1_JSON = VECTORS / "v1.json"
+V1_VAULT = VECTORS / "vault-v1"
+
+# --- the inputs of v1.json --------------------------------------------------
+
+KAT_LAYOUT = Layout(chunk_size=8192, block_size=4096)
+KAT_KDF = KdfParams(memory_kib=8192, iterations=1, lanes=1)
+#: The same passphrase typed two ways: precomposed (NFC) and decomposed (NFD).
+KAT_PASS_NFC = "Passphrase caf\u00e9"
+KAT_PASS_NFD = "Passphrase cafe\u0301"
+
+
+def _seq(start: int, n: int) -> bytes:
+    return bytes(range(start, start + n))
+
+
+def _nonce(i: int) -> bytes:
+    return i.to_bytes(crypto.NONCE_SIZE, "big")
+
+
+MASTER = _seq(0x00, 32)
+VAULT_ID = bytes.fromhex("0f1e2d3c4b5a69788796a5b4c3d2e1f0")
+RECOVERY_KEY = _seq(0x80, 32)
+SALT = _seq(0xE0, 16)
+FILE_A = _seq(0x10, 16)  # inode 300, small file stored inline
+FILE_B = _seq(0x20, 16)  # inode 301, one chunk
+KEY_A = _seq(0x40, 32)
+KEY_B = _seq(0x60, 32)
+CHUNK_OBJ = _seq(0xA0, 16)
+LEAF_OBJ = _seq(0xB0, 16)
+MID_OBJ = _seq(0xC0, 16)
+TOP_OBJ = _seq(0xC8, 16)
+BODY_OBJ = _seq(0xD0, 16)
+CLIENT_ID = _seq(0xF0, 16)
+NONCES = {
+    "passphrase_slot": _nonce(1),
+    "recovery_slot": _nonce(2),
+    "root": _nonce(3),
+    "wrap_a": _nonce(4),
+    "inline_a": _nonce(5),
+    "wrap_b": _nonce(6),
+    "leaf": _nonce(7),
+    "index": _nonce(8),
+    "body": _nonce(9),
+    "chunk_block0": _nonce(10),
+    "chunk_block1": _nonce(11),
+}
+INLINE_A = b"hello"
+CHUNK_B = bytes((i * 31 + 7) % 256 for i in range(5000))  # two blocks: 4096 + 904
+TIMES = [1_700_000_000_000_000_001, 1_700_000_000_000_000_002, 1_700_000_000_000_000_003]
+INO_A, INO_B, INO_DIR, INO_LINK = 300, 301, 302, 303  # page 1: hi 0, lo 1
+DIR_BODY: dict[str, Any] = {
+    "p": ROOT_INO,
+    "n": 5,
+    "e": [[b"a.txt", INO_A, 3], [b"b.bin", INO_B, 4]],
+}
+KAT_ROOT = Root(
+    generation=7,
+    itab=TOP_OBJ,
+    next_ino=304,
+    orphans=[],
+    lease=Lease(CLIENT_ID, "kat-host", 4242, 1_700_000_000.5),
+    stats=[4, 5005],
+)
+
+
+@contextlib.contextmanager
+def scripted_urandom(values: list[bytes]) -> Iterator[None]:
+    """Make ``os.urandom`` return ``values`` in order (and nothing else)."""
+    queue = list(values)
+    real = os.urandom
+
+    def fake(n: int) -> bytes:
+        assert queue, "unexpected os.urandom call"
+        v = queue.pop(0)
+        assert len(v) == n, f"os.urandom({n}) but the script has {len(v)} bytes"
+        return v
+
+    setattr(os, "urandom", fake)  # noqa: B010 - patch the module attribute
+    try:
+        yield
+    finally:
+        setattr(os, "urandom", real)  # noqa: B010
+    assert not queue, "os.urandom was called fewer times than scripted"
+
+
+def kat_header() -> Header:
+    hdr = Header(vault_id=VAULT_ID, layout=KAT_LAYOUT)
+    phead = Slot(header.SLOT_PASSPHRASE, KAT_KDF, SALT, b"").head()
+    kek = crypto.argon2id(header.normalize_passphrase(KAT_PASS_NFC), SALT, KAT_KDF)
+    pslot = Slot(
+        header.SLOT_PASSPHRASE,
+        KAT_KDF,
+        SALT,
+        crypto.seal(kek, MASTER, hdr.slot_aad(phead), NONCES["passphrase_slot"]),
+    )
+    none = KdfParams(0, 0, 0)
+    rhead = Slot(header.SLOT_RECOVERY, none, bytes(16), b"").head()
+    rkek = crypto.hkdf(RECOVERY_KEY, VAULT_ID, crypto.LABELS["recovery_kek"])
+    rslot = Slot(
+        header.SLOT_RECOVERY,
+        none,
+        bytes(16),
+        crypto.seal(rkek, MASTER, hdr.slot_aad(rhead), NONCES["recovery_slot"]),
+    )
+    return Header(vault_id=VAULT_ID, layout=KAT_LAYOUT, slots=(pslot, rslot))
+
+
+def kat_vault(tmp: Path) -> Vault:
+    """A Vault object for the KAT keys (no store I/O; needs MEGAFS_STATE_DIR)."""
+    return Vault(LocalStore(str(tmp / "unused")), kat_header(), Keys(MASTER, VAULT_ID))
+
+
+def kat_inodes() -> list[Inode]:
+    a = Inode(INO_A, stat.S_IFREG | 0o644, 1000, 1000)
+    a.file_id, a.file_key, a.size, a.small = FILE_A, KEY_A, len(INLINE_A), INLINE_A
+    a.xattrs = {b"user.k": b"v"}
+    b = Inode(INO_B, stat.S_IFREG | 0o600, 1000, 1000)
+    b.file_id, b.file_key, b.size = FILE_B, KEY_B, len(CHUNK_B)
+    b.chunks = {0: ChunkRef(CHUNK_OBJ, len(CHUNK_B))}
+    d = Inode(INO_DIR, stat.S_IFDIR | 0o755, 1000, 1000)
+    d.nlink, d.file_id = 2, _seq(0x30, 16)
+    d.body_ref, d.body_loaded, d.body_dirty = BODY_OBJ, False, False
+    lnk = Inode(INO_LINK, stat.S_IFLNK | 0o777, 1000, 1000)
+    lnk.file_id, lnk.target, lnk.size = _seq(0x38, 16), b"a.txt", 5
+    for n in (a, b, d, lnk):
+        n.atime, n.mtime, n.ctime = TIMES
+    return [a, b, d, lnk]
+
+
+def compute_vectors(tmp: Path) -> dict[str, Any]:
+    """Everything in v1.json, computed with the current code from the fixed inputs."""
+    keys = Keys(MASTER, VAULT_ID)
+    vault = kat_vault(tmp)
+    fs = Filesystem(vault, KAT_ROOT, writable=False)
+    out: dict[str, Any] = {
+        "inputs": {
+            "master_key": MASTER.hex(),
+            "vault_id": VAULT_ID.hex(),
+            "recovery_key": RECOVERY_KEY.hex(),
+            "passphrase_nfc": KAT_PASS_NFC,
+            "passphrase_nfd": KAT_PASS_NFD,
+            "kdf": [KAT_KDF.memory_kib, KAT_KDF.iterations, KAT_KDF.lanes],
+            "salt": SALT.hex(),
+            "layout": [KAT_LAYOUT.chunk_size, KAT_LAYOUT.block_size],
+            "file_a": FILE_A.hex(),
+            "file_key_a": KEY_A.hex(),
+            "file_b": FILE_B.hex(),
+            "file_key_b": KEY_B.hex(),
+            "chunk_obj": CHUNK_OBJ.hex(),
+            "leaf_obj": LEAF_OBJ.hex(),
+            "mid_obj": MID_OBJ.hex(),
+            "top_obj": TOP_OBJ.hex(),
+            "body_obj": BODY_OBJ.hex(),
+            "client_id": CLIENT_ID.hex(),
+            "nonces": {k: v.hex() for k, v in NONCES.items()},
+        }
+    }
+    out["subkeys"] = {
+        "header_mac": keys.header_mac.hex(),
+        "root": keys.root.hex(),
+        "meta": keys.meta.hex(),
+        "file_wrap": keys.file_wrap.hex(),
+        "cache": keys.cache.hex(),
+        "recovery_kek": crypto.hkdf(RECOVERY_KEY, VAULT_ID, crypto.LABELS["recovery_kek"]).hex(),
+        "passphrase_kek": crypto.argon2id(
+            header.normalize_passphrase(KAT_PASS_NFC), SALT, KAT_KDF
+        ).hex(),
+    }
+    out["recovery_key_text"] = header.format_recovery_key(RECOVERY_KEY)
+    hdr = kat_header()
+    out["aad"] = {
+        "root": crypto.root_aad(VAULT_ID).hex(),
+        "meta_leaf": crypto.meta_aad(VAULT_ID, KIND_LEAF, LEAF_OBJ).hex(),
+        "filekey_a": crypto.filekey_aad(VAULT_ID, FILE_A).hex(),
+        "block_b_0": crypto.block_aad(VAULT_ID, FILE_B, CHUNK_OBJ, 0, 0, len(CHUNK_B)).hex(),
+        "block_b_1": crypto.block_aad(VAULT_ID, FILE_B, CHUNK_OBJ, 0, 1, len(CHUNK_B)).hex(),
+        "inline_a": crypto.inline_aad(VAULT_ID, FILE_A, len(INLINE_A) + crypto.OVERHEAD).hex(),
+        "slot_passphrase": hdr.slot_aad(hdr.slots[0].head()).hex(),
+        "slot_recovery": hdr.slot_aad(hdr.slots[1].head()).hex(),
+    }
+    out["header"] = hdr.encode(keys).hex()
+    root_plain = KAT_ROOT.encode()
+    out["root"] = {
+        "plaintext": root_plain.hex(),
+        "sealed": crypto.seal(
+            keys.root, root_plain, crypto.root_aad(VAULT_ID), NONCES["root"]
+        ).hex(),
+    }
+    out["wrapped_file_key_a"] = crypto.wrap_file_key(keys, FILE_A, KEY_A, NONCES["wrap_a"]).hex()
+    out["inline_a"] = crypto.seal(
+        KEY_A,
+        INLINE_A,
+        crypto.inline_aad(VAULT_ID, FILE_A, len(INLINE_A) + crypto.OVERHEAD),
+        NONCES["inline_a"],
+    ).hex()
+    uploads: list[tuple[int, bytes, Any]] = []
+    nodes = kat_inodes()
+    with scripted_urandom([NONCES["wrap_a"], NONCES["inline_a"], NONCES["wrap_b"]]):
+        leaf = {n.ino: fs._encode(n, uploads) for n in nodes}
+    assert not uploads
+    meta: list[tuple[str, int, bytes, Any]] = [
+        ("leaf", KIND_LEAF, LEAF_OBJ, leaf),
+        ("index", KIND_INDEX, MID_OBJ, {INO_A >> 8 & 1023: LEAF_OBJ}),
+        ("body", KIND_BODY, BODY_OBJ, DIR_BODY),
+    ]
+    for name, kind, obj, payload in meta:
+        plain = msgpack.packb(payload, use_bin_type=True)
+        with scripted_urandom([NONCES[name]]):
+            sealed = vault.seal_meta(kind, obj, payload)
+        out[name] = {"plaintext": plain.hex(), "sealed": sealed.hex()}
+    with scripted_urandom([NONCES["chunk_block0"], NONCES["chunk_block1"]]):
+        sealed = crypto.seal_chunk(keys, KAT_LAYOUT, KEY_B, FILE_B, CHUNK_OBJ, 0, CHUNK_B)
+    out["chunk"] = {"plaintext": CHUNK_B.hex(), "sealed": sealed.hex()}
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEGAFS_STATE_DIR", str(tmp_path / "state"))
+
+
+@pytest.fixture(scope="module")
+def frozen() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(V1_JSON.read_text())
+    return data
+
+
+def h(s: str) -> bytes:
+    return bytes.fromhex(s)
+
+
+# --- the writer reproduces the frozen bytes ------------------------------------
+
+SECTIONS = [
+    "inputs",
+    "subkeys",
+    "recovery_key_text",
+    "aad",
+    "header",
+    "root",
+    "wrapped_file_key_a",
+    "inline_a",
+    "leaf",
+    "index",
+    "body",
+    "chunk",
+]
+
+
+def test_vector_file_has_every_section(frozen: dict[str, Any]) -> None:
+    assert sorted(frozen) == sorted(SECTIONS)
+
+
+@pytest.mark.parametrize("section", SECTIONS)
+def test_writer_reproduces_vector(frozen: dict[str, Any], tmp_path: Path, section: str) -> None:
+    assert compute_vectors(tmp_path)[section] == frozen[section]
+
+
+# --- the reader opens the frozen bytes ------------------------------------------
+
+
+def _hkdf_rfc5869(ikm: bytes, salt: bytes, info: bytes) -> bytes:
+    prk = hmac.new(salt, ikm, hashlib.sha256).digest()
+    return hmac.new(prk, info + b"\x01", hashlib.sha256).digest()  # L = 32: one block
+
+
+def test_subkeys(frozen: dict[str, Any]) -> None:
+    sub = frozen["subkeys"]
+    keys = Keys(MASTER, VAULT_ID)
+    got = {
+        "header_mac": keys.header_mac,
+        "root": keys.root,
+        "meta": keys.meta,
+        "file_wrap": keys.file_wrap,
+        "cache": keys.cache,
+    }
+    for name, key in got.items():
+        assert key.hex() == sub[name], name
+        # An independent HKDF-SHA256 (RFC 5869) with the documented label.
+        assert _hkdf_rfc5869(MASTER, VAULT_ID, crypto.LABELS[name]).hex() == sub[name], name
+    assert _hkdf_rfc5869(RECOVERY_KEY, VAULT_ID, crypto.LABELS["recovery_kek"]) == h(
+        sub["recovery_kek"]
+    )
+    assert crypto.LABELS["header_mac"] == b"megafs v1 header MAC (HMAC-SHA256)"
+    assert len(set(crypto.LABELS.values())) == len(crypto.LABELS)
+
+
+def test_passphrase_kek_is_argon2id_of_nfc(frozen: dict[str, Any]) -> None:
+    want = h(frozen["subkeys"]["passphrase_kek"])
+    nfd = header.normalize_passphrase(KAT_PASS_NFD)
+    assert nfd == KAT_PASS_NFC.encode("utf-8")
+    assert crypto.argon2id(nfd, SALT, KAT_KDF) == want
+    direct = Argon2id(salt=SALT, length=32, iterations=1, lanes=1, memory_cost=8192)
+    assert direct.derive(unicodedata.normalize("NFC", KAT_PASS_NFD).encode()) == want
+    # Without normalisation the decomposed form would be another passphrase.
+    assert crypto.argon2id(KAT_PASS_NFD.encode(), SALT, KAT_KDF) != want
+
+
+def test_recovery_key_text(frozen: dict[str, Any]) -> None:
+    text = frozen["recovery_key_text"]
+    groups = text.split("-")
+    assert len(groups) == 14 and all(len(g) == 4 for g in groups)
+    assert header.parse_recovery_key(text) == RECOVERY_KEY
+    assert header.parse_recovery_key(text.lower().replace("-", " ")) == RECOVERY_KEY
+    typo = ("B" if text[0] != "B" else "C") + text[1:]
+    with pytest.raises(ValueError, match="checksum"):
+        header.parse_recovery_key(typo)
+
+
+def test_header_opens_with_both_slots(frozen: dict[str, Any]) -> None:
+    data = h(frozen["header"])
+    assert len(data) == 245
+    hdr, keys = header.unlock(data, KAT_PASS_NFD)
+    assert keys.master == MASTER
+    assert hdr.vault_id == VAULT_ID
+    assert hdr.layout == KAT_LAYOUT
+    assert [s.kind for s in hdr.slots] == [header.SLOT_PASSPHRASE, header.SLOT_RECOVERY]
+    assert hdr.slots[0].kdf == KAT_KDF and hdr.slots[0].salt == SALT
+    _, rkeys = header.unlock_recovery(data, header.parse_recovery_key(frozen["recovery_key_text"]))
+    assert rkeys.master == MASTER
+
+
+def test_root_opens(frozen: dict[str, Any], tmp_path: Path) -> None:
+    vault = kat_vault(tmp_path)
+    root = vault.open_root(h(frozen["root"]["sealed"]))
+    assert root == KAT_ROOT
+    assert Root.decode(h(frozen["root"]["plaintext"])) == KAT_ROOT
+
+
+def test_wrapped_key_and_inline_open(frozen: dict[str, Any]) -> None:
+    keys = Keys(MASTER, VAULT_ID)
+    wrapped = h(frozen["wrapped_file_key_a"])
+    assert len(wrapped) == 60
+    assert crypto.unwrap_file_key(keys, FILE_A, wrapped) == KEY_A
+    with pytest.raises(crypto.AuthFailed):
+        crypto.unwrap_file_key(keys, FILE_B, wrapped)
+    sealed = h(frozen["inline_a"])
+    aad = crypto.inline_aad(VAULT_ID, FILE_A, len(sealed))
+    assert crypto.open_sealed(KEY_A, sealed, aad) == INLINE_A
+
+
+def test_leaf_page_opens_and_decodes(frozen: dict[str, Any], tmp_path: Path) -> None:
+    vault = kat_vault(tmp_path)
+    payload = vault.open_meta(KIND_LEAF, LEAF_OBJ, h(frozen["leaf"]["sealed"]))
+    assert payload == msgpack.unpackb(h(frozen["leaf"]["plaintext"]), strict_map_key=False)
+    fs = Filesystem(vault, KAT_ROOT, writable=False)
+    nodes = {ino: fs._decode(ino, rec, LEAF_OBJ.hex()) for ino, rec in payload.items()}
+    a, b, d, lnk = (nodes[i] for i in (INO_A, INO_B, INO_DIR, INO_LINK))
+    assert (a.mode, a.uid, a.gid, a.nlink, a.size) == (stat.S_IFREG | 0o644, 1000, 1000, 1, 5)
+    assert [a.atime, a.mtime, a.ctime] == TIMES
+    assert a.file_id == FILE_A and a.file_key == KEY_A and a.small == INLINE_A
+    assert a.xattrs == {b"user.k": b"v"}
+    assert b.file_key == KEY_B and b.small is None
+    assert {i: (r.obj, r.length) for i, r in b.chunks.items()} == {0: (CHUNK_OBJ, 5000)}
+    assert d.body_ref == BODY_OBJ and not d.body_loaded
+    assert lnk.target == b"a.txt"
+    # An external body opens as KIND_BODY and decodes into the directory.
+    body = vault.open_meta(KIND_BODY, BODY_OBJ, h(frozen["body"]["sealed"]))
+    fs._decode_body(d, body, BODY_OBJ.hex())
+    assert d.parent == ROOT_INO and d.next_cookie == 5
+    assert d.entries == {b"a.txt": (INO_A, 3), b"b.bin": (INO_B, 4)}
+    index = vault.open_meta(KIND_INDEX, MID_OBJ, h(frozen["index"]["sealed"]))
+    assert index == {1: LEAF_OBJ}
+
+
+def test_chunk_opens(frozen: dict[str, Any]) -> None:
+    keys = Keys(MASTER, VAULT_ID)
+    sealed = h(frozen["chunk"]["sealed"])
+    assert len(sealed) == KAT_LAYOUT.sealed_len(5000) == 5000 + 2 * 28
+    args = (keys, KAT_LAYOUT, KEY_B, FILE_B, CHUNK_OBJ, 0, 5000)
+    assert crypto.open_blocks(*args, 0, sealed) == CHUNK_B
+    sb = KAT_LAYOUT.sealed_block
+    assert crypto.open_blocks(*args, 1, sealed[sb:]) == CHUNK_B[4096:]
+    # Block by block with AES-GCM directly, as docs/format.md describes it.
+    for bi in range(2):
+        piece = sealed[bi * sb : (bi + 1) * sb]
+        aad = h(frozen["aad"][f"block_b_{bi}"])
+        plain = AESGCM(KEY_B).decrypt(piece[:12], piece[12:], aad)
+        assert plain == CHUNK_B[bi * 4096 : (bi + 1) * 4096]
+
+
+# --- the frozen vault ------------------------------------------------------------
+
+FROZEN_PASSPHRASE = "frozen vault v1 \u2013 caf\u00e9"
+FROZEN_RECOVERY = "7E6C-XUZ5-SKR7-PI2B-MHTQ-SZ4E-G3P7-O6EL-TC6C-EXBP-HYSA-UBYQ-GSOK-2U4K"
+FROZEN_LAYOUT = Layout(chunk_size=8192, block_size=4096)
+FROZEN_UID = 1000
+FROZEN_MTIME = 1_600_000_000_123_456_789
+
+
+def _pattern(n: int, mul: int, add: int) -> bytes:
+    return bytes((i * mul + add) % 256 for i in range(n))
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One name in the frozen vault. ``data``: content, symlink target or link source."""
+
+    path: bytes
+    kind: str  # "file", "dir", "symlink", "fifo" or "hardlink"
+    perm: int = 0o644
+    data: bytes = b""
+    offset: int = 0  # a file's data is written at this offset (a hole before it)
+    xattrs: tuple[tuple[bytes, bytes], ...] = ()
+    ino: int = 0  # if set, the inode number to allocate (to reach other index pages)
+
+
+LONG = b"L" * 180
+FROZEN_TREE: list[Entry] = [
+    Entry(b"dir", "dir", 0o750),
+    Entry(
+        b"hello.txt",
+        "file",
+        data=b"Hello, megafs!\n",
+        xattrs=((b"user.comment", b"frozen v1"), (b"user.empty", b"")),
+    ),
+    Entry(b"empty", "file", 0o600),
+    Entry(b"dir/chunked.bin", "file", data=_pattern(20_000, 7, 3)),
+    Entry(b"dir/exact.bin", "file", 0o640, data=_pattern(8192, 13, 1)),
+    Entry(b"dir/sparse.bin", "file", data=b"tail", offset=30_000),
+    Entry(b"dir/link", "symlink", 0o777, data=b"../hello.txt"),
+    Entry(b"dir/sub", "dir", 0o700),
+    Entry(b"hello-hardlink", "hardlink", data=b"hello.txt"),
+    Entry(b"manylinks", "dir", 0o755),
+    *[
+        Entry(b"manylinks/link-%02d-" % i + LONG, "hardlink", data=b"dir/exact.bin")
+        for i in range(45)
+    ],
+    Entry(b"far.txt", "file", data=b"far away\n", ino=300_000),  # page 1171: hi 1, lo 147
+    Entry(b"caf\xc3\xa9 \xff.bin", "file", data=b"a name that is not UTF-8"),
+    Entry(b"fifo", "fifo", 0o644),
+]
+
+
+@dataclass
+class Expect:
+    mode: int
+    nlink: int
+    size: int
+    content: bytes  # file content or symlink target
+    xattrs: dict[bytes, bytes]
+
+
+def expected_tree() -> dict[bytes, Expect]:
+    """What every path of the frozen vault must look like."""
+    fmt = {"file": stat.S_IFREG, "dir": stat.S_IFDIR, "symlink": stat.S_IFLNK, "fifo": stat.S_IFIFO}
+    out: dict[bytes, Expect] = {}
+    for e in FROZEN_TREE:
+        if e.kind == "hardlink":
+            out[e.path] = out[e.data]
+            out[e.data].nlink += 1
+            continue
+        content = bytes(e.offset) + e.data if e.kind == "file" else e.data
+        out[e.path] = Expect(
+            fmt[e.kind] | e.perm, 2 if e.kind == "dir" else 1, len(content), content, dict(e.xattrs)
+        )
+    for p, x in out.items():
+        if stat.S_ISDIR(x.mode) and b"/" in p:
+            out[p.rsplit(b"/", 1)[0]].nlink += 1
+    return out
+
+
+def children(path: bytes) -> set[bytes]:
+    """Names directly inside ``path`` (b"" is the root directory)."""
+    out = set()
+    for e in FROZEN_TREE:
+        parent, _, name = e.path.rpartition(b"/")
+        if parent == path:
+            out.add(name)
+    return out
+
+
+async def build_vault(store_path: Path, passphrase: str) -> bytes:
+    """Write FROZEN_TREE into a new vault; return the recovery key. Used by the generator."""
+    store = LocalStore(str(store_path), create=True)
+    vault, recovery = await Vault.init(store, passphrase, KAT_KDF, FROZEN_LAYOUT)
+    fs = await Filesystem.load(vault)
+    inos: dict[bytes, int] = {b"": ROOT_INO}
+    for e in FROZEN_TREE:
+        parent_path, _, name = e.path.rpartition(b"/")
+        parent = inos[parent_path]
+        if e.ino:
+            fs.root.next_ino = e.ino
+        if e.kind == "dir":
+            ino = (await fs.mkdir(parent, name, e.perm, FROZEN_UID, FROZEN_UID)).ino
+        elif e.kind == "file":
+            ino = (await fs.create(parent, name, e.perm, FROZEN_UID, FROZEN_UID)).ino
+            if e.data:
+                await fs.write(ino, e.offset, e.data)
+        elif e.kind == "symlink":
+            ino = (await fs.symlink(parent, name, e.data, FROZEN_UID, FROZEN_UID)).ino
+        elif e.kind == "fifo":
+            mode = stat.S_IFIFO | e.perm
+            ino = (await fs.mknod(parent, name, mode, 0, FROZEN_UID, FROZEN_UID)).ino
+        else:
+            ino = (await fs.link(inos[e.data], parent, name)).ino
+        for k, v in e.xattrs:
+            await fs.setxattr(ino, k, v)
+        inos[e.path] = ino
+    for ino in set(inos.values()):
+        await fs.setattr(ino, atime_ns=FROZEN_MTIME, mtime_ns=FROZEN_MTIME)
+    await fs.close()
+    return recovery
+
+
+def _tree_digest(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+async def check_tree(fs: Filesystem) -> None:
+    """Assert that ``fs`` holds exactly FROZEN_TREE."""
+    want = expected_tree()
+    inos: dict[bytes, int] = {b"": ROOT_INO}
+    for path in sorted(want, key=lambda p: p.count(b"/")):
+        parent_path, _, name = path.rpartition(b"/")
+        attr = await fs.lookup(inos[parent_path], name)
+        inos[path] = attr.ino
+        x = want[path]
+        assert (attr.mode, attr.nlink, attr.size) == (x.mode, x.nlink, x.size), path
+        assert (attr.uid, attr.gid, attr.mtime_ns) == (FROZEN_UID, FROZEN_UID, FROZEN_MTIME), path
+        if stat.S_ISREG(x.mode):
+            assert await fs.read(attr.ino, 0, x.size + 100) == x.content, path
+        elif stat.S_ISLNK(x.mode):
+            assert await fs.readlink(attr.ino) == x.content, path
+        assert {k: await fs.getxattr(attr.ino, k) for k in await fs.listxattr(attr.ino)} == x.xattrs
+    for path, x in want.items():
+        if not stat.S_ISDIR(x.mode):
+            continue
+        assert await listdir(fs, inos[path]) == children(path), path
+    assert inos[b"far.txt"] == 300_000
+    assert await listdir(fs, ROOT_INO) == children(b"")
+    assert await fs.listxattr(ROOT_INO) == []
+
+
+async def listdir(fs: Filesystem, ino: int) -> set[bytes]:
+    names: list[bytes] = []
+    after = 0
+    while batch := await fs.readdir(ino, after):
+        names += [n for n, _, _ in batch if n not in (b".", b"..")]
+        after = batch[-1][2]
+    assert len(names) == len(set(names))
+    return set(names)
+
+
+async def test_frozen_vault_opens_and_matches(tmp_path: Path) -> None:
+    copy = tmp_path / "vault"
+    shutil.copytree(V1_VAULT, copy)
+    before = _tree_digest(copy)
+    store = LocalStore(str(copy))
+    vault = await Vault.unlock(store, unicodedata.normalize("NFD", FROZEN_PASSPHRASE))
+    assert vault.layout == FROZEN_LAYOUT
+    fs = await Filesystem.load(vault, writable=False)
+    await check_tree(fs)
+    # The recovery slot opens it too.
+    rvault = await Vault.unlock_recovery(store, header.parse_recovery_key(FROZEN_RECOVERY))
+    assert rvault.keys.master == vault.keys.master
+    assert _tree_digest(copy) == before, "a read-only open modified the store"
+
+
+async def test_frozen_vault_is_small_and_committed() -> None:
+    total = sum(p.stat().st_size for p in V1_VAULT.rglob("*") if p.is_file())
+    assert 0 < total < 100_000
+    assert (V1_VAULT / "pointers" / "header").stat().st_size == 245
+
+
+# --- an independent reader, written from docs/format.md ------------------------
+
+
+@dataclass
+class Read:
+    mode: int
+    nlink: int
+    uid: int
+    mtime: int
+    size: int
+    content: bytes
+    xattrs: dict[bytes, bytes]
+
+
+class DocReader:
+    """Reads a local-store vault using only the documented format (no megafs code)."""
+
+    def __init__(self, folder: Path, passphrase: str) -> None:
+        self.folder = folder
+        data = (folder / "pointers" / "header").read_bytes()
+        magic, version, vid, self.chunk, self.block, nslots = struct.unpack_from(">8sH16sIIB", data)
+        assert (magic, version) == (b"MEGAFS\x00\x1a", 1)
+        self.vid = vid
+        fixed = data[:34]
+        body_end = 35 + 89 * nslots
+        master = None
+        for i in range(nslots):
+            off = 35 + 89 * i
+            head = data[off : off + 29]
+            kind, mem, iters, lanes, salt = struct.unpack(">BIII16s", head)
+            sealed = data[off + 29 : off + 89]
+            if kind != 1:
+                continue
+            kek = Argon2id(salt=salt, length=32, iterations=iters, lanes=lanes, memory_cost=mem)
+            kek_bytes = kek.derive(unicodedata.normalize("NFC", passphrase).encode())
+            aad = b"megafs/v1/slot\x00" + fixed + head
+            master = AESGCM(kek_bytes).decrypt(sealed[:12], sealed[12:], aad)
+        assert master is not None
+        sub: Callable[[str], bytes] = lambda label: _hkdf_rfc5869(  # noqa: E731
+            master, vid, f"megafs v1 {label}".encode()
+        )
+        mac_key = sub("header MAC (HMAC-SHA256)")
+        assert hmac.compare_digest(
+            hmac.new(mac_key, data[:body_end], hashlib.sha256).digest(), data[body_end:]
+        )
+        self.root_key = sub("root pointer (AES-256-GCM)")
+        self.meta_key = sub("metadata objects (AES-256-GCM)")
+        self.wrap_key = sub("file content key wrapping (AES-256-GCM)")
+
+    def obj(self, obj_id: bytes) -> bytes:
+        name = obj_id.hex()
+        return (self.folder / "objects" / name[:2] / name).read_bytes()
+
+    @staticmethod
+    def aead_open(key: bytes, sealed: bytes, aad: bytes) -> bytes:
+        return AESGCM(key).decrypt(sealed[:12], sealed[12:], aad)
+
+    def meta(self, kind: int, obj_id: bytes) -> Any:
+        aad = b"megafs/v1/meta\x00" + self.vid + bytes([kind]) + obj_id
+        plain = self.aead_open(self.meta_key, self.obj(obj_id), aad)
+        return msgpack.unpackb(plain, raw=False, strict_map_key=False)
+
+    def records(self) -> dict[int, Any]:
+        sealed_root = (self.folder / "pointers" / "root").read_bytes()
+        root = msgpack.unpackb(
+            self.aead_open(self.root_key, sealed_root, b"megafs/v1/root\x00" + self.vid),
+            raw=False,
+        )
+        assert root["v"] == 1 and root["lease"] is None
+        out: dict[int, Any] = {}
+        for hi, mid_id in self.meta(1, root["itab"]).items():
+            for lo, leaf_id in self.meta(1, mid_id).items():
+                for ino, rec in self.meta(2, leaf_id).items():
+                    assert ino >> 8 == (hi << 10) | lo
+                    out[ino] = rec
+        return out
+
+    def content(self, rec: Any, body: Any) -> bytes:
+        fid = rec["f"]
+        fkey = self.aead_open(self.wrap_key, rec["k"], b"megafs/v1/filekey\x00" + self.vid + fid)
+        if "i" in body:
+            i = body["i"]
+            aad = b"megafs/v1/inline\x00" + self.vid + fid + struct.pack(">Q", len(i))
+            return self.aead_open(fkey, i, aad)
+        out = bytearray(rec["s"])
+        for idx, obj_id, length in body["c"]:
+            data = self.obj(obj_id)
+            sb = self.block + 28
+            assert len(data) == length + 28 * -(-length // self.block)
+            plain = bytearray()
+            for bi in range(-(-length // self.block)):
+                aad = (
+                    b"megafs/v1/block\x00"
+                    + self.vid
+                    + struct.pack(">16s16sQII", fid, obj_id, idx, bi, length)
+                )
+                plain += self.aead_open(fkey, data[bi * sb : (bi + 1) * sb], aad)
+            out[idx * self.chunk : idx * self.chunk + length] = plain
+        return bytes(out)
+
+    def tree(self) -> dict[bytes, Read]:
+        recs = self.records()
+        bodies = {ino: r["b"] if "b" in r else self.meta(3, r["B"]) for ino, r in recs.items()}
+        out: dict[bytes, Read] = {}
+        todo = [(b"", ROOT_INO)]
+        while todo:
+            path, ino = todo.pop()
+            for name, child, _cookie in bodies[ino]["e"]:
+                rec, body = recs[child], bodies[child]
+                p = path + b"/" + name if path else name
+                if stat.S_ISDIR(rec["m"]):
+                    assert body["p"] == ino
+                    todo.append((p, child))
+                    content = b""
+                elif stat.S_ISREG(rec["m"]):
+                    content = self.content(rec, body)
+                elif stat.S_ISLNK(rec["m"]):
+                    content = body["l"]
+                else:
+                    content = b""
+                out[p] = Read(
+                    rec["m"], rec["n"], rec["u"], rec["t"][1], rec["s"], content, rec.get("x", {})
+                )
+        return out
+
+
+def check_doc_reader(folder: Path, passphrase: str) -> None:
+    got = DocReader(folder, passphrase).tree()
+    want = expected_tree()
+    assert sorted(got) == sorted(want)
+    for path, x in want.items():
+        r = got[path]
+        assert (r.mode, r.nlink, r.size, r.xattrs) == (x.mode, x.nlink, x.size, x.xattrs), path
+        assert (r.uid, r.mtime) == (FROZEN_UID, FROZEN_MTIME), path
+        if not stat.S_ISDIR(x.mode):
+            assert r.content == x.content, path
+
+
+def test_doc_reader_reads_frozen_vault(tmp_path: Path) -> None:
+    shutil.copytree(V1_VAULT, tmp_path / "vault")
+    check_doc_reader(tmp_path / "vault", FROZEN_PASSPHRASE)
+
+
+async def test_doc_reader_reads_what_the_current_writer_writes(tmp_path: Path) -> None:
+    await build_vault(tmp_path / "fresh", FROZEN_PASSPHRASE)
+    check_doc_reader(tmp_path / "fresh", FROZEN_PASSPHRASE)
+    fs = await Filesystem.load(
+        await Vault.unlock(LocalStore(str(tmp_path / "fresh")), FROZEN_PASSPHRASE), writable=False
+    )
+    await check_tree(fs)

@@ -49,6 +49,11 @@ R = TypeVar("R")
 ENTRY_TIMEOUT = 60.0
 ATTR_TIMEOUT = 60.0
 
+#: POSIX ACLs reach a FUSE filesystem as these xattrs. megafs does not implement
+#: ACLs: storing them as plain xattrs would make ``cp -a`` (which sets the mode
+#: through the ACL when it can) believe a mode was applied when it was not.
+_ACL_XATTRS = frozenset({b"system.posix_acl_access", b"system.posix_acl_default"})
+
 
 def _errno_for(e: BaseException) -> int:
     """The one place where exceptions become errno values."""
@@ -351,6 +356,8 @@ class Operations(pyfuse3.Operations):
         self, inode: InodeT, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
     ) -> None:
         self._check_rw()
+        if name in _ACL_XATTRS:
+            raise FUSEError(errno.EOPNOTSUPP)
         await self.fs.setxattr(inode, name, value)
 
     @_boundary

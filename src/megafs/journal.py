@@ -9,14 +9,16 @@ associated data: nothing is on disk in plaintext, and records cannot be
 reordered or moved between segments.
 
 Segments are numbered upwards. A commit snapshot closes the current segment
-*k* and records *k* (with this client's id) in the new root; once that root is
-committed, segments up to *k* are deleted. On the next writable mount,
+*k* and records *k* (with this journal's id) in the new root; once that root
+is committed, segments up to *k* are deleted. On the next writable mount,
 segments above the root's mark are replayed, in order, on top of the
 committed root before anything else changes it: operations are
 deterministic given the same starting state, so the replay reproduces what
-the killed daemon had acknowledged. If the root was last committed by a
-different client, the segments are kept aside (renamed ``.stale``) and a
-warning says so; they are never silently dropped.
+the killed daemon had acknowledged. If the root was last committed from a
+different journal (another client, or this client with another cache
+folder), the segments are kept aside (renamed ``.stale``) and a warning says
+so; they are never silently dropped, and never applied to a state they do
+not continue.
 
 Writes are plain ``write(2)`` calls (page cache), which a killed process
 cannot lose; a crashed *machine* can lose the tail, which only ``fsync``
@@ -56,6 +58,27 @@ class Journal:
         self._seq = 0
         self._recno = 0
         self.segment = max(self._segments(), default=0) + 1
+        self.id = self._load_id()
+
+    def _load_id(self) -> bytes:
+        """This journal's random id, kept in its folder and recorded in each root it commits.
+
+        The client id alone cannot tell journals apart: one client may mount
+        with different cache folders, each holding a journal of its own.
+        """
+        path = os.path.join(self.dir, "id")
+        with contextlib.suppress(FileNotFoundError), open(path, "rb") as f:
+            jid = f.read()
+            if len(jid) == crypto.ID_SIZE:
+                return jid
+        jid = crypto.new_id()
+        tmp = f"{path}.tmp.{os.getpid()}"
+        with open(tmp, "wb") as f:
+            f.write(jid)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        return jid
 
     def _segments(self) -> list[int]:
         out = []
@@ -137,12 +160,13 @@ class Journal:
         segs = self._segments()
         if not segs:
             return 0
-        if mark_client is not None and mark_client != fs.vault.state.client_id:
+        if mark_client is not None and mark_client != self.id:
             for seg in segs:
                 if seg > 0:
                     os.rename(self._path(seg), self._path(seg) + ".stale")
             log.warning(
-                "the vault was committed by another client since this machine's last run; "
+                "the vault was committed by another client (or with another cache folder) "
+                "since this journal's last run; "
                 "%d unuploaded journal segment(s) were kept in %s and not applied",
                 len(segs),
                 self.dir,

@@ -37,7 +37,7 @@ from .errors import MegafsError, MountError, UsageError
 from .journal import Journal
 from .model import Filesystem
 from .stores import open_store
-from .vault import Vault
+from .vault import Vault, pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -312,9 +312,7 @@ def umount(mountpoint: str, timeout: float = 3600.0) -> int:
         return 0
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not pid_alive(pid):
             break
         time.sleep(0.05)
     else:

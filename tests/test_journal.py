@@ -111,3 +111,46 @@ async def test_journal_holds_no_plaintext(tmp_path: Path) -> None:
     for path in cache.rglob("*"):
         if path.is_file():
             assert marker not in path.read_bytes(), path
+
+
+class FullDisk(Journal):
+    """A journal whose disk is full."""
+
+    full = False
+
+    def append(self, record: list[object]) -> None:
+        if self.full:
+            raise OSError(28, "No space left on device")
+        super().append(record)
+
+
+async def test_full_journal_disk_fails_operations_cleanly(tmp_path: Path) -> None:
+    store = LocalStore(str(tmp_path / "store"), create=True)
+    await new_vault(store)
+    vault = await Vault.unlock(store, PASS)
+    journal = FullDisk(str(tmp_path / "cache"), vault.keys)
+    fs = await Filesystem.load(vault, journal=journal)
+    f = await fs.create(ROOT_INO, b"f", 0o644, 0, 0)
+    await fs.write(f.ino, 0, b"before")
+    before = await snapshot(fs)
+    journal.full = True
+    attempts = [
+        fs.write(f.ino, 3, b"XXXXXXXX"),
+        fs.truncate(f.ino, 1),
+        fs.create(ROOT_INO, b"g", 0o644, 0, 0),
+        fs.mkdir(ROOT_INO, b"d", 0o755, 0, 0),
+        fs.symlink(ROOT_INO, b"s", b"t", 0, 0),
+        fs.link(f.ino, ROOT_INO, b"h"),
+        fs.rename(ROOT_INO, b"f", ROOT_INO, b"f2"),
+        fs.setxattr(f.ino, b"user.x", b"1"),
+        fs.setattr(f.ino, mode=0o600, size=2),
+        fs.unlink(ROOT_INO, b"f"),
+    ]
+    for attempt in attempts:
+        with pytest.raises(OSError) as e:
+            await attempt
+        assert e.value.errno == 28
+    assert await snapshot(fs) == before
+    journal.full = False
+    await fs.write(f.ino, 0, b"after!")
+    assert await fs.read(f.ino, 0, 10) == b"after!"

@@ -329,8 +329,9 @@ class Filesystem:
     def _now(self) -> int:
         """The operation's timestamp: one per operation, the journalled one in replay.
 
-        The first call of an operation fixes it; :meth:`_log` releases it.
-        Every call happens in an operation's final, await-free section.
+        The first call in an operation fixes it (``@_operation`` starts each
+        operation afresh). Every call happens in an operation's final,
+        await-free section.
         """
         if self._replay_time is not None:
             return self._replay_time
@@ -339,10 +340,14 @@ class Filesystem:
         return self._op_time
 
     def _log(self, *record: Any) -> None:
-        """Journal a completed mutation (op, timestamp, args...)."""
+        """Journal a mutation (op, timestamp, args...) *before* applying it.
+
+        Called after every check and fetch and right before the await-free
+        section that mutates: if the journal cannot be written (a full cache
+        disk) the operation fails with nothing changed.
+        """
         if self.journal is not None:
             self.journal.append([record[0], self._now(), *record[1:]])
-        self._op_time = None
 
     async def apply_record(self, rec: list[Any]) -> None:
         """Replay one journal record. Records that no longer apply are skipped."""
@@ -680,7 +685,11 @@ class Filesystem:
                 raise FsError(errno.EISDIR)
             if not node.is_reg:
                 raise FsError(errno.EINVAL)
-            await self._truncate(ino, size)
+        record = ("sa", ino, mode, uid, gid, size, atime_ns, mtime_ns)
+        if size is not None:
+            await self._truncate(ino, size, record)  # logs, then mutates
+        else:
+            self._log(*record)
         if mode is not None:
             node.mode = stat.S_IFMT(node.mode) | stat.S_IMODE(mode)
         if uid is not None:
@@ -693,7 +702,6 @@ class Filesystem:
             node.mtime = mtime_ns
         node.ctime = self._now()
         self._touch(node)
-        self._log("sa", ino, mode, uid, gid, size, atime_ns, mtime_ns)
         return node.attr()
 
     async def _replay_setattr(
@@ -763,8 +771,17 @@ class Filesystem:
         return out
 
     async def _make(
-        self, parent: int, name: bytes, mode: int, uid: int, gid: int, rdev: int = 0
+        self,
+        parent: int,
+        name: bytes,
+        mode: int,
+        uid: int,
+        gid: int,
+        record: Callable[[int], tuple[Any, ...]],
+        rdev: int = 0,
+        target: bytes = b"",
     ) -> Inode:
+        """Create an inode and its entry; ``record(ino)`` is the journal record."""
         self._check_writable()
         self._check_name(name)
         d = await self._dir(parent)
@@ -773,7 +790,11 @@ class Filesystem:
         node = await self._new_inode(mode, uid, gid)
         if name in d.entries:  # created while we awaited the page
             raise FsError(errno.EEXIST)
+        self._log(*record(node.ino))
         node.rdev = rdev
+        if target:
+            node.target = target
+            node.size = len(target)
         node.parent = parent
         if node.is_dir:
             node.nlink = 2
@@ -787,15 +808,27 @@ class Filesystem:
 
     @_operation
     async def mkdir(self, parent: int, name: bytes, mode: int, uid: int, gid: int) -> Attr:
-        node = await self._make(parent, name, stat.S_IFDIR | stat.S_IMODE(mode), uid, gid)
-        self._log("mk", node.ino, parent, name, mode, uid, gid)
+        node = await self._make(
+            parent,
+            name,
+            stat.S_IFDIR | stat.S_IMODE(mode),
+            uid,
+            gid,
+            lambda ino: ("mk", ino, parent, name, mode, uid, gid),
+        )
         return node.attr()
 
     @_operation
     async def create(self, parent: int, name: bytes, mode: int, uid: int, gid: int) -> Attr:
         """Create a regular file (``mode`` permission bits only or with S_IFREG)."""
-        node = await self._make(parent, name, stat.S_IFREG | stat.S_IMODE(mode), uid, gid)
-        self._log("cr", node.ino, parent, name, mode, uid, gid)
+        node = await self._make(
+            parent,
+            name,
+            stat.S_IFREG | stat.S_IMODE(mode),
+            uid,
+            gid,
+            lambda ino: ("cr", ino, parent, name, mode, uid, gid),
+        )
         return node.attr()
 
     @_operation
@@ -805,8 +838,15 @@ class Filesystem:
         fmt = stat.S_IFMT(mode) or stat.S_IFREG
         if fmt not in (stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK):
             raise FsError(errno.EINVAL)
-        node = await self._make(parent, name, fmt | stat.S_IMODE(mode), uid, gid, rdev)
-        self._log("mn", node.ino, parent, name, mode, rdev, uid, gid)
+        node = await self._make(
+            parent,
+            name,
+            fmt | stat.S_IMODE(mode),
+            uid,
+            gid,
+            lambda ino: ("mn", ino, parent, name, mode, rdev, uid, gid),
+            rdev=rdev,
+        )
         return node.attr()
 
     @_operation
@@ -815,10 +855,15 @@ class Filesystem:
     ) -> Attr:
         if len(target) > 4095:
             raise FsError(errno.ENAMETOOLONG)
-        node = await self._make(parent, name, stat.S_IFLNK | 0o777, uid, gid)
-        node.target = target
-        node.size = len(target)
-        self._log("sl", node.ino, parent, name, target, uid, gid)
+        node = await self._make(
+            parent,
+            name,
+            stat.S_IFLNK | 0o777,
+            uid,
+            gid,
+            lambda ino: ("sl", ino, parent, name, target, uid, gid),
+            target=target,
+        )
         return node.attr()
 
     async def readlink(self, ino: int) -> bytes:
@@ -839,12 +884,12 @@ class Filesystem:
             raise FsError(errno.EEXIST)
         if node.nlink == 0:
             raise FsError(errno.ENOENT)
+        self._log("ln", ino, parent, name)
         d.add_entry(name, ino)
         node.nlink += 1
         node.ctime = d.mtime = d.ctime = self._now()
         self._touch(node)
         self._touch(d)
-        self._log("ln", ino, parent, name)
         return node.attr()
 
     @_operation
@@ -857,13 +902,13 @@ class Filesystem:
         node = await self._get(ent[0])
         if node.is_dir:
             raise FsError(errno.EISDIR)
+        self._log("ul", parent, name)
         d.remove_entry(name)
         node.nlink -= 1
         node.ctime = d.mtime = d.ctime = self._now()
         self._touch(d)
         self._touch(node)
         self._unlinked(node)
-        self._log("ul", parent, name)
         await self._maybe_purge(node.ino)
 
     @_operation
@@ -878,6 +923,7 @@ class Filesystem:
             raise FsError(errno.ENOTDIR)
         if node.entries:
             raise FsError(errno.ENOTEMPTY)
+        self._log("rd", parent, name)
         d.remove_entry(name)
         d.nlink -= 1
         node.nlink = 0
@@ -885,7 +931,6 @@ class Filesystem:
         self._touch(d)
         self._touch(node)
         self._unlinked(node)
-        self._log("rd", parent, name)
         await self._maybe_purge(node.ino)
 
     async def _is_ancestor(self, anc: int, ino: int) -> bool:
@@ -925,8 +970,8 @@ class Filesystem:
                 raise FsError(errno.ENOENT)
             if dst.is_dir and await self._is_ancestor(dst.ino, old_parent):
                 raise FsError(errno.EINVAL)
-            self._exchange(od, old_name, src, nd, new_name, dst)
             self._log("rn", old_parent, old_name, new_parent, new_name, flags)
+            self._exchange(od, old_name, src, nd, new_name, dst)
             return
         if dst is not None:
             if flags & RENAME_NOREPLACE:
@@ -940,6 +985,7 @@ class Filesystem:
             if dst.is_dir and dst.entries:
                 raise FsError(errno.ENOTEMPTY)
         # All checks done and everything loaded: mutate with no await.
+        self._log("rn", old_parent, old_name, new_parent, new_name, flags)
         now = self._now()
         if dst is not None:
             nd.remove_entry(new_name)
@@ -961,7 +1007,6 @@ class Filesystem:
         src.ctime = od.mtime = od.ctime = nd.mtime = nd.ctime = now
         for n in (src, od, nd):
             self._touch(n)
-        self._log("rn", old_parent, old_name, new_parent, new_name, flags)
         if dst is not None:
             await self._maybe_purge(dst.ino)
 
@@ -1012,20 +1057,21 @@ class Filesystem:
             raise FsError(errno.EEXIST)
         if flags & XATTR_REPLACE and name not in node.xattrs:
             raise FsError(errno.ENODATA)
+        self._log("sx", ino, name, value, flags)
         node.xattrs[name] = value
         node.ctime = self._now()
         self._touch(node)
-        self._log("sx", ino, name, value, flags)
 
     @_operation
     async def removexattr(self, ino: int, name: bytes) -> None:
         self._check_writable()
         node = await self._get(ino)
-        if node.xattrs.pop(name, None) is None:
+        if name not in node.xattrs:
             raise FsError(errno.ENODATA)
+        self._log("rx", ino, name)
+        del node.xattrs[name]
         node.ctime = self._now()
         self._touch(node)
-        self._log("rx", ino, name)
 
     # --- file data ------------------------------------------------------
 
@@ -1192,6 +1238,7 @@ class Filesystem:
                 for idx in need:
                     bases[idx] = await self._whole_chunk(node, idx)
             # No await from here on.
+            self._log("wr", ino, offset, data)
             self._unsmall(node)
             node.body_dirty = True
             for idx in range(first, last + 1):
@@ -1218,7 +1265,6 @@ class Filesystem:
                 node.size = end
             node.mtime = node.ctime = self._now()
             self._touch(node)
-            self._log("wr", ino, offset, data)
         if self.dirty_bytes > self.dirty_limit:
             await self.commit()
         return len(data)
@@ -1226,10 +1272,10 @@ class Filesystem:
     @_operation
     async def truncate(self, ino: int, size: int) -> None:
         """Set the file's length; growing makes a hole. Holds the inode's lock."""
-        await self._truncate(ino, size)
-        self._log("tr", ino, size)
+        await self._truncate(ino, size, ("tr", ino, size))
 
-    async def _truncate(self, ino: int, size: int) -> None:
+    async def _truncate(self, ino: int, size: int, record: tuple[Any, ...]) -> None:
+        """Truncate; journals ``record`` once all fetches are done, then mutates."""
         self._check_writable()
         if size < 0:
             raise FsError(errno.EINVAL)
@@ -1246,6 +1292,7 @@ class Filesystem:
                 and not (cut_idx == 0 and node.small is not None)
             ):
                 base = await self._whole_chunk(node, cut_idx)
+            self._log(*record)
             self._unsmall(node)
             node.body_dirty = True
             if size < node.size:

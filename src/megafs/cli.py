@@ -293,6 +293,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value
+
+
 _SIZE = re.compile(r"(\d+)\s*([kmg]?)(?:i?b)?", re.IGNORECASE)
 
 
@@ -600,7 +610,8 @@ def mount_options(p: argparse.ArgumentParser) -> None:
         default=[],
         metavar="OPTS",
         help="comma-separated mount options: ro, allow_other, default_permissions, uid=N, "
-        "gid=N, umask=OCTAL, cache_dir=DIR, cache_size=SIZE, passfile=FILE, endpoint=URL",
+        "gid=N, umask=OCTAL, cache_dir=DIR, cache_size=SIZE, store_timeout=SECONDS, "
+        "passfile=FILE, endpoint=URL",
     )
     p.add_argument("--cache-dir", metavar="DIR", help="default: $XDG_CACHE_HOME/megafs/<vault id>")
     p.add_argument(
@@ -612,6 +623,14 @@ def mount_options(p: argparse.ArgumentParser) -> None:
         type=float,
         default=5.0,
         help="commit changes to the store this often (default 5)",
+    )
+    p.add_argument(
+        "--store-timeout",
+        metavar="SECONDS",
+        type=_positive_float,
+        default=None,
+        help="how long a file operation waits for an unreachable store before it fails "
+        "with EIO (default 60)",
     )
     p.add_argument("--log-file", metavar="FILE", help="where the background daemon logs")
 
@@ -628,7 +647,7 @@ def cmd_mount(args: argparse.Namespace) -> None:
 
     cfg = MountConfig(
         args.store,
-        os.path.abspath(args.mountpoint),
+        os.path.realpath(args.mountpoint),
         endpoint=args.endpoint,
         foreground=args.foreground,
         debug=args.debug,
@@ -640,6 +659,8 @@ def cmd_mount(args: argparse.Namespace) -> None:
         cfg.apply_options(opts)
     if args.cache_size is not None:
         cfg.cache_size = args.cache_size
+    if args.store_timeout is not None:
+        cfg.store_timeout = args.store_timeout
     if cfg.extra.get("passfile") and not args.passfile:
         args.passfile = cfg.extra["passfile"]
     if cfg.extra.get("extpass") and not args.extpass:

@@ -54,11 +54,25 @@ from . import crypto
 from .cache import ContentCache
 from .errors import FsError, IntegrityError, ObjectNotFound
 from .journal import Journal
-from .vault import KIND_BODY, KIND_INDEX, KIND_LEAF, Root, Vault, in_thread, obj_name
+from .vault import (
+    KIND_BODY,
+    KIND_INDEX,
+    KIND_LEAF,
+    Root,
+    Vault,
+    expect_bytes,
+    in_thread,
+    obj_name,
+)
 
 log = logging.getLogger(__name__)
 
 ROOT_INO = 1
+#: Full chunks uploaded in the background while writes go on (and at most
+#: this many chunk-sized buffers waiting for the store).
+EARLY_UPLOADS = 16
+#: Chunks fetched ahead of a sequential reader.
+READ_AHEAD_CHUNKS = 2
 PAGE_BITS = 8
 MID_BITS = 10
 NAME_MAX = 255
@@ -98,11 +112,17 @@ class Attr:
 
 @dataclass
 class _Pending:
-    """A sealed-to-be chunk whose object is not committed yet; reads use ``data``."""
+    """A chunk whose object is not committed yet; reads use ``data``.
+
+    ``uploaded`` once its object is in the store; ``busy`` is set while an
+    upload is in flight (and fires when it ends, however it ends).
+    """
 
     inode: Inode
     index: int
-    data: bytes
+    data: bytes | None  # None once uploaded: read it from the store then
+    uploaded: bool = False
+    busy: trio.Event | None = None
 
 
 class Inode:
@@ -211,6 +231,16 @@ def _operation(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _index(raw: Any, name: str) -> dict[int, bytes]:
+    """An index node as decoded from its object: {int: object id}, else IntegrityError."""
+    if not isinstance(raw, dict) or not all(
+        isinstance(k, int) and isinstance(v, bytes) and len(v) == crypto.ID_SIZE
+        for k, v in raw.items()
+    ):
+        raise IntegrityError(name, "malformed index node")
+    return raw
+
+
 _REPLAY = {
     "sa": "_replay_setattr",
     "mk": "mkdir",
@@ -273,6 +303,9 @@ class Filesystem:
         self._load_locks: dict[tuple[str, int], trio.Lock] = {}
         self.cache = cache
         self._read_end: dict[int, int] = {}  # ino -> end of the last read (readahead)
+        self._nursery: trio.Nursery | None = None
+        self._upload_slots = trio.Semaphore(EARLY_UPLOADS)
+        self._inflight: dict[bytes, trio.Event] = {}  # chunk object -> prefetch running
         self._commit_lock = trio.Lock()
         self.commits = 0
         self.root_for_commit = root
@@ -305,7 +338,7 @@ class Filesystem:
         fs = cls(vault, root, writable=writable, **kw)
         if root.itab is not None:
             raw = await vault.get_meta(KIND_INDEX, root.itab)
-            fs.top = {int(k): bytes(v) for k, v in raw.items()}
+            fs.top = _index(raw, obj_name(root.itab))
         else:
             fs._make_root_dir()
         if writable:
@@ -365,6 +398,16 @@ class Filesystem:
             self._replay_time = None
             self._replay_ino = None
 
+    def start_background(self, nursery: trio.Nursery) -> None:
+        """Let the model run background work (uploads of full chunks, read-ahead)
+        in ``nursery``, which must outlive every operation. Without it, all of
+        that happens in commits and reads themselves."""
+        self._nursery = nursery
+
+    def stop_background(self) -> None:
+        """No new background work; what runs finishes in its nursery."""
+        self._nursery = None
+
     def _make_root_dir(self) -> None:
         ino = Inode(ROOT_INO, stat.S_IFDIR | 0o755, os.getuid(), os.getgid(), self._now())
         ino.nlink = 2
@@ -400,7 +443,7 @@ class Filesystem:
                 m = {}
             else:
                 raw = await self.vault.get_meta(KIND_INDEX, obj)
-                m = {int(k): bytes(v) for k, v in raw.items()}
+                m = _index(raw, obj_name(obj))
             self.mids[hi] = m
             return m
 
@@ -416,10 +459,11 @@ class Filesystem:
             if obj is not None:
                 raw = await self.vault.get_meta(KIND_LEAF, obj)
                 name = obj_name(obj)
-                for k, rec in raw.items():
-                    ino = int(k)
-                    if ino >> PAGE_BITS != page:
-                        raise IntegrityError(name, f"inode {ino} does not belong in page {page}")
+                if not isinstance(raw, dict):
+                    raise IntegrityError(name, "malformed leaf page")
+                for ino, rec in raw.items():
+                    if not isinstance(ino, int) or ino >> PAGE_BITS != page:
+                        raise IntegrityError(name, f"inode {ino!r} does not belong in page {page}")
                     self.inodes[ino] = self._decode(ino, rec, name)
                     members.add(ino)
             self.page_members[page] = members
@@ -454,22 +498,24 @@ class Filesystem:
             node.size = int(rec["s"])
             node.atime, node.mtime, node.ctime = (int(t) for t in rec["t"])
             node.rdev = int(rec.get("r", 0))
-            node.file_id = bytes(rec["f"])
-            node.xattrs = {bytes(k): bytes(v) for k, v in rec.get("x", {}).items()}
+            node.file_id = expect_bytes(rec["f"])
+            node.xattrs = {expect_bytes(k): expect_bytes(v) for k, v in rec.get("x", {}).items()}
             if "k" in rec:
                 try:
                     node.file_key = crypto.unwrap_file_key(
-                        self.vault.keys, node.file_id, bytes(rec["k"])
+                        self.vault.keys, node.file_id, expect_bytes(rec["k"])
                     )
                 except crypto.AuthFailed:
                     raise IntegrityError(name, f"file key of inode {ino} fails") from None
             node.body_dirty = False
             if "B" in rec:
-                node.body_ref = bytes(rec["B"])
+                node.body_ref = expect_bytes(rec["B"])
                 node.body_loaded = False
             else:
                 self._decode_body(node, rec["b"], name)
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            if node.is_reg and node.file_key is None:
+                raise ValueError("regular file without a file key")
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
             raise IntegrityError(name, f"malformed inode {ino}: {e!r}") from None
         return node
 
@@ -479,19 +525,20 @@ class Filesystem:
                 node.parent = int(body["p"])
                 node.next_cookie = int(body["n"])
                 for ent_name, child, cookie in body["e"]:
-                    node.entries[bytes(ent_name)] = (int(child), int(cookie))
-                    node.order[int(cookie)] = bytes(ent_name)
+                    node.entries[expect_bytes(ent_name)] = (int(child), int(cookie))
+                    node.order[int(cookie)] = expect_bytes(ent_name)
             elif stat.S_ISLNK(node.mode):
-                node.target = bytes(body["l"])
+                node.target = expect_bytes(body["l"])
             elif node.is_reg:
                 cs = self.layout.chunk_size
                 for idx, obj, length in body.get("c", []):
                     if not (0 <= int(idx) < 1 << 44 and 0 < int(length) <= cs):
                         raise ValueError(f"chunk {idx} length {length} out of range")
-                    node.chunks[int(idx)] = ChunkRef(bytes(obj), int(length))
+                    node.chunks[int(idx)] = ChunkRef(expect_bytes(obj), int(length))
                 if "i" in body:
-                    assert node.file_key is not None
-                    sealed = bytes(body["i"])
+                    if node.file_key is None:
+                        raise ValueError("inline data without a file key")
+                    sealed = expect_bytes(body["i"])
                     try:
                         node.small = crypto.open_sealed(
                             node.file_key,
@@ -500,7 +547,7 @@ class Filesystem:
                         )
                     except crypto.AuthFailed:
                         raise IntegrityError(name, f"inline data of inode {node.ino}") from None
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
             raise IntegrityError(name, f"malformed body of inode {node.ino}: {e!r}") from None
 
     def _encode_body(self, node: Inode) -> Any:
@@ -1084,7 +1131,14 @@ class Filesystem:
         return node
 
     async def _fetch_blocks(
-        self, node: Inode, idx: int, ref: ChunkRef, lo: int, hi: int, ahead: bool = False
+        self,
+        node: Inode,
+        idx: int,
+        ref: ChunkRef,
+        lo: int,
+        hi: int,
+        ahead: bool = False,
+        prefetching: bool = False,
     ) -> bytes:
         """Plaintext [lo, hi) of a committed chunk, fetching only the blocks needed.
 
@@ -1098,6 +1152,12 @@ class Filesystem:
             return b""
         parts: list[bytes] = []
         missing = [b for b in range(first, last) if (node.file_id, ref.obj, b) not in self.blocks]
+        running = self._inflight.get(ref.obj)
+        if missing and running is not None and not prefetching:
+            await running.wait()  # a read-ahead is fetching this chunk: use its result
+            missing = [
+                b for b in range(first, last) if (node.file_id, ref.obj, b) not in self.blocks
+            ]
         if missing:
             m0, m1 = missing[0], missing[-1] + 1
             if ahead:
@@ -1161,7 +1221,7 @@ class Filesystem:
         if ref is None:
             return b""
         pend = self.pending.get(ref.obj)
-        if pend is not None:
+        if pend is not None and pend.data is not None:
             return pend.data[lo:hi]
         hi = min(hi, ref.length)
         if hi <= lo:
@@ -1181,6 +1241,8 @@ class Filesystem:
         cs = self.layout.chunk_size
         ahead = self._read_end.get(ino) == offset and offset > 0
         self._read_end[ino] = end
+        if ahead and self._nursery is not None:
+            self._read_ahead(node, (end - 1) // cs + 1)
         out = bytearray()
         for idx in range(offset // cs, (end - 1) // cs + 1):
             base = idx * cs
@@ -1191,6 +1253,32 @@ class Filesystem:
             if len(piece) < hi - lo:
                 out += bytes(hi - lo - len(piece))
         return bytes(out)
+
+    def _read_ahead(self, node: Inode, start: int) -> None:
+        """Fetch the next READ_AHEAD_CHUNKS committed chunks in the background."""
+        assert self._nursery is not None
+        bs = self.layout.block_size
+        for idx in range(start, start + READ_AHEAD_CHUNKS):
+            ref = node.chunks.get(idx)
+            if (
+                ref is None
+                or idx in node.dirty
+                or ref.obj in self.pending
+                or ref.obj in self._inflight
+                or (node.file_id, ref.obj, (ref.length - 1) // bs) in self.blocks
+            ):
+                continue
+            done = self._inflight[ref.obj] = trio.Event()
+            self._nursery.start_soon(self._prefetch, node, idx, ref, done)
+
+    async def _prefetch(self, node: Inode, idx: int, ref: ChunkRef, done: trio.Event) -> None:
+        try:
+            await self._fetch_blocks(node, idx, ref, 0, ref.length, prefetching=True)
+        except Exception as e:  # the reader will fetch (and report) it itself
+            log.debug("read-ahead of %s failed: %s", obj_name(ref.obj), e)
+        finally:
+            del self._inflight[ref.obj]
+            done.set()
 
     async def _whole_chunk(self, node: Inode, idx: int) -> bytearray:
         return bytearray(await self._chunk_range(node, idx, 0, self.layout.chunk_size))
@@ -1265,9 +1353,65 @@ class Filesystem:
                 node.size = end
             node.mtime = node.ctime = self._now()
             self._touch(node)
+        if self._nursery is not None:
+            for idx in range(first, last + 1):
+                if end >= (idx + 1) * cs:  # the writer is past this chunk
+                    await self._upload_early(node, idx)
         if self.dirty_bytes > self.dirty_limit:
             await self.commit()
         return len(data)
+
+    async def _upload_early(self, node: Inode, idx: int) -> None:
+        """Start uploading a completely written chunk now, not at the next commit.
+
+        Waits while EARLY_UPLOADS uploads are in flight (this bounds memory).
+        The chunk becomes pending under a fresh object id; the next commit
+        waits for the upload and references it.
+        """
+        assert self._nursery is not None
+        await self._upload_slots.acquire()
+        buf = node.dirty.get(idx)
+        if (
+            buf is None
+            or len(buf) != self.layout.chunk_size
+            or self.inodes.get(node.ino) is not node
+        ):
+            self._upload_slots.release()
+            return
+        del node.dirty[idx]
+        self.dirty_bytes -= len(buf)
+        obj = crypto.new_id()
+        pend = _Pending(node, idx, bytes(buf))
+        self.pending[obj] = pend
+        node.chunks[idx] = ChunkRef(obj, len(buf))
+        node.body_dirty = True
+        self._touch(node)
+        self._nursery.start_soon(self._early_task, obj, pend)
+
+    async def _early_task(self, obj: bytes, pend: _Pending) -> None:
+        try:
+            await self._ensure_uploaded(obj, pend)
+            if obj not in self.pending:  # dropped meanwhile: nothing references it
+                await self._collect([obj])
+        except Exception as e:  # the next commit uploads it again
+            log.warning("background upload of %s failed, will retry: %s", obj_name(obj), e)
+        finally:
+            self._upload_slots.release()
+
+    async def _ensure_uploaded(self, obj: bytes, pend: _Pending) -> None:
+        """Upload a pending chunk unless it is (being) uploaded; one upload at a time."""
+        while not pend.uploaded:
+            if pend.busy is not None:
+                await pend.busy.wait()
+                continue
+            pend.busy = trio.Event()
+            try:
+                await self._upload_chunk(obj, pend)
+                pend.uploaded = True
+                pend.data = None  # in the store now: do not hold it in memory
+            finally:
+                done, pend.busy = pend.busy, None
+                done.set()
 
     @_operation
     async def truncate(self, ino: int, size: int) -> None:
@@ -1351,20 +1495,20 @@ class Filesystem:
             try:
                 async with trio.open_nursery() as nursery:
                     for obj, pend in chunk_jobs:
-                        nursery.start_soon(self._upload_chunk, obj, pend)
+                        nursery.start_soon(self._ensure_uploaded, obj, pend)
                     for kind, obj_id, payload in meta_jobs:
                         nursery.start_soon(self.vault.put_meta, kind, obj_id, payload)
+                await self.vault.store.sync()
                 await self.vault.commit_root(self.root_for_commit)
             except BaseException:
                 self._unsnapshot(snap_pages, meta_jobs, garbage)
                 raise
             self.root.generation = self.root_for_commit.generation
             self.root.orphans = self.root_for_commit.orphans
-            bs = self.layout.block_size
-            for obj, pend in chunk_jobs:
-                if self.pending.pop(obj, None) is not None:
-                    for b in range(0, len(pend.data), bs):
-                        self.blocks[(pend.inode.file_id, obj, b // bs)] = pend.data[b : b + bs]
+            # Committed chunks are read from the store (or the disk cache) from
+            # now on; the kernel's page cache still holds what was just written.
+            for obj, _ in chunk_jobs:
+                self.pending.pop(obj, None)
             self.commits += 1
             mark = self.root_for_commit.journal
             if self.journal is not None and mark is not None:
@@ -1409,7 +1553,7 @@ class Filesystem:
 
     async def _upload_chunk(self, obj: bytes, p: _Pending) -> None:
         node = p.inode
-        assert node.file_key is not None
+        assert node.file_key is not None and p.data is not None
         keys, layout, key, fid, idx, data = (
             self.vault.keys,
             self.layout,
@@ -1422,8 +1566,6 @@ class Filesystem:
             lambda: crypto.seal_chunk(keys, layout, key, fid, obj, idx, data)
         )
         await self.vault.store.put(obj_name(obj), sealed)
-        if self.cache is not None:
-            await self.cache.store(obj_name(obj), 0, sealed)
 
     def _snapshot(
         self,

@@ -20,6 +20,7 @@ find the daemon, signal it, and wait for its exit status.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import os
@@ -33,7 +34,7 @@ from dataclasses import dataclass, field
 import trio
 
 from .cache import ContentCache
-from .errors import MegafsError, MountError, UsageError
+from .errors import MegafsError, MountError, StoreAuthError, StoreReadOnly, UsageError
 from .journal import Journal
 from .model import Filesystem
 from .stores import open_store
@@ -52,7 +53,7 @@ IGNORED_OPTIONS = {
 @dataclass
 class MountConfig:
     store_url: str
-    mountpoint: str
+    mountpoint: str  # absolute, symlinks resolved (see set_readahead)
     endpoint: str | None = None
     foreground: bool = False
     debug: bool = False
@@ -65,6 +66,9 @@ class MountConfig:
     cache_dir: str | None = None
     cache_size: int = 1 << 30
     commit_interval: float = 5.0
+    #: How long a file operation waits for an unreachable store before EIO.
+    store_timeout: float = 60.0
+    readahead_kb: int = 1024
     log_file: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -98,6 +102,12 @@ class MountConfig:
                     self.extra[key] = val
                 elif key == "commit_interval":
                     self.commit_interval = float(val)
+                elif key == "store_timeout":
+                    self.store_timeout = float(val)
+                    if not self.store_timeout > 0:
+                        raise ValueError(val)
+                elif key == "readahead_kb":
+                    self.readahead_kb = int(val)
                 else:
                     raise UsageError(f"unknown mount option: {opt}")
             except ValueError:
@@ -160,6 +170,45 @@ async def _commit_loop(fs: Filesystem, interval: float) -> None:
             log.warning("background commit failed, will retry: %s", e)
 
 
+def set_readahead(real_mountpoint: str, kb: int) -> bool:
+    """Raise the kernel's readahead for this FUSE mount (needs root).
+
+    ``real_mountpoint`` must be resolved *before* mounting: resolving it now
+    would send a lookup to this very daemon before it serves, and hang.
+
+    The kernel reads ahead 128 KiB by default; 1 MiB lets a sequential reader
+    keep several requests in flight and matches the chunk size. The mount's
+    device number comes from /proc/self/mountinfo, so this sends no request
+    to our own filesystem. Returns False where it could not be set.
+    """
+    real = real_mountpoint
+    dev = None
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 4 and fields[4] == real:
+                    dev = fields[2]  # the last match is the topmost mount
+        if dev is None:
+            return False
+        with open(f"/sys/class/bdi/{dev}/read_ahead_kb", "w") as f:
+            f.write(str(kb))
+    except OSError:
+        return False
+    return True
+
+
+async def _raise_readahead(mountpoint: str, kb: int) -> None:
+    """Set the readahead once the kernel has finished the FUSE handshake (which
+    resets it to the 128 KiB libfuse asks for); retried briefly until it stays."""
+    for _ in range(20):
+        await trio.sleep(0.1)
+        if not set_readahead(mountpoint, kb):
+            log.info("could not raise the kernel readahead (not root?)")
+            return
+    log.debug("kernel readahead set to %d KiB", kb)
+
+
 async def _signals(on_signal: Callable[[], None]) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
         async for signum in sigs:
@@ -168,7 +217,13 @@ async def _signals(on_signal: Callable[[], None]) -> None:
 
 
 async def serve(cfg: MountConfig, passphrase: str, ready: Callable[[], None]) -> None:
-    """Unlock, mount, serve until unmounted, then commit. Raises MegafsError."""
+    """Unlock, mount, serve until unmounted, then commit. Raises MegafsError.
+
+    A store that refuses writes (read-only folder, read-only credentials) is
+    served read-only, with a warning in the log. Until the folder is mounted,
+    store calls fail after the store's few default attempts; from then on
+    each waits up to ``cfg.store_timeout`` for an unreachable store.
+    """
     import pyfuse3
 
     from .fuse_ops import Operations, Options
@@ -179,9 +234,25 @@ async def serve(cfg: MountConfig, passphrase: str, ready: Callable[[], None]) ->
         cache_dir = cfg.cache_dir or default_cache_dir(vault.vault_id)
         journal = None if cfg.read_only else Journal(cache_dir, vault.keys)
         cache = ContentCache(cache_dir, cfg.cache_size, vault.layout.sealed_block)
-        fs = await Filesystem.load(
-            vault, writable=not cfg.read_only, journal=journal, cache=cache
-        )
+        try:
+            fs = await Filesystem.load(
+                vault, writable=not cfg.read_only, journal=journal, cache=cache
+            )
+        except (StoreReadOnly, StoreAuthError) as e:
+            # The header and root were read, so the store refuses writes only:
+            # serve what can be read, as mount(8) does for a write-protected disk.
+            log.warning(
+                "the store refuses writes, mounting read-only (changes in the local "
+                "journal stay there for a writable mount): %s",
+                e,
+            )
+            cfg = dataclasses.replace(cfg, read_only=True)
+            if journal is not None:
+                journal.close()
+                journal = None
+            fs = await Filesystem.load(vault, writable=False, cache=cache)
+        # Mounting fails fast; once the folder is in use, operations ride out outages.
+        store.set_timeout(cfg.store_timeout)
         ops = Operations(
             fs, Options(read_only=cfg.read_only, uid=cfg.uid, gid=cfg.gid, umask=cfg.umask)
         )
@@ -198,19 +269,24 @@ async def serve(cfg: MountConfig, passphrase: str, ready: Callable[[], None]) ->
             pyfuse3.init(ops, cfg.mountpoint, options)
         except RuntimeError as e:
             raise MountError(f"could not mount {cfg.mountpoint}: {e}") from None
-        mounted = True
-        try:
-            ready()
-            async with trio.open_nursery() as nursery:
-                if not cfg.read_only:
-                    nursery.start_soon(_commit_loop, fs, cfg.commit_interval)
-                nursery.start_soon(_signals, pyfuse3.terminate)
-                await pyfuse3.main()
-                nursery.cancel_scope.cancel()
-        finally:
-            if mounted:
+        # The model's background work (chunk uploads, read-ahead) lives in
+        # its own nursery, which is left to drain after the kernel is gone.
+        async with trio.open_nursery() as background:
+            fs.start_background(background)
+            try:
+                ready()
+                async with trio.open_nursery() as nursery:
+                    if not cfg.read_only:
+                        nursery.start_soon(_commit_loop, fs, cfg.commit_interval)
+                    nursery.start_soon(_signals, pyfuse3.terminate)
+                    if cfg.readahead_kb:
+                        nursery.start_soon(_raise_readahead, cfg.mountpoint, cfg.readahead_kb)
+                    await pyfuse3.main()
+                    nursery.cancel_scope.cancel()
+            finally:
                 pyfuse3.close(unmount=True)
-        await fs.close()
+            await fs.close()
+            fs.stop_background()
         if journal is not None:
             journal.close()
     finally:

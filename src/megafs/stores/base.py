@@ -37,7 +37,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def put(self, name: str, data: bytes) -> None:
-        """Store an immutable object. Durable when this returns."""
+        """Store an immutable object: complete or absent, never torn; durable
+        after the next :meth:`sync` returns."""
 
     @abc.abstractmethod
     async def get(self, name: str) -> bytes:
@@ -69,6 +70,20 @@ class Store(abc.ABC):
         ``expected=None`` means "only if it does not exist yet". Returns the
         new tag; raises PreconditionFailed if the pointer changed meanwhile.
         Durable when this returns.
+        """
+
+    async def sync(self) -> None:  # noqa: B027 - optional hook, default does nothing
+        """Make every object ``put`` so far durable (where ``put`` alone does not).
+
+        Called once per commit, before the root pointer is swapped.
+        """
+
+    def set_timeout(self, seconds: float) -> None:  # noqa: B027 - optional hook
+        """From now on, let each call wait up to ``seconds`` for an unavailable store.
+
+        A store that retries temporary failures (S3) keeps retrying for that
+        long, however many attempts it takes, before it raises. A store whose
+        failures are final at once (a local folder) ignores it.
         """
 
     async def check(self) -> None:

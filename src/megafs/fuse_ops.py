@@ -165,8 +165,19 @@ class Operations(pyfuse3.Operations):
     async def lookup(
         self, parent_inode: InodeT, name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        """Adds one lookup reference on success (also for "." and "..")."""
-        a = await self.fs.lookup(parent_inode, name)
+        """Adds one lookup reference on success (also for "." and ".."); a
+        missing name is answered with a cacheable negative entry (inode 0)."""
+        try:
+            a = await self.fs.lookup(parent_inode, name)
+        except FsError as e:
+            if e.errno != errno.ENOENT:
+                raise
+            # A negative entry: the kernel remembers that the name does not
+            # exist (it forgets when it creates the name through us).
+            neg = pyfuse3.EntryAttributes()
+            neg.st_ino = InodeT(0)
+            neg.entry_timeout = ENTRY_TIMEOUT
+            return neg
         self.fs.incref(a.ino)
         return self._entry(a)
 

@@ -175,7 +175,7 @@ class Inode:
         self.dirty: dict[int, bytearray] = {}
         self.small: bytes | None = None
         self.entries: dict[bytes, tuple[int, int]] = {}
-        self.order: Any = SortedDict()  # cookie -> name
+        self.order: Any = None  # cookie -> name (a SortedDict), directories only
         self.next_cookie = 3  # 1 and 2 are "." and ".."
         self.parent = ROOT_INO
         self.target = b""
@@ -207,6 +207,8 @@ class Inode:
         cookie = self.next_cookie
         self.next_cookie += 1
         self.entries[name] = (ino, cookie)
+        if self.order is None:
+            self.order = SortedDict()
         self.order[cookie] = name
         self.body_dirty = True
 
@@ -526,6 +528,8 @@ class Filesystem:
                 node.next_cookie = int(body["n"])
                 for ent_name, child, cookie in body["e"]:
                     node.entries[expect_bytes(ent_name)] = (int(child), int(cookie))
+                    if node.order is None:
+                        node.order = SortedDict()
                     node.order[int(cookie)] = expect_bytes(ent_name)
             elif stat.S_ISLNK(node.mode):
                 node.target = expect_bytes(body["l"])
@@ -805,6 +809,8 @@ class Filesystem:
         """
         d = await self._dir(ino)
         out: list[tuple[bytes, Attr, int]] = []
+        if d.order is None:
+            return []
         names = [d.order[c] for c in itertools.islice(d.order.irange(minimum=after + 1), 256)]
         for name in names:
             ent = d.entries.get(name)

@@ -15,6 +15,7 @@ used objects are deleted. File I/O runs in worker threads.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 from collections import OrderedDict
@@ -78,7 +79,8 @@ class ContentCache:
         def work() -> None:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
             try:
-                os.pwrite(fd, sealed, offset)
+                if os.pwrite(fd, sealed, offset) != len(sealed):  # a nearly full disk
+                    raise OSError(errno.ENOSPC, "short write to the cache")
             finally:
                 os.close(fd)
 

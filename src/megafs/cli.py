@@ -680,6 +680,8 @@ def cmd_mount(args: argparse.Namespace) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root.addHandler(handler)
         root.setLevel(logging.DEBUG if args.debug else logging.INFO)
+        # httpx logs every request at INFO: only with --debug, or the log grows without end.
+        logging.getLogger("httpx").setLevel(logging.DEBUG if args.debug else logging.WARNING)
         try:
             run_foreground(cfg, secret, ready)
         except (Exception, KeyboardInterrupt, BaseExceptionGroup) as e:

@@ -34,6 +34,7 @@ from .errors import (
     CommitConflict,
     FsError,
     IntegrityError,
+    MegafsError,
     StoreAuthError,
     StoreError,
     StoreFull,
@@ -55,8 +56,23 @@ ATTR_TIMEOUT = 60.0
 _ACL_XATTRS = frozenset({b"system.posix_acl_access", b"system.posix_acl_default"})
 
 
+def _leaves(e: BaseException) -> list[BaseException]:
+    if isinstance(e, BaseExceptionGroup):
+        return [leaf for sub in e.exceptions for leaf in _leaves(sub)]
+    return [e]
+
+
+def _reported(e: BaseException) -> BaseException:
+    """The one exception of a (nested) group to report: a commit's parallel uploads
+    fail together. An unexpected leaf wins, so that it is never hidden."""
+    leaves = _leaves(e)
+    unexpected = [x for x in leaves if not isinstance(x, MegafsError | OSError)]
+    return (unexpected or leaves)[0]
+
+
 def _errno_for(e: BaseException) -> int:
     """The one place where exceptions become errno values."""
+    e = _reported(e)
     if isinstance(e, FsError):
         return e.errno
     if isinstance(e, IntegrityError):
@@ -313,8 +329,12 @@ class Operations(pyfuse3.Operations):
 
     @_boundary
     async def open(self, inode: InodeT, flags: int, ctx: pyfuse3.RequestContext) -> FileInfo:
-        if flags & os.O_ACCMODE != os.O_RDONLY:
+        """Honours O_TRUNC: libfuse asks the kernel for atomic_o_trunc, so the kernel
+        passes O_TRUNC here instead of sending a setattr first."""
+        if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
             self._check_rw()
+        if flags & os.O_TRUNC:
+            await self.fs.truncate(inode, 0)
         await self.fs.open(inode)
         return FileInfo(fh=self._new_fh(inode), keep_cache=True)
 

@@ -22,12 +22,17 @@ not continue.
 
 Writes are plain ``write(2)`` calls (page cache), which a killed process
 cannot lose; a crashed *machine* can lose the tail, which only ``fsync``
-protects: fsync commits to the store.
+protects: fsync commits to the store. Writeback keeps no order between
+files, so a crash may also cut one segment and keep a later one whole: the
+replay stops at the first record that is torn or fails authentication, and
+sets the later segments aside (``.stale``) instead of applying them to a
+state they do not continue.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import struct
@@ -97,7 +102,12 @@ class Journal:
         return _AAD + self.keys.vault_id + struct.pack(">QQ", seg, recno)
 
     def append(self, record: list[Any]) -> None:
-        """Seal and append one record to the current segment."""
+        """Seal and append one record to the current segment: all of it or none.
+
+        A full disk may take part of a record: that part is cut off again and
+        OSError(ENOSPC) raised, so a segment is always whole records numbered
+        without gaps (replay stops at the first one that fails).
+        """
         if self._fd is None:
             self._fd = os.open(
                 self._path(self.segment), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600
@@ -105,8 +115,12 @@ class Journal:
             self._recno = 0
         plain = msgpack.packb(record, use_bin_type=True)
         sealed = crypto.seal(self.keys.cache, plain, self._aad(self.segment, self._recno))
+        frame = _LEN.pack(len(sealed)) + sealed
+        written = os.write(self._fd, frame)
+        if written != len(frame):
+            os.ftruncate(self._fd, os.fstat(self._fd).st_size - written)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self._path(self.segment))
         self._recno += 1
-        os.write(self._fd, _LEN.pack(len(sealed)) + sealed)
 
     def rotate(self) -> int:
         """Close the current segment; return its number (the commit's journal mark)."""
@@ -129,27 +143,29 @@ class Journal:
             os.close(self._fd)
             self._fd = None
 
-    def _read(self, seg: int) -> list[list[Any]]:
+    def _read(self, seg: int) -> tuple[list[list[Any]], bool]:
+        """The records of segment ``seg`` before the first torn or unauthentic one,
+        and whether the segment was whole (no such record)."""
         with open(self._path(seg), "rb") as f:
             data = f.read()
         out: list[list[Any]] = []
         pos = 0
         recno = 0
-        while pos + 4 <= len(data):
-            (n,) = _LEN.unpack_from(data, pos)
+        while pos < len(data):
+            n = _LEN.unpack_from(data, pos)[0] if pos + 4 <= len(data) else -1
             sealed = data[pos + 4 : pos + 4 + n]
             if len(sealed) != n:
                 log.warning("journal segment %d ends in a torn record; ignoring its tail", seg)
-                break
+                return out, False
             try:
                 plain = crypto.open_sealed(self.keys.cache, sealed, self._aad(seg, recno))
             except crypto.AuthFailed:
                 log.warning("journal segment %d record %d fails authentication", seg, recno)
-                break
+                return out, False
             out.append(msgpack.unpackb(plain, raw=False, strict_map_key=False))
             pos += 4 + n
             recno += 1
-        return out
+        return out, True
 
     async def replay(self, fs: Filesystem, mark_client: bytes | None, mark: int) -> int:
         """Re-apply segments newer than the root's mark. Returns records applied.
@@ -173,12 +189,26 @@ class Journal:
             )
             return 0
         applied = 0
+        cut: int | None = None  # a segment that is not whole: nothing after it applies
         for seg in segs:
             if seg <= mark:
                 os.unlink(self._path(seg))
                 continue
-            for rec in self._read(seg):
+            if cut is not None:
+                os.rename(self._path(seg), self._path(seg) + ".stale")
+                log.warning(
+                    "journal segment %d not applied: segment %d before it is cut short "
+                    "(a crashed machine?); kept in %s",
+                    seg,
+                    cut,
+                    self.dir,
+                )
+                continue
+            records, whole = self._read(seg)
+            for rec in records:
                 await fs.apply_record(rec)
                 applied += 1
+            if not whole:
+                cut = seg
         self.segment = max(segs[-1], mark) + 1
         return applied

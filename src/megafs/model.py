@@ -52,7 +52,7 @@ from sortedcontainers import SortedDict  # type: ignore[import-untyped]
 
 from . import crypto
 from .cache import ContentCache
-from .errors import FsError, IntegrityError, ObjectNotFound
+from .errors import FsError, IntegrityError, MegafsError, ObjectNotFound
 from .journal import Journal
 from .vault import (
     KIND_BODY,
@@ -1172,6 +1172,7 @@ class Filesystem:
             want = self.layout.sealed_len(min(ref.length, m1 * bs)) - m0 * sb
             name = obj_name(ref.obj)
             sealed_or_none: bytes | None = None
+            from_store = False
             if self.cache is not None and self.cache.has(name, m0, m1):
                 sealed_or_none = await self.cache.read(name, m0 * sb, want)
             if sealed_or_none is None or len(sealed_or_none) != want:
@@ -1181,8 +1182,7 @@ class Filesystem:
                     raise IntegrityError(
                         name, "chunk object is missing from the store"
                     ) from None
-                if self.cache is not None and len(sealed_or_none) == want:
-                    await self.cache.store(name, m0, sealed_or_none)
+                from_store = True
             sealed = sealed_or_none
             if len(sealed) != want:
                 # A store that cut whole blocks off the end would otherwise
@@ -1201,7 +1201,15 @@ class Filesystem:
             try:
                 plain = await in_thread(work)
             except crypto.AuthFailed as e:
-                raise IntegrityError(name, str(e)) from None
+                if from_store or self.cache is None:
+                    raise IntegrityError(name, str(e)) from None
+                # A damaged local cache is not a damaged store: forget it, ask the store.
+                log.warning("cached copy of %s fails authentication; refetching", name)
+                self.cache.forget(name)
+                return await self._fetch_blocks(node, idx, ref, lo, hi, ahead, prefetching)
+            if from_store and self.cache is not None:
+                # Only once authenticated: a tampered answer must not outlive the tampering.
+                await self.cache.store(name, m0, sealed)
             for i, b in enumerate(range(m0, m1)):
                 self.blocks[(node.file_id, ref.obj, b)] = plain[i * bs : (i + 1) * bs]
             for b in range(first, last):
@@ -1364,7 +1372,12 @@ class Filesystem:
                 if end >= (idx + 1) * cs:  # the writer is past this chunk
                     await self._upload_early(node, idx)
         if self.dirty_bytes > self.dirty_limit:
-            await self.commit()
+            try:
+                await self.commit()
+            except* MegafsError as eg:
+                # The write itself is applied and journalled; the commit is
+                # retried by the next one (memory pressure, not this write).
+                log.warning("commit over the dirty limit failed, will retry: %s", eg.exceptions[0])
         return len(data)
 
     async def _upload_early(self, node: Inode, idx: int) -> None:

@@ -153,7 +153,12 @@ def default_cache_dir(vault_id: bytes) -> str:
 
 
 async def _commit_loop(fs: Filesystem, interval: float) -> None:
-    """Commit every ``interval`` seconds when there are changes; renew the lease."""
+    """Commit every ``interval`` seconds when there are changes; renew the lease.
+
+    A failed commit (the store away, full, refusing) is logged and tried
+    again next time; its changes stay in memory and in the journal. A commit
+    uploads in parallel, so its errors come as an exception group.
+    """
     last = trio.current_time()
     while True:
         await trio.sleep(interval)
@@ -166,8 +171,15 @@ async def _commit_loop(fs: Filesystem, interval: float) -> None:
                 fs.meta_dirty = True  # renew the writer lease
                 await fs.commit()
                 last = now
-        except MegafsError as e:
-            log.warning("background commit failed, will retry: %s", e)
+        except* MegafsError as failed:
+            log.warning("background commit failed, will retry: %s", _first_leaf(failed))
+
+
+def _first_leaf(e: BaseException) -> BaseException:
+    """The first exception of a (nested) exception group, to name in a log line."""
+    while isinstance(e, BaseExceptionGroup):
+        e = e.exceptions[0]
+    return e
 
 
 def set_readahead(real_mountpoint: str, kb: int) -> bool:
@@ -238,13 +250,13 @@ async def serve(cfg: MountConfig, passphrase: str, ready: Callable[[], None]) ->
             fs = await Filesystem.load(
                 vault, writable=not cfg.read_only, journal=journal, cache=cache
             )
-        except (StoreReadOnly, StoreAuthError) as e:
+        except* (StoreReadOnly, StoreAuthError) as refused:
             # The header and root were read, so the store refuses writes only:
             # serve what can be read, as mount(8) does for a write-protected disk.
             log.warning(
                 "the store refuses writes, mounting read-only (changes in the local "
                 "journal stay there for a writable mount): %s",
-                e,
+                _first_leaf(refused),
             )
             cfg = dataclasses.replace(cfg, read_only=True)
             if journal is not None:

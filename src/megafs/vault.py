@@ -128,7 +128,7 @@ class Lease:
 
     @classmethod
     def decode(cls, v: Any) -> Lease:
-        return cls(bytes(v[0]), str(v[1]), int(v[2]), float(v[3]))
+        return cls(expect_bytes(v[0]), str(v[1]), int(v[2]), float(v[3]))
 
 
 @dataclass
@@ -166,15 +166,26 @@ class Root:
         try:
             return cls(
                 generation=int(d["gen"]),
-                itab=bytes(d["itab"]) if d["itab"] is not None else None,
+                itab=expect_bytes(d["itab"]) if d["itab"] is not None else None,
                 next_ino=int(d["next"]),
                 orphans=[int(x) for x in d["orph"]],
                 lease=Lease.decode(d["lease"]) if d["lease"] is not None else None,
                 stats=[int(x) for x in d["stats"]],
-                journal=(bytes(d["jrnl"][0]), int(d["jrnl"][1])) if d.get("jrnl") else None,
+                journal=(expect_bytes(d["jrnl"][0]), int(d["jrnl"][1])) if d.get("jrnl") else None,
             )
-        except (KeyError, TypeError, ValueError, IndexError) as e:
+        except (KeyError, TypeError, ValueError, IndexError, OverflowError) as e:
             raise IntegrityError(ROOT, f"malformed root record: {e}") from None
+
+
+def expect_bytes(value: Any) -> bytes:
+    """``value`` if it is a byte string, else TypeError.
+
+    Decoders of authenticated records use this, never ``bytes(value)``, which
+    turns an integer into that many zero bytes (``bytes(2**40)``: a terabyte).
+    """
+    if not isinstance(value, bytes):
+        raise TypeError(f"expected bytes, got {type(value).__name__}")
+    return value
 
 
 def unpack(data: bytes, name: str) -> Any:

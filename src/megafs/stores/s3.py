@@ -19,7 +19,11 @@ Requests are signed with botocore's SigV4 signer and sent through one pooled
 Retries: :func:`is_temp_failure` is the only place that decides what is
 retried. A retried call backs off exponentially with full jitter, and gives
 up after ``max_attempts`` attempts or ``retry_deadline`` seconds, whichever
-comes first; the error it then raises is final.
+comes first; the error it then raises is final. A mounted vault calls
+:meth:`S3Store.set_timeout`, which drops the attempt limit, so that file
+operations ride out an outage of up to that many seconds. A body shorter than
+its ``Content-Length`` (a connection cut mid-answer) is a transport error
+raised by httpx, so it is retried like any lost answer and never returned.
 """
 
 from __future__ import annotations
@@ -135,6 +139,7 @@ class S3Store(Store):
     to AWS itself. Custom endpoints use path-style addressing; AWS uses
     virtual-hosted addressing when the bucket name allows it.
 
+    ``max_attempts=None`` leaves only ``retry_deadline`` to end the retries.
     ``transport`` replaces the HTTP transport (tests inject faults with it);
     ``session`` replaces the botocore session (and thus the credential chain).
     Constructing a store does no I/O; the first call resolves credentials.
@@ -147,7 +152,7 @@ class S3Store(Store):
         *,
         endpoint: str | None = None,
         max_concurrency: int = 32,
-        max_attempts: int = 8,
+        max_attempts: int | None = 8,
         retry_deadline: float = 60.0,
         backoff_base: float = 0.1,
         backoff_cap: float = 5.0,
@@ -164,8 +169,10 @@ class S3Store(Store):
         self.prefix = f"{prefix}/" if prefix else ""
         self.url = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
         self._endpoint_arg = endpoint or os.environ.get("MEGAFS_S3_ENDPOINT") or None
-        self._max_attempts = max(1, max_attempts)
+        self._max_attempts = None if max_attempts is None else max(1, max_attempts)
         self._retry_deadline = retry_deadline
+        self._io_timeout = io_timeout
+        self._connect_timeout = connect_timeout
         self._backoff_base = backoff_base
         self._backoff_cap = backoff_cap
         self._list_page_size = list_page_size
@@ -193,6 +200,19 @@ class S3Store(Store):
         if parts.query or parts.fragment:
             raise UsageError(f"S3 URL must not have a query or fragment: {url}")
         return cls(parts.netloc, parts.path, endpoint=endpoint, **options)  # type: ignore[arg-type]
+
+    def set_timeout(self, seconds: float) -> None:
+        """Retry temporary failures for up to ``seconds``, however many attempts it takes.
+
+        Each attempt then waits at most a quarter of that (and never more than
+        ``io_timeout``) for a silent connection, so a stalled one is dropped
+        and retried on a fresh connection well within the deadline. A call
+        can outlast ``seconds`` by at most one attempt's timeout.
+        """
+        attempt = min(self._io_timeout, max(1.0, seconds / 4))
+        self._retry_deadline = seconds
+        self._max_attempts = None
+        self._client.timeout = httpx.Timeout(attempt, connect=min(self._connect_timeout, attempt))
 
     # -- where things are --------------------------------------------------
 
@@ -351,11 +371,15 @@ class S3Store(Store):
                     return resp, maybe_applied
                 failure = resp
                 maybe_applied = True
-            delay = random.uniform(
-                0, min(self._backoff_cap, self._backoff_base * 2 ** (attempt - 1))
-            )
-            if attempt >= self._max_attempts or trio.current_time() + delay > deadline:
+            left = deadline - trio.current_time()
+            out_of_attempts = self._max_attempts is not None and attempt >= self._max_attempts
+            if out_of_attempts or left <= 0:
                 raise self._gave_up(failure, method, what, attempt)
+            # The last retry comes at the deadline, not before a backoff that would pass it.
+            delay = min(
+                left,
+                random.uniform(0, min(self._backoff_cap, self._backoff_base * 2 ** (attempt - 1))),
+            )
             log.info(
                 "S3 %s %s: temporary failure (%s), retry %d in %.2fs",
                 method,

@@ -47,7 +47,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import sysconfig
 import tarfile
 import tempfile
 import time
@@ -61,9 +60,9 @@ import httpx
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
-sys.path.insert(0, str(BENCH))
+sys.path.insert(0, str(REPO))
 
-from seaweed import AWS_VARS, SeaweedFS, free_ports  # noqa: E402
+from tests.seaweed import AWS_VARS, SeaweedFS, free_ports, script_binary  # noqa: E402
 
 MiB = 1 << 20
 TARBALL_SPEC = "Django==5.1.4"
@@ -249,14 +248,6 @@ def reset_peak_rss(pid: int | None) -> bool:
     except OSError:
         return False
     return True
-
-
-def script_binary(name: str) -> str | None:
-    """A console script of this Python's packages (not a pyenv shim), else $PATH."""
-    for c in (Path(sysconfig.get_path("scripts")) / name, Path(sys.executable).parent / name):
-        if c.is_file() and os.access(c, os.X_OK):
-            return str(c)
-    return shutil.which(name)
 
 
 def tool_version(argv: list[str]) -> str:
@@ -1316,7 +1307,7 @@ def main(argv: list[str] | None = None) -> int:
                              "files": tree.files, "entries": tree.entries, "bytes": tree.bytes}
     systems: dict[str, System] = {}
     extra_cleanup: list[System] = []
-    s3 = SeaweedFS(work / "seaweedfs")
+    s3 = SeaweedFS(work / "seaweedfs", "bench", user="bench", metrics=True)
     code = 1
     try:
         need_s3 = {"megafs-s3", "rclone"} & set(p.systems)

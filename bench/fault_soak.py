@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import os
 import random
 import secrets
@@ -42,9 +41,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.conftest import _start_weed, _stop, _wait_ready, unique_prefix  # noqa: E402
+from tests.conftest import unique_prefix  # noqa: E402
 from tests.faultproxy import ALL_FAULTS, FaultProxy  # noqa: E402
 from tests.mounting import Drive, walk  # noqa: E402
+from tests.seaweed import SeaweedFS  # noqa: E402
 
 MiB = 1 << 20
 
@@ -219,21 +219,11 @@ def main() -> int:
         args.seed = secrets.randbelow(1 << 30)
     assert args.outage < args.store_timeout / 2, "an outage must be shorter than the timeout"
     work = Path(tempfile.mkdtemp(prefix="megafs-fault-soak-", dir=args.keep))
-    base = work / "weed"
-    (base / "data").mkdir(parents=True)
-    access, secret = "soak" + secrets.token_hex(6), secrets.token_urlsafe(24)
-    config = base / "s3.json"
-    identity = {
-        "name": "soak",
-        "credentials": [{"accessKey": access, "secretKey": secret}],
-        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-    }
-    config.write_text(json.dumps({"identities": [identity]}))
-    server, proc = _start_weed(base, config, "megafs-soak", access, secret, base / "weed.log")
+    server = SeaweedFS(work / "weed", "megafs-soak", user="soak")
     print(f"fault soak: seed {args.seed}, rate {args.rate}, work folder {work}", flush=True)
     started = time.monotonic()
     try:
-        _wait_ready(proc, server)
+        server.start()
         with FaultProxy(server.endpoint, rate=0.0, stall=args.store_timeout / 4 + 1) as proxy:
             env = {**server.env, "MEGAFS_S3_ENDPOINT": proxy.endpoint}
             drive = Drive(f"s3://{server.bucket}/{unique_prefix()}", work / "drive", env)
@@ -256,7 +246,7 @@ def main() -> int:
             retries = drive.log_text().count("temporary failure")
             problems = drive.log_problems()
     finally:
-        _stop(proc)
+        server.stop()
     c = soak.counts
     faults = {k: proxy.stats.get(f"fault:{k}", 0) for k in ALL_FAULTS}
     print()

@@ -43,6 +43,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from tests.mounting import Drive  # noqa: E402
+from tests.seaweed import SeaweedFS  # noqa: E402
 from tests.test_crash_mount import ALLOWED, CrashRun  # noqa: E402
 
 
@@ -54,46 +55,6 @@ def classify(e: AssertionError) -> str:
     if text.startswith("fsck exited") or "problem:" in text or "missing:" in text:
         return "fsck"
     return "error"
-
-
-class S3Server:
-    """A throw-away SeaweedFS on 127.0.0.1 (the test suite's own fixture code)."""
-
-    def __init__(self, base: Path) -> None:
-        import json
-        import secrets
-
-        from tests import conftest
-
-        self._conftest = conftest
-        base.mkdir(parents=True)
-        (base / "data").mkdir()
-        access, secret = "soak" + secrets.token_hex(6), secrets.token_urlsafe(24)
-        config = base / "s3.json"
-        config.write_text(
-            json.dumps(
-                {
-                    "identities": [
-                        {
-                            "name": "soak",
-                            "credentials": [{"accessKey": access, "secretKey": secret}],
-                            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-                        }
-                    ]
-                }
-            )
-        )
-        self.server, self.proc = conftest._start_weed(
-            base, config, "soak", access, secret, base / "weed.log"
-        )
-        try:
-            conftest._wait_ready(self.proc, self.server)
-        except BaseException:
-            self.stop()
-            raise
-
-    def stop(self) -> None:
-        self._conftest._stop(self.proc)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(seed)
     top = Path(tempfile.mkdtemp(prefix="megafs-soak-crash."))
     keep = args.keep or Path(tempfile.mkdtemp(prefix="megafs-soak-failed."))
-    server = S3Server(top / "seaweedfs") if args.store == "s3" else None
+    server = SeaweedFS(top / "seaweedfs", "soak", user="soak") if args.store == "s3" else None
+    if server is not None:
+        server.start()
     end = time.monotonic() + args.minutes * 60
     counts: collections.Counter[str] = collections.Counter()
     outcomes: collections.Counter[str] = collections.Counter()
@@ -131,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
             if server is None:
                 url, env = str(tmp / "store"), {}
             else:
-                url = f"s3://{server.server.bucket}/batch-{batch}-{seed}"
-                env = dict(server.server.env)
+                url = f"s3://{server.bucket}/batch-{batch}-{seed}"
+                env = dict(server.env)
             drive = Drive(url, tmp, env)
             drive.allowed_log.extend(ALLOWED)
             run = CrashRun(drive, random.Random(rng.randrange(1 << 30)), tmp / "work")

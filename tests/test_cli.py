@@ -36,7 +36,8 @@ from megafs.header import FIXED_LEN, SLOT_LEN, format_recovery_key, parse_recove
 from megafs.stores import LocalStore
 from megafs.vault import Vault
 
-from .conftest import SeaweedFS, unique_prefix
+from .conftest import unique_prefix
+from .seaweed import SeaweedFS
 
 KDF = ["--kdf-memory", "8192", "--kdf-iterations", "1"]
 PASS = "correct horse battery staple"

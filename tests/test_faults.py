@@ -28,9 +28,10 @@ import trio
 
 from megafs.stores.s3 import S3Store
 
-from .conftest import SeaweedFS, signed_request, unique_prefix
+from .conftest import unique_prefix
 from .faultproxy import ALL_FAULTS, FaultProxy, wait_until
 from .mounting import Drive, assert_same_tree, make_tree, walk
+from .seaweed import SeaweedFS, signed_request
 
 pytestmark = [pytest.mark.fuse, pytest.mark.s3]
 

@@ -34,7 +34,6 @@ import trio
 
 from megafs.stores import open_store
 
-from .conftest import signed_request
 from .mounting import (
     Drive,
     assert_same_tree,
@@ -47,6 +46,7 @@ from .mounting import (
     sha256_file,
     walk,
 )
+from .seaweed import signed_request
 
 pytestmark = pytest.mark.fuse
 

@@ -18,10 +18,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
-import json
 import os
 import secrets
-import signal
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,9 +27,10 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import SeaweedFS, _start_weed, _stop, _wait_ready, signed_request, unique_prefix
+from .conftest import running_seaweedfs, unique_prefix
 from .faultproxy import wait_until
 from .mounting import Drive
+from .seaweed import SeaweedFS, signed_request
 
 pytestmark = pytest.mark.fuse
 
@@ -271,13 +270,11 @@ class AclServer:
     """A SeaweedFS of our own whose identity's permissions the test may change."""
 
     server: SeaweedFS
-    config: Path
-    proc: subprocess.Popen[bytes]
 
     def set_actions(self, actions: list[str]) -> None:
-        """Rewrite the identity's actions; SIGHUP makes weed reload them."""
-        write_identity(self.config, self.server.access_key, self.server.secret_key, actions)
-        os.kill(self.proc.pid, signal.SIGHUP)
+        """Rewrite the identity's actions, have weed reload them, wait until it has."""
+        self.server.write_identities(actions)
+        self.server.reload()
         probe = f"{self.server.endpoint}/{self.server.bucket}/acl-probe"
         want = 200 if "Write" in actions else 403
 
@@ -290,15 +287,6 @@ class AclServer:
         wait_until(applied, 30, f"weed to apply actions {actions}")
 
 
-def write_identity(config: Path, key: str, secret: str, actions: list[str]) -> None:
-    identity = {
-        "name": "megafs-acl",
-        "credentials": [{"accessKey": key, "secretKey": secret}],
-        "actions": actions,
-    }
-    config.write_text(json.dumps({"identities": [identity]}))
-
-
 READ_WRITE = ["Read", "Write", "List", "Tagging"]
 READ_ONLY = ["Read", "List"]
 
@@ -306,16 +294,8 @@ READ_ONLY = ["Read", "List"]
 @pytest.fixture(scope="module")
 def acl_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AclServer]:
     base = tmp_path_factory.mktemp("seaweedfs-acl")
-    (base / "data").mkdir()
-    config = base / "s3.json"
-    key, secret = "acl" + secrets.token_hex(6), secrets.token_urlsafe(24)
-    write_identity(config, key, secret, ["Admin", *READ_WRITE])
-    server, proc = _start_weed(base, config, "megafs-acl", key, secret, base / "weed.log")
-    try:
-        _wait_ready(proc, server)
-        yield AclServer(server, config, proc)
-    finally:
-        _stop(proc)
+    with running_seaweedfs(base, "megafs-acl", "acl") as server:
+        yield AclServer(server)
 
 
 @pytest.mark.s3

@@ -41,8 +41,8 @@ from megafs.stores import LocalStore, Pointer, Store
 from megafs.stores.s3 import S3Store
 from megafs.vault import KIND_BODY, KIND_INDEX, KIND_LEAF, Vault, obj_name
 
-from .conftest import SeaweedFS, signed_request
 from .helpers import FAST_KDF, PASS, SMALL, new_vault
+from .seaweed import SeaweedFS, signed_request
 
 MARKER = "MEGAFS-MARKER-7f3a"
 M = MARKER.encode()

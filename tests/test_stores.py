@@ -30,7 +30,8 @@ from megafs.errors import (
 from megafs.stores import LocalStore, Store, open_store
 from megafs.stores.s3 import S3Store, is_temp_failure
 
-from .conftest import SeaweedFS, _free_ports, unique_prefix
+from .conftest import unique_prefix
+from .seaweed import SeaweedFS, free_ports
 
 
 async def listing(store: Store, prefix: str = "") -> dict[str, int]:
@@ -366,7 +367,7 @@ async def test_s3_missing_bucket(seaweedfs: SeaweedFS, s3_env: dict[str, str]) -
 
 @pytest.mark.s3
 async def test_s3_unreachable_endpoint_fails_fast(s3_env: dict[str, str]) -> None:
-    (port,) = _free_ports(1)  # nothing listens there
+    (port,) = free_ports(1)  # nothing listens there
     endpoint = f"http://127.0.0.1:{port}"
     start = time.monotonic()
     async with S3Store("bucket", "p", endpoint=endpoint, retry_deadline=1.0) as store:

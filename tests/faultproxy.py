@@ -20,6 +20,11 @@ faults has met every kind):
 ``truncate``    forwarded; the answer's headers promise the whole body
                 (``Content-Length``) but fewer bytes follow, then the
                 connection is closed. Answers without a body are reset instead
+``cut-request`` the request goes upstream with its headers but only part of its
+                body, then both connections are closed: a client that died, or
+                a network that broke, in the middle of an upload. Not in
+                :data:`ALL_FAULTS` (a server that stores what it got of such a
+                request is what this shows; ask for it by name)
 ==============  ================================================================
 
 :meth:`FaultProxy.down` stops listening and drops every open connection (a
@@ -57,6 +62,9 @@ ALL_FAULTS = (
     "stall",
     "truncate",
 )
+
+#: Faults that can only be asked for by name.
+EXTRA_FAULTS = ("cut-request",)
 
 _CANNED = {
     "500": (500, "Internal Server Error", "InternalError"),
@@ -138,7 +146,7 @@ class FaultProxy:
     ) -> None:
         parts = urlsplit(upstream)
         assert parts.scheme == "http" and parts.hostname and parts.port, upstream
-        unknown = set(kinds) - set(ALL_FAULTS)
+        unknown = set(kinds) - set(ALL_FAULTS) - set(EXTRA_FAULTS)
         assert not unknown, f"unknown faults {unknown}"
         self.upstream = (parts.hostname, parts.port)
         self.rate = rate
@@ -288,6 +296,10 @@ class FaultProxy:
         if fault == "stall":
             self._stopping.wait(self.stall)
             return False
+        if fault == "cut-request":
+            self._forward_cut(req)
+            _reset(client)
+            return False
         status, reason, headers, body = self._forward(req)
         if fault == "500-after":
             client.sendall(_error_response(fault))
@@ -327,6 +339,20 @@ class FaultProxy:
             return 502, "Bad Gateway", [("Content-Type", "application/xml")], msg
         finally:
             conn.close()
+
+
+    def _forward_cut(self, req: Request) -> None:
+        """Send ``req`` upstream with only part of its body, then hang up."""
+        with self._lock:  # nothing of the body (headers only), or some of it
+            cut = 0 if self._rng.random() < 0.5 else self._rng.randrange(len(req.body) or 1)
+        head = [f"{req.method} {req.target} HTTP/1.1"]
+        head += [f"{k}: {v}" for k, v in req.headers if k.lower() not in _HOP]
+        data = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + req.body[:cut]
+        with contextlib.suppress(OSError), socket.create_connection(self.upstream, 10) as up:
+            up.sendall(data)
+            time.sleep(0.2)  # let the server start on it before the connection drops
+            with self._lock:
+                self.stats["cut-requests"] += 1
 
 
 def _error_response(fault: str) -> bytes:

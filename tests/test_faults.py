@@ -26,6 +26,7 @@ import httpx
 import pytest
 import trio
 
+from megafs.errors import StoreError
 from megafs.stores.s3 import S3Store
 
 from .conftest import unique_prefix
@@ -93,6 +94,35 @@ async def test_truncated_bodies_are_retried_never_accepted(
             lo = i * 9973
             assert await store.get_range("obj", lo, 70_000) == data[lo : lo + 70_000]
     assert proxy.stats["fault:truncate"] >= 15
+
+
+async def test_a_pointer_update_cut_short_leaves_the_pointer_whole(
+    seaweedfs: SeaweedFS, s3_env: dict[str, str], proxy: FaultProxy
+) -> None:
+    """An upload of a pointer that breaks off (a killed daemon, a broken network)
+    must leave the old pointer, never an empty or cut one.
+
+    SeaweedFS stores an empty object when a PUT's connection closes right
+    after its headers; megafs sends Content-MD5 with every pointer write, so
+    such a PUT fails on the server and the old pointer stays.
+    """
+    prefix = unique_prefix()
+    direct = S3Store(seaweedfs.bucket, prefix, endpoint=seaweedfs.endpoint)
+    cut = S3Store(seaweedfs.bucket, prefix, endpoint=proxy.endpoint, max_attempts=1)
+    async with direct, cut:
+        value = os.urandom(200)
+        etag = await direct.cas_pointer("root", value, None)
+        proxy.kinds = ("cut-request",)
+        proxy.rate = 1.0
+        for i in range(12):
+            with pytest.raises(StoreError):  # the upload broke off: the attempt failed
+                await cut.cas_pointer("root", os.urandom(300), etag)
+            ptr = await direct.read_pointer("root")
+            assert ptr is not None and ptr.data == value, f"cut {i} damaged the pointer"
+            # The pointer still moves on normally afterwards.
+            value = os.urandom(200 + i)
+            etag = await direct.cas_pointer("root", value, etag)
+    assert proxy.stats["cut-requests"] == 12
 
 
 # --- a workload through 15% faults ---------------------------------------------------------

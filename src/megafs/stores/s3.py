@@ -8,7 +8,13 @@ Layout under the store's key prefix::
 Pointer compare-and-swap is S3's conditional write: ``If-None-Match: *``
 creates a pointer only if it is absent, ``If-Match: <etag>`` replaces it only
 if it is unchanged; the server answers 412 (or 409 ConditionalRequestConflict)
-when we lost. The version tag of a pointer is its S3 ETag.
+when we lost. The version tag of a pointer is its S3 ETag. Every pointer
+write carries ``Content-MD5``, so that a PUT whose body never arrives whole
+(the daemon killed, or the network cut, between the headers and the body)
+is refused by the server instead of replacing the pointer: SeaweedFS stores
+an *empty* object when a PUT's connection closes right after its headers.
+Objects do not need it: they are written under fresh names and referenced
+only once their PUT has been answered.
 
 Credentials, region and (when none is given) the endpoint are resolved once,
 lazily, by botocore exactly as the AWS tools do it (environment, shared
@@ -28,6 +34,7 @@ raised by httpx, so it is retried like any lost answer and never returned.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 import os
@@ -540,6 +547,8 @@ class S3Store(Store):
         in that window is indistinguishable, and equally harmless.)
         """
         cond = {"If-None-Match": "*"} if expected is None else {"If-Match": expected}
+        md5 = hashlib.md5(data, usedforsecurity=False).digest()
+        cond["Content-MD5"] = base64.b64encode(md5).decode()
         what = f"pointer {name}"
         resp, maybe_applied = await self._exchange(
             "PUT", self._ptr_key(name), what=what, body=data, headers=cond

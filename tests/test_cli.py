@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from megafs import cli, errors
+from megafs import cli, errors, header
 from megafs.header import FIXED_LEN, SLOT_LEN, format_recovery_key, parse_recovery_key
 from megafs.stores import LocalStore
 from megafs.vault import Vault
@@ -166,7 +166,7 @@ def test_init_then_info(any_run: tuple[Cli, str]) -> None:
     assert proc.stderr == ""
     info = dict(line.split(":", 1) for line in proc.stdout.splitlines())
     info = {k: v.strip() for k, v in info.items()}
-    assert info["format version"] == "1"
+    assert info["format version"] == str(header.VERSION)
     assert len(info["vault id"]) == 32
     assert info["chunk size"].startswith("1048576 bytes")
     assert info["block size"].startswith("65536 bytes")
@@ -407,7 +407,7 @@ def test_info_on_missing_folder(tmp_path: Path, run: Cli) -> None:
 def test_newer_format_version_exits_5(local: Vaulted, run: Cli) -> None:
     path = header_path(local)
     data = bytearray(path.read_bytes())
-    data[8:10] = (2).to_bytes(2, "big")
+    data[8:10] = (header.VERSION + 1).to_bytes(2, "big")
     path.write_bytes(bytes(data))
     proc = run("info", local.url, env=pw())
     assert proc.returncode == 5
@@ -576,7 +576,7 @@ def test_interactive_init_and_info(tmp_path: Path, run: Cli) -> None:
     info, shown = run_in_pty(run, ["info", url], [PASS])
     assert info.returncode == 0, info.stderr
     assert "Passphrase: " in shown
-    assert "format version:  1" in info.stdout
+    assert f"format version:  {header.VERSION}" in info.stdout
 
 
 def test_interactive_init_mismatch_exits_12(tmp_path: Path, run: Cli) -> None:

@@ -1,13 +1,17 @@
-"""Known-answer tests: the v1 on-store format, frozen.
+"""Known-answer tests: the on-store formats 1 and 2, frozen.
 
 Two kinds of frozen data live in ``tests/vectors/``:
 
 * ``v1.json``: fixed keys, ids and nonces, and the exact bytes every layer
   makes of them (subkeys, associated data, header, root, wrapped file key,
-  inline data, a leaf page, an index node, a body, a chunk);
-* ``vault-v1/``: a whole small vault in a local-store folder.
+  inline data, a leaf page, an index node, a body, a chunk); ``v2.json``:
+  what format 2 adds (a pack object, a pack table page, a chunk map naming
+  packed chunks, a root naming the pack table, the packed-block AAD);
+* ``vault-v1/``, ``vault-v2/``: a whole small vault of each format in a
+  local-store folder.
 
-Both were written once by ``tests/vectors/generate_v1.py``. Each vector is
+Each pair was written once by ``tests/vectors/generate_v1.py`` (and
+``generate_v2.py``). Each vector is
 checked both ways: the current writer reproduces the frozen bytes from the
 frozen inputs, and the current reader opens the frozen bytes. A small reader
 written from ``docs/format.md`` alone (:class:`DocReader`, no megafs imports)
@@ -41,14 +45,18 @@ from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
 from megafs import crypto, header
 from megafs.crypto import KdfParams, Keys, Layout
+from megafs.errors import IntegrityError
 from megafs.header import Header, Slot
 from megafs.model import ROOT_INO, ChunkRef, Filesystem, Inode
 from megafs.stores import LocalStore
-from megafs.vault import KIND_BODY, KIND_INDEX, KIND_LEAF, Lease, Root, Vault
+from megafs.tables import PackTable
+from megafs.vault import KIND_BODY, KIND_INDEX, KIND_LEAF, KIND_PACKS, Lease, Root, Vault
 
 VECTORS = Path(__file__).parent / "vectors"
 V1_JSON = VECTORS / "v1.json"
 V1_VAULT = VECTORS / "vault-v1"
+V2_JSON = VECTORS / "v2.json"
+V2_VAULT = VECTORS / "vault-v2"
 
 # --- the inputs of v1.json --------------------------------------------------
 
@@ -133,8 +141,8 @@ def scripted_urandom(values: list[bytes]) -> Iterator[None]:
     assert not queue, "os.urandom was called fewer times than scripted"
 
 
-def kat_header() -> Header:
-    hdr = Header(vault_id=VAULT_ID, layout=KAT_LAYOUT)
+def kat_header(version: int = 1) -> Header:
+    hdr = Header(vault_id=VAULT_ID, layout=KAT_LAYOUT, version=version)
     phead = Slot(header.SLOT_PASSPHRASE, KAT_KDF, SALT, b"").head()
     kek = crypto.argon2id(header.normalize_passphrase(KAT_PASS_NFC), SALT, KAT_KDF)
     pslot = Slot(
@@ -152,7 +160,7 @@ def kat_header() -> Header:
         bytes(16),
         crypto.seal(rkek, MASTER, hdr.slot_aad(rhead), NONCES["recovery_slot"]),
     )
-    return Header(vault_id=VAULT_ID, layout=KAT_LAYOUT, slots=(pslot, rslot))
+    return Header(vault_id=VAULT_ID, layout=KAT_LAYOUT, slots=(pslot, rslot), version=version)
 
 
 def kat_vault(tmp: Path) -> Vault:
@@ -261,6 +269,100 @@ def compute_vectors(tmp: Path) -> dict[str, Any]:
     with scripted_urandom([NONCES["chunk_block0"], NONCES["chunk_block1"]]):
         sealed = crypto.seal_chunk(keys, KAT_LAYOUT, KEY_B, FILE_B, CHUNK_OBJ, 0, CHUNK_B)
     out["chunk"] = {"plaintext": CHUNK_B.hex(), "sealed": sealed.hex()}
+    return out
+
+
+# --- the inputs of v2.json: what format 2 adds ----------------------------------
+
+PACK_OBJ = _seq(0x58, 16)
+PACK_NO = 0
+FILE_C = _seq(0x28, 16)  # inode 304, two chunks, both packed
+KEY_C = _seq(0x68, 32)
+PACKS_LEAF_OBJ = _seq(0xB8, 16)
+PTAB_OBJ = _seq(0xCC, 16)
+CHUNK_C0 = bytes((i * 17 + 5) % 256 for i in range(4196))  # 2 blocks: 4096 + 100
+CHUNK_C1 = bytes((i * 29 + 11) % 256 for i in range(3000))  # 1 block
+NONCES_V2 = {
+    "c0_block0": _nonce(21),
+    "c0_block1": _nonce(22),
+    "c1_block0": _nonce(23),
+    "packs_leaf": _nonce(24),
+    "body": _nonce(25),
+    "root": _nonce(26),
+}
+KAT_ROOT_V2 = Root(
+    generation=9,
+    itab=TOP_OBJ,
+    next_ino=305,
+    orphans=[],
+    lease=None,
+    stats=[5, 12201],
+    ptab=PTAB_OBJ,
+    next_pack=1,
+)
+
+
+def packed_refs() -> tuple[ChunkRef, ChunkRef]:
+    """The two chunks of file C, both in pack 0: C0 at offset 0, C1 after it."""
+    c0 = ChunkRef(PACK_OBJ, len(CHUNK_C0), 0, PACK_NO)
+    c1 = ChunkRef(PACK_OBJ, len(CHUNK_C1), KAT_LAYOUT.sealed_len(len(CHUNK_C0)), PACK_NO)
+    return c0, c1
+
+
+def compute_vectors_v2(tmp: Path) -> dict[str, Any]:
+    """Everything in v2.json, computed with the current code from the fixed inputs."""
+    keys = Keys(MASTER, VAULT_ID)
+    vault = Vault(LocalStore(str(tmp / "unused")), kat_header(version=2), keys)
+    c0, c1 = packed_refs()
+    out: dict[str, Any] = {
+        "inputs": {
+            "file_c": FILE_C.hex(),
+            "file_key_c": KEY_C.hex(),
+            "pack_obj": PACK_OBJ.hex(),
+            "pack_no": PACK_NO,
+            "packs_leaf_obj": PACKS_LEAF_OBJ.hex(),
+            "ptab_obj": PTAB_OBJ.hex(),
+            "offsets": [c0.off, c1.off],
+            "nonces": {k: v.hex() for k, v in NONCES_V2.items()},
+        },
+        "aad": {
+            "c0_block0": crypto.block_aad(VAULT_ID, FILE_C, PACK_OBJ, 0, 0, c0.length, 0).hex(),
+            "c0_block1": crypto.block_aad(VAULT_ID, FILE_C, PACK_OBJ, 0, 1, c0.length, 0).hex(),
+            "c1_block0": crypto.block_aad(
+                VAULT_ID, FILE_C, PACK_OBJ, 1, 0, c1.length, c1.off
+            ).hex(),
+        },
+    }
+    sealed = bytearray()
+    with scripted_urandom([NONCES_V2["c0_block0"], NONCES_V2["c0_block1"]]):
+        sealed += crypto.seal_chunk(keys, KAT_LAYOUT, KEY_C, FILE_C, PACK_OBJ, 0, CHUNK_C0, 0)
+    with scripted_urandom([NONCES_V2["c1_block0"]]):
+        sealed += crypto.seal_chunk(
+            keys, KAT_LAYOUT, KEY_C, FILE_C, PACK_OBJ, 1, CHUNK_C1, c1.off
+        )
+    out["pack"] = {"plaintext": (CHUNK_C0 + CHUNK_C1).hex(), "sealed": bytes(sealed).hex()}
+    node = Inode(304, stat.S_IFREG | 0o644, 1000, 1000)
+    node.file_id, node.file_key, node.size = FILE_C, KEY_C, 8192 + len(CHUNK_C1)
+    node.chunks = {0: c0, 1: c1}
+    fs = Filesystem(vault, KAT_ROOT_V2, writable=False)
+    meta: list[tuple[str, int, bytes, Any]] = [
+        ("packs_leaf", KIND_PACKS, PACKS_LEAF_OBJ,
+         {PACK_NO: [PACK_OBJ, 2, len(sealed), len(sealed)]}),
+        ("body", KIND_BODY, _seq(0xD8, 16), fs._encode_body(node)),
+    ]
+    for name, kind, obj, payload in meta:
+        plain = msgpack.packb(payload, use_bin_type=True)
+        with scripted_urandom([NONCES_V2[name]]):
+            sealed_meta = vault.seal_meta(kind, obj, payload)
+        out[name] = {"plaintext": plain.hex(), "sealed": sealed_meta.hex()}
+    root_plain = KAT_ROOT_V2.encode()
+    out["root"] = {
+        "plaintext": root_plain.hex(),
+        "sealed": crypto.seal(
+            keys.root, root_plain, crypto.root_aad(VAULT_ID), NONCES_V2["root"]
+        ).hex(),
+    }
+    out["header"] = kat_header(version=2).encode(keys).hex()
     return out
 
 
@@ -418,15 +520,100 @@ def test_chunk_opens(frozen: dict[str, Any]) -> None:
     sealed = h(frozen["chunk"]["sealed"])
     assert len(sealed) == KAT_LAYOUT.sealed_len(5000) == 5000 + 2 * 28
     args = (keys, KAT_LAYOUT, KEY_B, FILE_B, CHUNK_OBJ, 0, 5000)
-    assert crypto.open_blocks(*args, 0, sealed) == CHUNK_B
+    assert b"".join(crypto.open_blocks(*args, 0, sealed)) == CHUNK_B
     sb = KAT_LAYOUT.sealed_block
-    assert crypto.open_blocks(*args, 1, sealed[sb:]) == CHUNK_B[4096:]
+    assert b"".join(crypto.open_blocks(*args, 1, sealed[sb:])) == CHUNK_B[4096:]
     # Block by block with AES-GCM directly, as docs/format.md describes it.
     for bi in range(2):
         piece = sealed[bi * sb : (bi + 1) * sb]
         aad = h(frozen["aad"][f"block_b_{bi}"])
         plain = AESGCM(KEY_B).decrypt(piece[:12], piece[12:], aad)
         assert plain == CHUNK_B[bi * 4096 : (bi + 1) * 4096]
+
+
+# --- format 2: packs ------------------------------------------------------------
+
+SECTIONS_V2 = ["inputs", "aad", "pack", "packs_leaf", "body", "root", "header"]
+
+
+@pytest.fixture(scope="module")
+def frozen_v2() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(V2_JSON.read_text())
+    return data
+
+
+def test_v2_vector_file_has_every_section(frozen_v2: dict[str, Any]) -> None:
+    assert sorted(frozen_v2) == sorted(SECTIONS_V2)
+
+
+@pytest.mark.parametrize("section", SECTIONS_V2)
+def test_writer_reproduces_v2_vector(
+    frozen_v2: dict[str, Any], tmp_path: Path, section: str
+) -> None:
+    assert compute_vectors_v2(tmp_path)[section] == frozen_v2[section]
+
+
+def test_v2_header_and_root_open(frozen_v2: dict[str, Any], tmp_path: Path) -> None:
+    hdr, keys = header.unlock(h(frozen_v2["header"]), KAT_PASS_NFC)
+    assert hdr.version == 2 and hdr.packs_small_chunks and keys.master == MASTER
+    vault = Vault(LocalStore(str(tmp_path / "unused")), hdr, keys)
+    root = vault.open_root(h(frozen_v2["root"]["sealed"]))
+    assert root == KAT_ROOT_V2 and root.ptab == PTAB_OBJ and root.next_pack == 1
+
+
+def test_pack_opens(frozen_v2: dict[str, Any]) -> None:
+    keys = Keys(MASTER, VAULT_ID)
+    sealed = h(frozen_v2["pack"]["sealed"])
+    c0, c1 = packed_refs()
+    assert c1.off == KAT_LAYOUT.sealed_len(4196) == 4196 + 2 * 28
+    assert len(sealed) == c1.off + KAT_LAYOUT.sealed_len(3000) == 7280
+    for idx, ref, plain in ((0, c0, CHUNK_C0), (1, c1, CHUNK_C1)):
+        part = sealed[ref.off : ref.off + KAT_LAYOUT.sealed_len(ref.length)]
+        got = crypto.open_blocks(
+            keys, KAT_LAYOUT, KEY_C, FILE_C, PACK_OBJ, idx, ref.length, 0, part, ref.off
+        )
+        assert b"".join(got) == plain
+        # Moved to another offset (or read as unpacked), a chunk does not open.
+        for wrong in (None, ref.off + 1):
+            with pytest.raises(crypto.AuthFailed):
+                crypto.open_blocks(
+                    keys, KAT_LAYOUT, KEY_C, FILE_C, PACK_OBJ, idx, ref.length, 0, part, wrong
+                )
+    # Block by block with AES-GCM directly, as docs/format.md describes it.
+    sb = KAT_LAYOUT.sealed_block
+    pieces = {
+        "c0_block0": sealed[0:sb],
+        "c0_block1": sealed[sb : c1.off],
+        "c1_block0": sealed[c1.off :],
+    }
+    plains = {"c0_block0": CHUNK_C0[:4096], "c0_block1": CHUNK_C0[4096:], "c1_block0": CHUNK_C1}
+    for name, piece in pieces.items():
+        aad = h(frozen_v2["aad"][name])
+        assert aad.startswith(b"megafs/v2/packed-block\x00" + VAULT_ID)
+        assert AESGCM(KEY_C).decrypt(piece[:12], piece[12:], aad) == plains[name]
+
+
+def test_pack_table_page_and_chunk_map_decode(
+    frozen_v2: dict[str, Any], tmp_path: Path
+) -> None:
+    keys = Keys(MASTER, VAULT_ID)
+    vault = Vault(LocalStore(str(tmp_path / "unused")), kat_header(version=2), keys)
+    raw = vault.open_meta(KIND_PACKS, PACKS_LEAF_OBJ, h(frozen_v2["packs_leaf"]["sealed"]))
+    recs = PackTable._decode(raw, 0, PACKS_LEAF_OBJ.hex())
+    assert [(n, r.obj, r.live, r.size, r.live_bytes) for n, r in recs.items()] == [
+        (PACK_NO, PACK_OBJ, 2, 7280, 7280)
+    ]
+    body = msgpack.unpackb(h(frozen_v2["body"]["plaintext"]), strict_map_key=False)
+    assert body == {"c": [[0, PACK_OBJ, 4196, 0, 0], [1, PACK_OBJ, 3000, 4252, 0]]}
+    fs = Filesystem(vault, KAT_ROOT_V2, writable=False)
+    node = Inode(304, stat.S_IFREG | 0o644, 1000, 1000)
+    node.file_key = KEY_C
+    fs._decode_body(node, body, "body")
+    assert tuple(node.chunks[i] for i in (0, 1)) == packed_refs()
+    # A format 1 vault knows no packed chunks.
+    v1 = Filesystem(kat_vault(tmp_path), KAT_ROOT, writable=False)
+    with pytest.raises(IntegrityError):
+        v1._decode_body(Inode(304, stat.S_IFREG | 0o644, 0, 0), body, "body")
 
 
 # --- the frozen vault ------------------------------------------------------------
@@ -480,6 +667,16 @@ FROZEN_TREE: list[Entry] = [
     Entry(b"caf\xc3\xa9 \xff.bin", "file", data=b"a name that is not UTF-8"),
     Entry(b"fifo", "fifo", 0o644),
 ]
+#: The format 2 vault holds more small files, so that one pack holds several
+#: chunks (and chunked.bin's last chunk is packed too).
+FROZEN_TREE_V2: list[Entry] = [
+    *FROZEN_TREE,
+    *[
+        Entry(b"dir/sub/small-%d.txt" % i, "file", data=_pattern(2100 + 700 * i, 11, i))
+        for i in range(3)
+    ],
+]
+FROZEN_RECOVERY_V2 = "HTCI-KMHI-3YG7-PITR-ALD7-KWD6-MDCV-AL5C-5BTQ-KRNJ-GDNA-YNJ7-IQTM-TFQK"
 
 
 @dataclass
@@ -491,11 +688,11 @@ class Expect:
     xattrs: dict[bytes, bytes]
 
 
-def expected_tree() -> dict[bytes, Expect]:
-    """What every path of the frozen vault must look like."""
+def expected_tree(tree: list[Entry] = FROZEN_TREE) -> dict[bytes, Expect]:
+    """What every path of a frozen vault must look like."""
     fmt = {"file": stat.S_IFREG, "dir": stat.S_IFDIR, "symlink": stat.S_IFLNK, "fifo": stat.S_IFIFO}
     out: dict[bytes, Expect] = {}
-    for e in FROZEN_TREE:
+    for e in tree:
         if e.kind == "hardlink":
             out[e.path] = out[e.data]
             out[e.data].nlink += 1
@@ -510,23 +707,25 @@ def expected_tree() -> dict[bytes, Expect]:
     return out
 
 
-def children(path: bytes) -> set[bytes]:
+def children(path: bytes, tree: list[Entry] = FROZEN_TREE) -> set[bytes]:
     """Names directly inside ``path`` (b"" is the root directory)."""
     out = set()
-    for e in FROZEN_TREE:
+    for e in tree:
         parent, _, name = e.path.rpartition(b"/")
         if parent == path:
             out.add(name)
     return out
 
 
-async def build_vault(store_path: Path, passphrase: str) -> bytes:
-    """Write FROZEN_TREE into a new vault; return the recovery key. Used by the generator."""
+async def build_vault(
+    store_path: Path, passphrase: str, tree: list[Entry] = FROZEN_TREE
+) -> bytes:
+    """Write ``tree`` into a new vault; return the recovery key. Used by the generators."""
     store = LocalStore(str(store_path), create=True)
     vault, recovery = await Vault.init(store, passphrase, KAT_KDF, FROZEN_LAYOUT)
     fs = await Filesystem.load(vault)
     inos: dict[bytes, int] = {b"": ROOT_INO}
-    for e in FROZEN_TREE:
+    for e in tree:
         parent_path, _, name = e.path.rpartition(b"/")
         parent = inos[parent_path]
         if e.ino:
@@ -561,9 +760,9 @@ def _tree_digest(root: Path) -> dict[str, str]:
     }
 
 
-async def check_tree(fs: Filesystem) -> None:
-    """Assert that ``fs`` holds exactly FROZEN_TREE."""
-    want = expected_tree()
+async def check_tree(fs: Filesystem, tree: list[Entry] = FROZEN_TREE) -> None:
+    """Assert that ``fs`` holds exactly ``tree``."""
+    want = expected_tree(tree)
     inos: dict[bytes, int] = {b"": ROOT_INO}
     for path in sorted(want, key=lambda p: p.count(b"/")):
         parent_path, _, name = path.rpartition(b"/")
@@ -580,9 +779,9 @@ async def check_tree(fs: Filesystem) -> None:
     for path, x in want.items():
         if not stat.S_ISDIR(x.mode):
             continue
-        assert await listdir(fs, inos[path]) == children(path), path
+        assert await listdir(fs, inos[path]) == children(path, tree), path
     assert inos[b"far.txt"] == 300_000
-    assert await listdir(fs, ROOT_INO) == children(b"")
+    assert await listdir(fs, ROOT_INO) == children(b"", tree)
     assert await fs.listxattr(ROOT_INO) == []
 
 
@@ -596,25 +795,56 @@ async def listdir(fs: Filesystem, ino: int) -> set[bytes]:
     return set(names)
 
 
-async def test_frozen_vault_opens_and_matches(tmp_path: Path) -> None:
+FROZEN = [
+    pytest.param(V1_VAULT, FROZEN_TREE, FROZEN_RECOVERY, 1, id="v1"),
+    pytest.param(V2_VAULT, FROZEN_TREE_V2, FROZEN_RECOVERY_V2, 2, id="v2"),
+]
+
+
+@pytest.mark.parametrize(("folder", "tree", "recovery", "version"), FROZEN)
+async def test_frozen_vault_opens_and_matches(
+    tmp_path: Path, folder: Path, tree: list[Entry], recovery: str, version: int
+) -> None:
     copy = tmp_path / "vault"
-    shutil.copytree(V1_VAULT, copy)
+    shutil.copytree(folder, copy)
     before = _tree_digest(copy)
     store = LocalStore(str(copy))
     vault = await Vault.unlock(store, unicodedata.normalize("NFD", FROZEN_PASSPHRASE))
-    assert vault.layout == FROZEN_LAYOUT
+    assert vault.layout == FROZEN_LAYOUT and vault.header.version == version
     fs = await Filesystem.load(vault, writable=False)
-    await check_tree(fs)
+    await check_tree(fs, tree)
+    packed = [r for n in fs.inodes.values() for r in n.chunks.values() if r.packed]
+    assert len({r.obj for r in packed}) == (1 if version == 2 else 0)
+    assert len(packed) == (4 if version == 2 else 0)
     # The recovery slot opens it too.
-    rvault = await Vault.unlock_recovery(store, header.parse_recovery_key(FROZEN_RECOVERY))
+    rvault = await Vault.unlock_recovery(store, header.parse_recovery_key(recovery))
     assert rvault.keys.master == vault.keys.master
     assert _tree_digest(copy) == before, "a read-only open modified the store"
 
 
-async def test_frozen_vault_is_small_and_committed() -> None:
-    total = sum(p.stat().st_size for p in V1_VAULT.rglob("*") if p.is_file())
+@pytest.mark.parametrize(("folder", "tree", "recovery", "version"), FROZEN)
+async def test_frozen_vault_still_writable(
+    tmp_path: Path, folder: Path, tree: list[Entry], recovery: str, version: int
+) -> None:
+    """An older vault is written in its own format: still readable by its megafs."""
+    copy = tmp_path / "vault"
+    shutil.copytree(folder, copy)
+    vault = await Vault.unlock(LocalStore(str(copy)), FROZEN_PASSPHRASE)
+    fs = await Filesystem.load(vault)
+    ino = (await fs.create(ROOT_INO, b"new.bin", 0o644, 0, 0)).ino
+    await fs.write(ino, 0, _pattern(3000, 3, 1))
+    await fs.close()
+    check_doc_reader(copy, FROZEN_PASSPHRASE, tree, extra=frozenset({b"new.bin"}))
+    reader = DocReader(copy, FROZEN_PASSPHRASE)
+    reader.tree()
+    assert bool(reader.packs) == (version == 2)
+
+
+@pytest.mark.parametrize("folder", [V1_VAULT, V2_VAULT])
+def test_frozen_vault_is_small_and_committed(folder: Path) -> None:
+    total = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
     assert 0 < total < 100_000
-    assert (V1_VAULT / "pointers" / "header").stat().st_size == 245
+    assert (folder / "pointers" / "header").stat().st_size == 245
 
 
 # --- an independent reader, written from docs/format.md ------------------------
@@ -638,7 +868,8 @@ class DocReader:
         self.folder = folder
         data = (folder / "pointers" / "header").read_bytes()
         magic, version, vid, self.chunk, self.block, nslots = struct.unpack_from(">8sH16sIIB", data)
-        assert (magic, version) == (b"MEGAFS\x00\x1a", 1)
+        assert magic == b"MEGAFS\x00\x1a" and version in (1, 2)
+        self.version = version
         self.vid = vid
         fixed = data[:34]
         body_end = 35 + 89 * nslots
@@ -686,12 +917,17 @@ class DocReader:
             raw=False,
         )
         assert root["v"] == 1 and root["lease"] is None
+        self.packs = self.table(root["ptab"], 4) if root.get("ptab") is not None else {}
+        return self.table(root["itab"], 2)
+
+    def table(self, top_id: bytes, leaf_kind: int) -> dict[int, Any]:
+        """Every record of a paged table (inodes: leaf kind 2; packs: 4)."""
         out: dict[int, Any] = {}
-        for hi, mid_id in self.meta(1, root["itab"]).items():
+        for hi, mid_id in self.meta(1, top_id).items():
             for lo, leaf_id in self.meta(1, mid_id).items():
-                for ino, rec in self.meta(2, leaf_id).items():
-                    assert ino >> 8 == (hi << 10) | lo
-                    out[ino] = rec
+                for key, rec in self.meta(leaf_kind, leaf_id).items():
+                    assert key >> 8 == (hi << 10) | lo
+                    out[key] = rec
         return out
 
     def content(self, rec: Any, body: Any) -> bytes:
@@ -702,17 +938,32 @@ class DocReader:
             aad = b"megafs/v1/inline\x00" + self.vid + fid + struct.pack(">Q", len(i))
             return self.aead_open(fkey, i, aad)
         out = bytearray(rec["s"])
-        for idx, obj_id, length in body["c"]:
+        for entry in body["c"]:
+            idx, obj_id, length = entry[:3]
+            sealed_len = length + 28 * -(-length // self.block)
             data = self.obj(obj_id)
+            if len(entry) == 5:  # packed (format 2): at an offset of a pack
+                assert self.version == 2
+                off, pno = entry[3:]
+                pack_id, live, size, _live_bytes = self.packs[pno]
+                assert pack_id == obj_id and live >= 1 and len(data) == size
+                data = data[off : off + sealed_len]
+            assert len(data) == sealed_len
             sb = self.block + 28
-            assert len(data) == length + 28 * -(-length // self.block)
             plain = bytearray()
             for bi in range(-(-length // self.block)):
-                aad = (
-                    b"megafs/v1/block\x00"
-                    + self.vid
-                    + struct.pack(">16s16sQII", fid, obj_id, idx, bi, length)
-                )
+                if len(entry) == 5:
+                    aad = (
+                        b"megafs/v2/packed-block\x00"
+                        + self.vid
+                        + struct.pack(">16s16sQQII", fid, obj_id, entry[3], idx, bi, length)
+                    )
+                else:
+                    aad = (
+                        b"megafs/v1/block\x00"
+                        + self.vid
+                        + struct.pack(">16s16sQII", fid, obj_id, idx, bi, length)
+                    )
                 plain += self.aead_open(fkey, data[bi * sb : (bi + 1) * sb], aad)
             out[idx * self.chunk : idx * self.chunk + length] = plain
         return bytes(out)
@@ -743,10 +994,15 @@ class DocReader:
         return out
 
 
-def check_doc_reader(folder: Path, passphrase: str) -> None:
+def check_doc_reader(
+    folder: Path,
+    passphrase: str,
+    tree: list[Entry] = FROZEN_TREE,
+    extra: frozenset[bytes] = frozenset(),
+) -> None:
     got = DocReader(folder, passphrase).tree()
-    want = expected_tree()
-    assert sorted(got) == sorted(want)
+    want = expected_tree(tree)
+    assert sorted(set(got) - extra) == sorted(want)
     for path, x in want.items():
         r = got[path]
         assert (r.mode, r.nlink, r.size, r.xattrs) == (x.mode, x.nlink, x.size, x.xattrs), path
@@ -755,15 +1011,21 @@ def check_doc_reader(folder: Path, passphrase: str) -> None:
             assert r.content == x.content, path
 
 
-def test_doc_reader_reads_frozen_vault(tmp_path: Path) -> None:
-    shutil.copytree(V1_VAULT, tmp_path / "vault")
-    check_doc_reader(tmp_path / "vault", FROZEN_PASSPHRASE)
+@pytest.mark.parametrize(("folder", "tree", "recovery", "version"), FROZEN)
+def test_doc_reader_reads_frozen_vault(
+    tmp_path: Path, folder: Path, tree: list[Entry], recovery: str, version: int
+) -> None:
+    shutil.copytree(folder, tmp_path / "vault")
+    check_doc_reader(tmp_path / "vault", FROZEN_PASSPHRASE, tree)
 
 
 async def test_doc_reader_reads_what_the_current_writer_writes(tmp_path: Path) -> None:
-    await build_vault(tmp_path / "fresh", FROZEN_PASSPHRASE)
-    check_doc_reader(tmp_path / "fresh", FROZEN_PASSPHRASE)
+    await build_vault(tmp_path / "fresh", FROZEN_PASSPHRASE, FROZEN_TREE_V2)
+    check_doc_reader(tmp_path / "fresh", FROZEN_PASSPHRASE, FROZEN_TREE_V2)
+    reader = DocReader(tmp_path / "fresh", FROZEN_PASSPHRASE)
+    reader.tree()
+    assert reader.version == header.VERSION and len(reader.packs) == 1
     fs = await Filesystem.load(
         await Vault.unlock(LocalStore(str(tmp_path / "fresh")), FROZEN_PASSPHRASE), writable=False
     )
-    await check_tree(fs)
+    await check_tree(fs, FROZEN_TREE_V2)

@@ -76,7 +76,7 @@ def marked(n: int) -> bytes:
 DIR = M
 SMALL_FILE = M + b"/" + M + b".txt"  # inline
 TINY_FILE = M + b"/tiny.txt"  # inline
-BIG_FILE = M + b"/big-" + M  # 3 full chunks and a partial one
+BIG_FILE = M + b"/big-" + M  # 3 full chunks and a partial one (in a pack)
 OTHER_FILE = M + b"/other.bin"  # 2 full chunks
 LINK = M + b"/ln"
 BIGDIR = b"bigdir-" + M  # its entries need more than 8 KiB: an external body
@@ -136,15 +136,21 @@ async def find_roles(store: Store) -> dict[str, str]:
     other = fs.inodes[await resolve(fs, OTHER_FILE)]
     bigdir = fs.inodes[await resolve(fs, BIGDIR)]
     assert fs.root.itab is not None and bigdir.body_ref is not None
-    assert list(fs.top) == [0] and list(fs.mids[0]) == [0]
+    assert list(fs.index.top) == [0] and list(fs.index.mids[0]) == [0]
     assert sorted(big.chunks) == [0, 1, 2, 3] and sorted(other.chunks) == [0, 1]
+    assert big.chunks[3].packed and not any(r.packed for r in other.chunks.values())
+    assert fs.packs is not None and fs.root.ptab is not None
+    await fs.packs.load(0)
     roles = {
         "top": obj_name(fs.root.itab),
-        "mid": obj_name(fs.top[0]),
-        "leaf": obj_name(fs.mids[0][0]),  # also holds the inline files
+        "mid": obj_name(fs.index.top[0]),
+        "leaf": obj_name(fs.index.mids[0][0]),  # also holds the inline files
         "body": obj_name(bigdir.body_ref),
-        **{f"big{i}": obj_name(r.obj) for i, r in big.chunks.items()},
+        **{f"big{i}": obj_name(r.obj) for i, r in big.chunks.items()},  # big3: a pack
         **{f"other{i}": obj_name(r.obj) for i, r in other.chunks.items()},
+        "ptab": obj_name(fs.root.ptab),  # the pack table: top index, mid index, page
+        "ptab_mid": obj_name(fs.packs.index.top[0]),
+        "ptab_leaf": obj_name(fs.packs.index.mids[0][0]),
     }
     names = {n async for n, _ in store.list()}
     assert set(roles.values()) == names, "every object has a known role"
@@ -339,7 +345,8 @@ def header_verdict(data: bytes, pos: int) -> type[Exception]:
     if pos < 8:
         return NotAVault
     if pos < 10:
-        return UnsupportedVersion if int.from_bytes(bad[8:10], "big") > 1 else CorruptHeader
+        version = int.from_bytes(bad[8:10], "big")
+        return UnsupportedVersion if version > header.VERSION else CorruptHeader
     if pos < 26:
         return WrongPassphrase
     if pos < 34:
@@ -929,8 +936,8 @@ async def test_all_randomness_comes_from_the_os(
         node.file_id,
         node.file_key,
         fs.root.itab,
-        *fs.top.values(),
-        *fs.mids[0].values(),
+        *fs.index.top.values(),
+        *fs.index.mids[0].values(),
     ]
     for ref in node.chunks.values():
         produced.append(ref.obj)

@@ -4,11 +4,14 @@ On both stores, a vault is filled through the mount, unmounted, and mounted
 again with a fresh cache, so nothing of what follows is in memory or on the
 local disk. Then, under the running mount, the store flips a byte in one
 file's chunk, cuts another's, swaps two chunks of a third, deletes one of a
-fourth, serves an older version of a fifth's chunk under its new name, and
-flips a byte in the leaf page of inodes the mount has not loaded yet. Each
-read of a damaged file fails with EIO after returning only genuine bytes (if
-any), and the daemon logs a line naming the object; every other file reads
-back exactly. Once the store serves the right object again, it reads again.
+fourth, serves an older version of a fifth's chunk under its new name,
+flips a byte in the leaf page of inodes the mount has not loaded yet, and
+flips a byte inside one small file's share of a pack object (format 2: the
+small files' chunks share packs). Each read of a damaged file fails with EIO
+after returning only genuine bytes (if any), and the daemon logs a line
+naming the object; every other file reads back exactly, including the other
+small files in the damaged pack. Once the store serves the right object
+again, it reads again.
 
 Rolling the root pointer back under a running mount makes that mount's next
 commit fail (EIO) and is refused at the next mount with exit code 6.
@@ -30,8 +33,9 @@ from typing import TypeVar
 import pytest
 import trio
 
-from megafs.model import MID_BITS, PAGE_BITS, ROOT_INO, Filesystem
+from megafs.model import ROOT_INO, ChunkRef, Filesystem
 from megafs.stores import Store, open_store
+from megafs.tables import MID_BITS, PAGE_BITS
 from megafs.vault import Vault, obj_name
 
 from .mounting import PASS, Drive, one_error_line
@@ -45,6 +49,8 @@ MiB = 1 << 20
 VICTIMS = ("flip", "truncate", "swap", "delete", "replay")
 #: Enough files in one folder that the last ones land in the second leaf page.
 MANY = 300
+#: Small files whose chunks share one pack object; the middle one is damaged.
+PACKED = ("p0", "p1", "p2")
 
 
 @pytest.fixture
@@ -94,6 +100,7 @@ class Objects:
     """Where things are in the store, found through the vault's own structure."""
 
     chunks: dict[str, list[str]] = field(default_factory=dict)  # file -> chunk objects
+    refs: dict[str, list[ChunkRef]] = field(default_factory=dict)  # file -> where its chunks are
     late_leaf: str = ""  # the leaf page holding "many/late"
 
 
@@ -101,15 +108,16 @@ async def _locate(drive: Drive) -> Objects:
     async with _store(drive) as store:
         fs = await Filesystem.load(await Vault.unlock(store, PASS), writable=False)
         out = Objects()
-        for name in VICTIMS:
+        for name in (*VICTIMS, *PACKED):
             ino = (await fs.lookup(ROOT_INO, name.encode())).ino
             node = fs.inodes[ino]
-            out.chunks[name] = [obj_name(node.chunks[i].obj) for i in sorted(node.chunks)]
+            out.refs[name] = [node.chunks[i] for i in sorted(node.chunks)]
+            out.chunks[name] = [obj_name(r.obj) for r in out.refs[name]]
         many = (await fs.lookup(ROOT_INO, b"many")).ino
         late = (await fs.lookup(many, b"late")).ino
         page = late >> PAGE_BITS
         assert page > 0, "many/late should be in another leaf page than the root"
-        out.late_leaf = obj_name(fs.mids[page >> MID_BITS][page & ((1 << MID_BITS) - 1)])
+        out.late_leaf = obj_name(fs.index.mids[page >> MID_BITS][page & ((1 << MID_BITS) - 1)])
         return out
 
 
@@ -156,7 +164,9 @@ def _fill(drive: Drive) -> dict[str, bytes]:
     mp = drive.mountpoint
     files: dict[str, bytes] = {}
     for name in VICTIMS:
-        files[name] = rnd.randbytes(MiB + 300_000)  # two chunks
+        files[name] = rnd.randbytes(MiB + 600_000)  # two chunks, each an object of its own
+    for name in PACKED:
+        files[name] = rnd.randbytes(100_000)  # one chunk, in a pack
     files["good-big"] = rnd.randbytes(2 * MiB + 12345)
     files["small.txt"] = b"small and inline\n"
     for name, data in files.items():
@@ -186,10 +196,13 @@ def test_tampered_objects_give_eio_and_never_wrong_bytes(drive: Drive, tmp_path:
     objs = run(_locate, drive)
     assert objs.chunks["replay"][0] != old.chunks["replay"][0]
     assert objs.chunks["replay"][1] == old.chunks["replay"][1]
+    assert not any(r.packed for name in VICTIMS for r in objs.refs[name])
+    packed = [objs.refs[name][0] for name in PACKED]
+    assert all(r.packed for r in packed) and len({r.obj for r in packed}) == 1
 
     drive.mount(cache_dir=tmp_path / "fresh-cache")  # nothing read yet, nothing cached
     c = objs.chunks
-    targets = [obj for chunks in c.values() for obj in chunks] + [objs.late_leaf]
+    targets = [*{obj for chunks in c.values() for obj in chunks}, objs.late_leaf]
     originals = {name: run(_get, drive, name) for name in targets}
     flip_obj = c["flip"][1]
     run(_put, drive, flip_obj, _flip(originals[flip_obj], len(originals[flip_obj]) // 2))
@@ -202,21 +215,25 @@ def test_tampered_objects_give_eio_and_never_wrong_bytes(drive: Drive, tmp_path:
     run(_put, drive, c["replay"][0], replayed)
     leaf = objs.late_leaf
     run(_put, drive, leaf, _flip(originals[leaf], 100))
+    pack, hit = packed[0].obj, packed[1]
+    pack_name = obj_name(pack)
+    run(_put, drive, pack_name, _flip(originals[pack_name], hit.off + 5000))
     damaged = {
         "flip": flip_obj,
         "truncate": cut,
         "swap": a,
         "delete": c["delete"][0],
         "replay": c["replay"][0],
+        "p1": pack_name,
     }
 
-    for name in VICTIMS:
+    for name in (*VICTIMS, "p1"):
         _assert_eio_and_genuine(mp / name, files[name])
     # Inodes whose leaf page fails cannot even be looked up or listed.
     assert _errno_of(lambda: os.stat(mp / "many" / "late")) == errno.EIO
     assert _errno_of(lambda: os.listdir(mp / "many")) == errno.EIO
     # Everything else reads back exactly.
-    for name in ("good-big", "small.txt", "many/f000", "many/f100"):
+    for name in ("good-big", "small.txt", "many/f000", "many/f100", "p0", "p2"):
         assert (mp / name).read_bytes() == files[name], name
     assert os.path.ismount(mp)
 
@@ -231,7 +248,7 @@ def test_tampered_objects_give_eio_and_never_wrong_bytes(drive: Drive, tmp_path:
     # The store serves the right objects again: so does the mount, no remount needed.
     for name, data in originals.items():
         run(_put, drive, name, data)
-    for name in (*VICTIMS, "many/late"):
+    for name in (*VICTIMS, "p1", "many/late"):
         assert (mp / name).read_bytes() == files[name], name
     assert len(os.listdir(mp / "many")) == MANY + 1
     drive.umount()

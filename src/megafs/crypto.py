@@ -10,14 +10,16 @@ layouts and ``docs/security.md`` for why each piece is as it is.
 * Passphrase: Argon2id (RFC 9106) to a key-encryption key that AEAD-wraps
   the master key; nothing derived from the passphrase is stored besides that
   wrapped key.
-* Content: files are cut into chunks (one store object each), chunks into
-  blocks that are sealed one by one so a read fetches only the blocks it
-  needs. The associated data of a block binds vault id, file id, chunk object
-  id, chunk index, block index and chunk length.
+* Content: files are cut into chunks, chunks into blocks that are sealed one
+  by one so a read fetches only the blocks it needs. A chunk is an object of
+  its own, or (format 2) one of many small chunks packed into a *pack*
+  object. The associated data of a block binds vault id, file id, the object
+  id, the chunk's offset in a pack, chunk index, block index and chunk length.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import os
@@ -96,6 +98,13 @@ def argon2id(passphrase: bytes, salt: bytes, params: KdfParams) -> bytes:
     ).derive(passphrase)
 
 
+@functools.lru_cache(maxsize=1024)
+def _aes(key: bytes) -> AESGCM:
+    """The AES-GCM context of ``key``, kept for reuse (setting one up costs
+    more than sealing a small record). Safe to share between threads."""
+    return AESGCM(key)
+
+
 def seal(key: bytes, plaintext: bytes, aad: bytes, nonce: bytes | None = None) -> bytes:
     """AES-256-GCM: return ``nonce || ciphertext || tag``.
 
@@ -104,7 +113,7 @@ def seal(key: bytes, plaintext: bytes, aad: bytes, nonce: bytes | None = None) -
     """
     if nonce is None:
         nonce = os.urandom(NONCE_SIZE)
-    return nonce + AESGCM(key).encrypt(nonce, plaintext, aad)
+    return nonce + _aes(key).encrypt(nonce, plaintext, aad)
 
 
 def open_sealed(key: bytes, sealed: bytes, aad: bytes) -> bytes:
@@ -112,7 +121,7 @@ def open_sealed(key: bytes, sealed: bytes, aad: bytes) -> bytes:
     if len(sealed) < OVERHEAD:
         raise AuthFailed("too short")
     try:
-        return AESGCM(key).decrypt(sealed[:NONCE_SIZE], sealed[NONCE_SIZE:], aad)
+        return _aes(key).decrypt(sealed[:NONCE_SIZE], sealed[NONCE_SIZE:], aad)
     except InvalidTag:
         raise AuthFailed("tag mismatch") from None
 
@@ -150,6 +159,7 @@ AAD_ROOT = b"megafs/v1/root\x00"
 AAD_META = b"megafs/v1/meta\x00"
 AAD_FILEKEY = b"megafs/v1/filekey\x00"
 AAD_BLOCK = b"megafs/v1/block\x00"
+AAD_PACKED_BLOCK = b"megafs/v2/packed-block\x00"
 AAD_INLINE = b"megafs/v1/inline\x00"
 AAD_CACHE = b"megafs/v1/cache\x00"
 
@@ -168,6 +178,7 @@ def filekey_aad(vault_id: bytes, file_id: bytes) -> bytes:
 
 
 _BLOCK_AD = struct.Struct(">16s16sQII")
+_PACKED_BLOCK_AD = struct.Struct(">16s16sQQII")
 
 
 def block_aad(
@@ -177,15 +188,22 @@ def block_aad(
     chunk_index: int,
     block_index: int,
     chunk_len: int,
+    pack_off: int | None = None,
 ) -> bytes:
     """AAD of one content block.
 
     ``chunk_len`` is the plaintext length of the whole chunk, known to the
     reader from authenticated metadata: a truncated or extended chunk object
     fails, and so does the last block of an older, shorter version.
+    ``pack_off`` is the byte offset of a packed chunk inside its pack object
+    (``obj_id``); an unpacked chunk (``None``) keeps the format 1 AAD.
     """
-    return AAD_BLOCK + vault_id + _BLOCK_AD.pack(
-        file_id, obj_id, chunk_index, block_index, chunk_len
+    if pack_off is None:
+        return AAD_BLOCK + vault_id + _BLOCK_AD.pack(
+            file_id, obj_id, chunk_index, block_index, chunk_len
+        )
+    return AAD_PACKED_BLOCK + vault_id + _PACKED_BLOCK_AD.pack(
+        file_id, obj_id, pack_off, chunk_index, block_index, chunk_len
     )
 
 
@@ -241,17 +259,20 @@ def seal_chunk(
     obj_id: bytes,
     chunk_index: int,
     data: bytes,
+    pack_off: int | None = None,
 ) -> bytes:
-    """Seal a chunk's plaintext into the bytes of its store object. CPU-heavy."""
-    aes = AESGCM(file_key)
+    """Seal a chunk's plaintext into the bytes of its store object (or, with
+    ``pack_off``, of its place in a pack object). CPU-heavy."""
+    aes = _aes(file_key)
     bs = layout.block_size
     out = bytearray()
     n = len(data)
+    view = memoryview(data)
     for bi, off in enumerate(range(0, n, bs)):
         nonce = os.urandom(NONCE_SIZE)
-        aad = block_aad(keys.vault_id, file_id, obj_id, chunk_index, bi, n)
+        aad = block_aad(keys.vault_id, file_id, obj_id, chunk_index, bi, n, pack_off)
         out += nonce
-        out += aes.encrypt(nonce, data[off : off + bs], aad)
+        out += aes.encrypt(nonce, view[off : off + bs], aad)
     return bytes(out)
 
 
@@ -265,30 +286,34 @@ def open_blocks(
     chunk_len: int,
     first_block: int,
     sealed: bytes,
-) -> bytes:
-    """Verify and decrypt consecutive sealed blocks starting at ``first_block``.
+    pack_off: int | None = None,
+) -> list[bytes]:
+    """Verify and decrypt consecutive sealed blocks starting at ``first_block``;
+    return each block's plaintext.
 
     ``sealed`` must be exactly the bytes of those blocks as stored; the
     expected size of each is derived from ``chunk_len``, so truncation and
-    extension are detected. Raises :class:`AuthFailed`. CPU-heavy.
+    extension are detected. ``pack_off`` as for :func:`seal_chunk`. Raises
+    :class:`AuthFailed`. CPU-heavy.
     """
-    aes = AESGCM(file_key)
+    aes = _aes(file_key)
     bs = layout.block_size
-    out = bytearray()
+    out: list[bytes] = []
+    view = memoryview(sealed)
     pos = 0
     bi = first_block
     while pos < len(sealed):
         plain_len = min(bs, chunk_len - bi * bs)
         if plain_len <= 0:
             raise AuthFailed("data beyond the chunk's length")
-        piece = sealed[pos : pos + plain_len + OVERHEAD]
-        if len(piece) != plain_len + OVERHEAD:
+        end = pos + plain_len + OVERHEAD
+        if end > len(sealed):
             raise AuthFailed("block truncated")
-        aad = block_aad(keys.vault_id, file_id, obj_id, chunk_index, bi, chunk_len)
+        aad = block_aad(keys.vault_id, file_id, obj_id, chunk_index, bi, chunk_len, pack_off)
         try:
-            out += aes.decrypt(piece[:NONCE_SIZE], piece[NONCE_SIZE:], aad)
+            out.append(aes.decrypt(view[pos : pos + NONCE_SIZE], view[pos + NONCE_SIZE : end], aad))
         except InvalidTag:
             raise AuthFailed(f"block {bi} tag mismatch") from None
-        pos += len(piece)
+        pos = end
         bi += 1
-    return bytes(out)
+    return out

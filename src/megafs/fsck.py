@@ -1,12 +1,15 @@
 """Checking a vault: every object authenticates, everything is reachable.
 
 :func:`check` walks the committed tree from the root (top index, mid
-indexes, leaf pages, external bodies, chunk objects), opens every object
-(chunks block by block), checks the directory structure (every entry names
-an existing inode, link counts match the entries), and lists the store to
-find objects that are missing and objects nothing references (garbage left
-by an interrupted commit). With ``repair`` it deletes the unreferenced
-objects; it never deletes anything the root references.
+indexes, leaf pages, external bodies, chunk objects; in format 2 also the
+pack table and the pack objects), opens every object (chunks block by
+block), checks the directory structure (every entry names an existing
+inode, link counts match the entries) and the pack table (every packed
+chunk names a pack the table holds, and each pack's count of live chunks
+is the number of chunk maps naming it), and lists the store to find objects
+that are missing and objects nothing references (garbage left by an
+interrupted commit). With ``repair`` it deletes the unreferenced objects;
+it never deletes anything the root references.
 
 This reads the whole vault: its cost grows with the vault, unlike a mount.
 """
@@ -21,7 +24,8 @@ import trio
 
 from . import crypto
 from .errors import IntegrityError, MegafsError, ObjectNotFound, VaultBusy
-from .model import MID_BITS, ROOT_INO, Filesystem
+from .model import ROOT_INO, ChunkRef, Filesystem
+from .tables import MID_BITS, PAGE_BITS, PackRecord, RadixIndex
 from .vault import Vault, in_thread, obj_name
 
 
@@ -70,26 +74,49 @@ async def _check(fs: Filesystem, report: Report, repair: bool, progress: Progres
         except IntegrityError as e:
             report.problems.append(str(e))
 
+    async def walk(index: RadixIndex) -> list[int]:
+        """Every page of a table, its index nodes and leaves marked reachable."""
+        pages: list[int] = []
+        for hi, mid_obj in sorted(index.top.items()):
+            reachable.add(mid_obj)
+            try:
+                mid = await index.mid(hi)
+            except (ObjectNotFound, IntegrityError) as e:
+                report.problems.append(f"mid index {obj_name(mid_obj)}: {e}")
+                continue
+            for lo, leaf in mid.items():
+                reachable.add(leaf)
+                pages.append((hi << MID_BITS) | lo)
+        return pages
+
     # index and leaf pages
-    pages: list[int] = []
-    for hi, mid_obj in sorted(fs.top.items()):
-        reachable.add(mid_obj)
-        try:
-            mid = await fs._mid(hi)
-        except (ObjectNotFound, IntegrityError) as e:
-            report.problems.append(f"mid index {obj_name(mid_obj)}: {e}")
-            continue
-        for lo, leaf in mid.items():
-            reachable.add(leaf)
-            pages.append((hi << MID_BITS) | lo)
+    pages = await walk(fs.index)
     for i, page in enumerate(pages):
         if progress:
             progress("pages", i, len(pages))
         await guarded(f"leaf page {page}", fs._ensure_page(page))
 
+    # the pack table (format 2)
+    packs: dict[int, PackRecord] = {}
+    if fs.packs is not None and fs.root.ptab is not None:
+        reachable.add(fs.root.ptab)
+        try:
+            await fs.packs.load(fs.packs.next_pack >> PAGE_BITS)  # fetches the top index
+        except (ObjectNotFound, IntegrityError) as e:
+            report.problems.append(f"pack table: {e}")
+        for page in await walk(fs.packs.index):
+            await guarded(f"pack table page {page}", fs.packs.load(page))
+        for page_records in fs.packs.pages.values():
+            packs.update(page_records)
+        for pno, rec in packs.items():
+            reachable.add(rec.obj)
+            if pno >= fs.packs.next_pack:
+                report.problems.append(f"pack {pno} is beyond the next pack number")
+
     # inodes, bodies, directory structure
     links: dict[int, int] = {}
-    chunks: list[tuple[int, int, bytes, int]] = []
+    chunks: list[tuple[int, int, ChunkRef]] = []
+    pack_refs: dict[int, list[ChunkRef]] = {}
     inodes = sorted(fs.inodes)
     for ino in inodes:
         node = fs.inodes[ino]
@@ -110,8 +137,29 @@ async def _check(fs: Filesystem, report: Report, repair: bool, progress: Progres
         if node.is_reg:
             report.bytes += node.size
             for idx, ref in node.chunks.items():
-                reachable.add(ref.obj)
-                chunks.append((ino, idx, ref.obj, ref.length))
+                chunks.append((ino, idx, ref))
+                if not ref.packed:
+                    reachable.add(ref.obj)
+                    continue
+                pack_refs.setdefault(ref.pno, []).append(ref)
+                found = packs.get(ref.pno)
+                if found is None or found.obj != ref.obj:
+                    report.problems.append(
+                        f"chunk {idx} of inode {ino} is in pack {ref.pno} "
+                        f"({obj_name(ref.obj)}), which the pack table does not hold"
+                    )
+                elif ref.off + vault.layout.sealed_len(ref.length) > found.size:
+                    report.problems.append(
+                        f"chunk {idx} of inode {ino} lies outside pack {ref.pno}"
+                    )
+    for pno, rec in sorted(packs.items()):
+        refs = pack_refs.get(pno, [])
+        live_bytes = sum(vault.layout.sealed_len(r.length) for r in refs)
+        if rec.live != len(refs) or rec.live_bytes != live_bytes:
+            report.problems.append(
+                f"pack {pno} ({obj_name(rec.obj)}) counts {rec.live} chunks of "
+                f"{rec.live_bytes} bytes, but {len(refs)} of {live_bytes} bytes name it"
+            )
     for ino in inodes:
         node = fs.inodes[ino]
         if ino == ROOT_INO or not node.body_loaded:
@@ -133,40 +181,58 @@ async def _check(fs: Filesystem, report: Report, repair: bool, progress: Progres
         if stat.S_ISREG(node.mode) and node.nlink == 0 and ino not in fs.orphans:
             report.problems.append(f"inode {ino} has no names and is not an orphan")
 
-    # chunk objects: fetch and open every block
+    # chunk and pack objects: fetch each once and open every block in it
     limiter = trio.CapacityLimiter(8)
     done = 0
+    by_object: dict[bytes, list[tuple[int, int, ChunkRef]]] = {}
+    for item in chunks:
+        by_object.setdefault(item[2].obj, []).append(item)
 
-    async def verify_chunk(ino: int, idx: int, obj: bytes, length: int) -> None:
+    async def verify_object(obj: bytes, items: list[tuple[int, int, ChunkRef]]) -> None:
         nonlocal done
-        node = fs.inodes[ino]
         name = obj_name(obj)
         async with limiter:
             try:
                 sealed = await vault.store.get(name)
             except ObjectNotFound:
+                ino, idx, _ = items[0]
                 report.missing.append(f"{name} (chunk {idx} of inode {ino})")
                 return
-            if len(sealed) != vault.layout.sealed_len(length):
-                report.problems.append(f"integrity error in object {name}: wrong size")
-                return
-            key = node.file_key
-            assert key is not None
-            try:
-                await in_thread(
-                    lambda: crypto.open_blocks(
-                        vault.keys, vault.layout, key, node.file_id, obj, idx, length, 0, sealed
+            for ino, idx, ref in items:
+                node = fs.inodes[ino]
+                want = vault.layout.sealed_len(ref.length)
+                if ref.packed:
+                    rec = packs.get(ref.pno)
+                    size_ok = rec is not None and len(sealed) == rec.size
+                else:
+                    size_ok = len(sealed) == want
+                if not size_ok:
+                    report.problems.append(f"integrity error in object {name}: wrong size")
+                    return
+                key = node.file_key
+                assert key is not None
+                part = sealed[ref.off : ref.off + want]
+                fid, pack_off, length = node.file_id, ref.pack_off, ref.length
+
+                def work(
+                    key: bytes = key, fid: bytes = fid, idx: int = idx, length: int = length,
+                    part: bytes = part, pack_off: int | None = pack_off,
+                ) -> list[bytes]:
+                    return crypto.open_blocks(
+                        vault.keys, vault.layout, key, fid, obj, idx, length, 0, part, pack_off
                     )
-                )
-            except crypto.AuthFailed as e:
-                report.problems.append(f"integrity error in object {name}: {e}")
+
+                try:
+                    await in_thread(work)
+                except crypto.AuthFailed as e:
+                    report.problems.append(f"integrity error in object {name}: {e}")
         done += 1
         if progress:
-            progress("chunks", done, len(chunks))
+            progress("objects", done, len(by_object))
 
     async with trio.open_nursery() as nursery:
-        for ino, idx, obj, length in chunks:
-            nursery.start_soon(verify_chunk, ino, idx, obj, length)
+        for obj, items in by_object.items():
+            nursery.start_soon(verify_object, obj, items)
 
     # the store's view
     onames = {obj_name(o) for o in reachable}

@@ -3,7 +3,7 @@
 Layout (all integers big-endian; see docs/format.md)::
 
     magic        8   b"MEGAFS\\x00\\x1a"
-    version      2   format version (1)
+    version      2   format version (2; 1 for vaults made before packing)
     vault_id    16
     chunk_size   4
     block_size   4
@@ -33,7 +33,9 @@ from .crypto import KdfParams, Keys, Layout
 from .errors import CorruptHeader, NotAVault, UnsupportedVersion, WrongPassphrase
 
 MAGIC = b"MEGAFS\x00\x1a"
-VERSION = 1
+VERSION = 2
+#: The oldest format this megafs reads (and writes, without packing).
+MIN_VERSION = 1
 SLOT_PASSPHRASE = 1
 SLOT_RECOVERY = 2
 
@@ -66,6 +68,11 @@ class Header:
     layout: Layout
     slots: tuple[Slot, ...] = ()
     version: int = VERSION
+
+    @property
+    def packs_small_chunks(self) -> bool:
+        """Format 2 packs small chunks into shared objects; format 1 does not."""
+        return self.version >= 2
 
     def fixed_bytes(self) -> bytes:
         return _FIXED.pack(
@@ -108,7 +115,7 @@ def parse(data: bytes) -> tuple[Header, bytes, bytes]:
         raise UnsupportedVersion(
             f"vault format version {version} is newer than this megafs supports ({VERSION})"
         )
-    if version < 1:
+    if version < MIN_VERSION:
         raise CorruptHeader(f"vault header has invalid version {version}")
     nslots = data[FIXED_LEN]
     end = FIXED_LEN + 1 + nslots * SLOT_LEN

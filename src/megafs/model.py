@@ -14,7 +14,11 @@ On-store shape (see docs/format.md):
   and a body: the chunk map of a file (or its content inline when small),
   a directory's entries, a symlink's target. A body over 8 KiB is stored as
   an object of its own.
-* file content: one object per chunk (``layout.chunk_size``), sealed in blocks.
+* file content: chunks of ``layout.chunk_size``, sealed in blocks; a chunk is
+  an object of its own, or (format 2) a chunk of at most ``PACK_MAX`` bytes
+  shares a *pack* object with other small chunks of the same commit. The
+  pack table (:class:`~megafs.tables.PackTable`) counts each pack's chunks
+  still referenced; the pack is deleted when that reaches zero.
 
 Laziness: opening costs the root and the top index; a page, a mid index, a
 body or a block is fetched the first time it is needed and kept in memory.
@@ -42,7 +46,7 @@ import os
 import stat
 import time
 from collections.abc import Callable, Coroutine, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import cachetools
@@ -54,9 +58,10 @@ from . import crypto
 from .cache import ContentCache
 from .errors import FsError, IntegrityError, MegafsError, ObjectNotFound
 from .journal import Journal
+from .tables import MID_BITS as MID_BITS
+from .tables import PAGE_BITS, MetaJob, PackTable, RadixIndex
 from .vault import (
     KIND_BODY,
-    KIND_INDEX,
     KIND_LEAF,
     Root,
     Vault,
@@ -73,8 +78,8 @@ ROOT_INO = 1
 EARLY_UPLOADS = 16
 #: Chunks fetched ahead of a sequential reader.
 READ_AHEAD_CHUNKS = 2
-PAGE_BITS = 8
-MID_BITS = 10
+#: Pack objects are closed once they hold this many sealed bytes (format 2).
+PACK_TARGET = 4 << 20
 NAME_MAX = 255
 INLINE_MAX = 2048  # files up to this size live inside their inode record
 BODY_INLINE_MAX = 8192  # bodies larger than this become objects of their own
@@ -86,8 +91,29 @@ RENAME_EXCHANGE = 2
 
 @dataclass(frozen=True)
 class ChunkRef:
+    """Where a chunk's sealed blocks are: the whole object ``obj``, or, for a
+    packed chunk (``pno`` >= 0, pack number ``pno``), ``obj``'s bytes from
+    ``off`` on. ``length`` is the chunk's plaintext length."""
+
     obj: bytes
     length: int
+    off: int = 0
+    pno: int = -1
+
+    @property
+    def packed(self) -> bool:
+        return self.pno >= 0
+
+    @property
+    def pack_off(self) -> int | None:
+        """The offset bound into a packed chunk's AAD; None for a whole object."""
+        return self.off if self.pno >= 0 else None
+
+    @property
+    def cache_name(self) -> str:
+        """Its name in the content cache: the object's, or the object's and offset's."""
+        name = obj_name(self.obj)
+        return f"{name}.{self.off}" if self.pno >= 0 else name
 
 
 @dataclass(frozen=True)
@@ -123,6 +149,24 @@ class _Pending:
     data: bytes | None  # None once uploaded: read it from the store then
     uploaded: bool = False
     busy: trio.Event | None = None
+    pack: _PackJob | None = None  # set for a packed chunk: uploaded with its pack
+
+
+@dataclass
+class _Snap:
+    """What a snapshot encoded: inode pages and pack table pages."""
+
+    pages: set[int]
+    pack_pages: set[int] = field(default_factory=set)
+
+
+@dataclass
+class _PackJob:
+    """A pack object made by a snapshot and not committed yet."""
+
+    obj: bytes
+    parts: list[tuple[ChunkRef, _Pending]]
+    uploaded: bool = False
 
 
 class Inode:
@@ -233,16 +277,6 @@ def _operation(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _index(raw: Any, name: str) -> dict[int, bytes]:
-    """An index node as decoded from its object: {int: object id}, else IntegrityError."""
-    if not isinstance(raw, dict) or not all(
-        isinstance(k, int) and isinstance(v, bytes) and len(v) == crypto.ID_SIZE
-        for k, v in raw.items()
-    ):
-        raise IntegrityError(name, "malformed index node")
-    return raw
-
-
 _REPLAY = {
     "sa": "_replay_setattr",
     "mk": "mkdir",
@@ -286,28 +320,38 @@ class Filesystem:
         self.dirty_limit = dirty_limit
         self.inodes: dict[int, Inode] = {}
         self.page_members: dict[int, set[int]] = {}
-        self.top: dict[int, bytes] = {}
-        self.mids: dict[int, dict[int, bytes]] = {}
+        self.index = RadixIndex(vault, root.itab)
         self.dirty_pages: set[int] = set()
         self.dirty_inodes: set[int] = set()  # inodes with dirty chunk buffers
-        self.pending: dict[bytes, _Pending] = {}
+        self.pending: dict[ChunkRef, _Pending] = {}
+        #: The pack table, in a vault that packs small chunks (format 2).
+        self.packs: PackTable | None = (
+            PackTable(vault, root.ptab, root.next_pack)
+            if vault.header.packs_small_chunks
+            else None
+        )
+        #: Packed chunks dropped since the last snapshot (it updates the table).
+        self.pack_drops: list[ChunkRef] = []
+        self.pending_packs: dict[bytes, _PackJob] = {}
+        #: Chunks up to this length are packed (format 2).
+        self.pack_max = self.layout.chunk_size // 2
         self.garbage: list[bytes] = []
         self.dirty_bytes = 0
         self.refs: dict[int, int] = {}
         self.opens: dict[int, int] = {}
         self.orphans: set[int] = set(root.orphans)
         self.meta_dirty = False
-        # (file id, object id, block) -> plaintext: keyed by the file too, so
-        # that a block is only ever served to the file it was verified for.
-        self.blocks: cachetools.LRUCache[tuple[bytes, bytes, int], bytes] = cachetools.LRUCache(
-            maxsize=block_cache_bytes, getsizeof=len
+        # (file id, object id, offset, block) -> plaintext: keyed by the file
+        # too, so that a block is only ever served to the file it was verified for.
+        self.blocks: cachetools.LRUCache[tuple[bytes, bytes, int, int], bytes] = (
+            cachetools.LRUCache(maxsize=block_cache_bytes, getsizeof=len)
         )
         self._load_locks: dict[tuple[str, int], trio.Lock] = {}
         self.cache = cache
         self._read_end: dict[int, int] = {}  # ino -> end of the last read (readahead)
         self._nursery: trio.Nursery | None = None
         self._upload_slots = trio.Semaphore(EARLY_UPLOADS)
-        self._inflight: dict[bytes, trio.Event] = {}  # chunk object -> prefetch running
+        self._inflight: dict[ChunkRef, trio.Event] = {}  # chunk -> prefetch running
         self._commit_lock = trio.Lock()
         self.commits = 0
         self.root_for_commit = root
@@ -339,8 +383,7 @@ class Filesystem:
         root = await vault.read_root()
         fs = cls(vault, root, writable=writable, **kw)
         if root.itab is not None:
-            raw = await vault.get_meta(KIND_INDEX, root.itab)
-            fs.top = _index(raw, obj_name(root.itab))
+            await fs.index.open()
         else:
             fs._make_root_dir()
         if writable:
@@ -432,31 +475,13 @@ class Filesystem:
             lk = self._load_locks[(kind, key)] = trio.Lock()
         return lk
 
-    async def _mid(self, hi: int) -> dict[int, bytes]:
-        m = self.mids.get(hi)
-        if m is not None:
-            return m
-        async with self._lock_for("mid", hi):
-            m = self.mids.get(hi)
-            if m is not None:
-                return m
-            obj = self.top.get(hi)
-            if obj is None:
-                m = {}
-            else:
-                raw = await self.vault.get_meta(KIND_INDEX, obj)
-                m = _index(raw, obj_name(obj))
-            self.mids[hi] = m
-            return m
-
     async def _ensure_page(self, page: int) -> None:
         if page in self.page_members:
             return
         async with self._lock_for("page", page):
             if page in self.page_members:
                 return
-            mid = await self._mid(page >> MID_BITS)
-            obj = mid.get(page & ((1 << MID_BITS) - 1))
+            obj = await self.index.leaf_id(page)
             members: set[int] = set()
             if obj is not None:
                 raw = await self.vault.get_meta(KIND_LEAF, obj)
@@ -535,10 +560,21 @@ class Filesystem:
                 node.target = expect_bytes(body["l"])
             elif node.is_reg:
                 cs = self.layout.chunk_size
-                for idx, obj, length in body.get("c", []):
+                for entry in body.get("c", []):
+                    if len(entry) == 3:
+                        idx, obj, length = entry
+                        off, pno = 0, -1
+                    elif len(entry) == 5 and self.packs is not None:
+                        idx, obj, length, off, pno = entry
+                        if not (0 <= int(off) < 1 << 40 and 0 <= int(pno) < 1 << 62):
+                            raise ValueError(f"chunk {idx} pack {pno} offset {off} out of range")
+                    else:
+                        raise ValueError(f"chunk entry of {len(entry)} fields")
                     if not (0 <= int(idx) < 1 << 44 and 0 < int(length) <= cs):
                         raise ValueError(f"chunk {idx} length {length} out of range")
-                    node.chunks[int(idx)] = ChunkRef(expect_bytes(obj), int(length))
+                    node.chunks[int(idx)] = ChunkRef(
+                        expect_bytes(obj), int(length), int(off), int(pno)
+                    )
                 if "i" in body:
                     if node.file_key is None:
                         raise ValueError("inline data without a file key")
@@ -565,7 +601,10 @@ class Filesystem:
             return {"l": node.target}
         if node.is_reg:
             body: dict[str, Any] = {
-                "c": [[i, r.obj, r.length] for i, r in sorted(node.chunks.items())]
+                "c": [
+                    [i, r.obj, r.length, r.off, r.pno] if r.packed else [i, r.obj, r.length]
+                    for i, r in sorted(node.chunks.items())
+                ]
             }
             if node.small is not None:
                 assert node.file_key is not None
@@ -578,7 +617,7 @@ class Filesystem:
             return body
         return {}
 
-    def _encode(self, node: Inode, uploads: list[tuple[int, bytes, Any]]) -> Any:
+    def _encode(self, node: Inode, uploads: list[MetaJob]) -> Any:
         rec: dict[str, Any] = {
             "m": node.mode,
             "u": node.uid,
@@ -702,8 +741,13 @@ class Filesystem:
             self.meta_dirty = True
 
     def _drop_ref(self, ref: ChunkRef) -> None:
-        self.pending.pop(ref.obj, None)
-        self.garbage.append(ref.obj)
+        """No chunk map references ``ref`` any more: its object (or its share of
+        a pack) is garbage once the next commit is in."""
+        self.pending.pop(ref, None)
+        if ref.packed:
+            self.pack_drops.append(ref)
+        else:
+            self.garbage.append(ref.obj)
 
     def _unlinked(self, node: Inode) -> None:
         """``node`` lost a link; if it has none left, remember it as an orphan."""
@@ -1156,71 +1200,79 @@ class Filesystem:
         first, last = self.layout.block_span(lo, hi - lo, ref.length)
         if first == last:
             return b""
-        parts: list[bytes] = []
-        missing = [b for b in range(first, last) if (node.file_id, ref.obj, b) not in self.blocks]
-        running = self._inflight.get(ref.obj)
+        fid, obj, off = node.file_id, ref.obj, ref.off
+        blocks = self.blocks
+        missing = [b for b in range(first, last) if (fid, obj, off, b) not in blocks]
+        running = self._inflight.get(ref)
         if missing and running is not None and not prefetching:
             await running.wait()  # a read-ahead is fetching this chunk: use its result
-            missing = [
-                b for b in range(first, last) if (node.file_id, ref.obj, b) not in self.blocks
-            ]
+            missing = [b for b in range(first, last) if (fid, obj, off, b) not in blocks]
+        parts: list[bytes] = []
         if missing:
             m0, m1 = missing[0], missing[-1] + 1
             if ahead:
                 m1 = -(-ref.length // bs)
-            sb = self.layout.sealed_block
-            want = self.layout.sealed_len(min(ref.length, m1 * bs)) - m0 * sb
-            name = obj_name(ref.obj)
-            sealed_or_none: bytes | None = None
-            from_store = False
-            if self.cache is not None and self.cache.has(name, m0, m1):
-                sealed_or_none = await self.cache.read(name, m0 * sb, want)
-            if sealed_or_none is None or len(sealed_or_none) != want:
-                try:
-                    sealed_or_none = await self.vault.store.get_range(name, m0 * sb, want)
-                except ObjectNotFound:
-                    raise IntegrityError(
-                        name, "chunk object is missing from the store"
-                    ) from None
-                from_store = True
-            sealed = sealed_or_none
-            if len(sealed) != want:
-                # A store that cut whole blocks off the end would otherwise
-                # give open_blocks fewer blocks than asked, read back as zeros.
-                raise IntegrityError(name, "chunk object is shorter than its recorded length")
-            assert node.file_key is not None
-            key = node.file_key
-            keys = self.vault.keys
-            layout = self.layout
-
-            def work() -> bytes:
-                return crypto.open_blocks(
-                    keys, layout, key, node.file_id, ref.obj, idx, ref.length, m0, sealed
-                )
-
-            try:
-                plain = await in_thread(work)
-            except crypto.AuthFailed as e:
-                if from_store or self.cache is None:
-                    raise IntegrityError(name, str(e)) from None
-                # A damaged local cache is not a damaged store: forget it, ask the store.
-                log.warning("cached copy of %s fails authentication; refetching", name)
-                self.cache.forget(name)
-                return await self._fetch_blocks(node, idx, ref, lo, hi, ahead, prefetching)
-            if from_store and self.cache is not None:
-                # Only once authenticated: a tampered answer must not outlive the tampering.
-                await self.cache.store(name, m0, sealed)
-            for i, b in enumerate(range(m0, m1)):
-                self.blocks[(node.file_id, ref.obj, b)] = plain[i * bs : (i + 1) * bs]
+            plain = await self._open_blocks(node, idx, ref, m0, m1)
+            for b, blk in enumerate(plain, m0):
+                blocks[(fid, obj, off, b)] = blk
             for b in range(first, last):
-                blk = self.blocks.get((node.file_id, ref.obj, b))
-                if blk is None:
-                    blk = plain[(b - m0) * bs : (b - m0 + 1) * bs]
-                parts.append(blk)
+                got = blocks.get((fid, obj, off, b))
+                parts.append(got if got is not None else plain[b - m0])
         else:
-            parts = [self.blocks[(node.file_id, ref.obj, b)] for b in range(first, last)]
+            parts = [blocks[(fid, obj, off, b)] for b in range(first, last)]
+        start = lo - first * bs
+        if len(parts) == 1:
+            return parts[0][start : hi - first * bs]
         joined = b"".join(parts)
-        return joined[lo - first * bs : hi - first * bs]
+        return joined[start : hi - first * bs]
+
+    async def _open_blocks(
+        self, node: Inode, idx: int, ref: ChunkRef, m0: int, m1: int
+    ) -> list[bytes]:
+        """Fetch (disk cache, else store) and open blocks [m0, m1) of a chunk.
+
+        Raises IntegrityError naming the object if they fail to verify.
+        """
+        sb = self.layout.sealed_block
+        want = self.layout.sealed_len(min(ref.length, m1 * self.layout.block_size)) - m0 * sb
+        name = obj_name(ref.obj)
+        cname = ref.cache_name
+        sealed_or_none: bytes | None = None
+        from_store = False
+        if self.cache is not None and self.cache.has(cname, m0, m1):
+            sealed_or_none = await self.cache.read(cname, m0 * sb, want)
+        if sealed_or_none is None or len(sealed_or_none) != want:
+            try:
+                sealed_or_none = await self.vault.store.get_range(name, ref.off + m0 * sb, want)
+            except ObjectNotFound:
+                raise IntegrityError(name, "chunk object is missing from the store") from None
+            from_store = True
+        sealed = sealed_or_none
+        if len(sealed) != want:
+            # A store that cut whole blocks off the end would otherwise
+            # give open_blocks fewer blocks than asked, read back as zeros.
+            raise IntegrityError(name, "chunk object is shorter than its recorded length")
+        assert node.file_key is not None
+        key, keys, layout, fid = node.file_key, self.vault.keys, self.layout, node.file_id
+
+        def work() -> list[bytes]:
+            return crypto.open_blocks(
+                keys, layout, key, fid, ref.obj, idx, ref.length, m0, sealed, ref.pack_off
+            )
+
+        try:
+            plain = await in_thread(work)
+        except crypto.AuthFailed as e:
+            if from_store or self.cache is None:
+                raise IntegrityError(name, str(e)) from None
+            # A damaged local cache is not a damaged store: forget it, ask the store.
+            log.warning("cached copy of %s fails authentication; refetching", cname)
+            self.cache.forget(cname)
+            return await self._open_blocks(node, idx, ref, m0, m1)
+        if from_store and self.cache is not None:
+            # Only once authenticated: a tampered answer must not outlive the tampering.
+            await self.cache.store(cname, m0, sealed)
+        return plain
 
     async def _chunk_range(
         self, node: Inode, idx: int, lo: int, hi: int, ahead: bool = False
@@ -1234,7 +1286,7 @@ class Filesystem:
         ref = node.chunks.get(idx)
         if ref is None:
             return b""
-        pend = self.pending.get(ref.obj)
+        pend = self.pending.get(ref)
         if pend is not None and pend.data is not None:
             return pend.data[lo:hi]
         hi = min(hi, ref.length)
@@ -1277,21 +1329,21 @@ class Filesystem:
             if (
                 ref is None
                 or idx in node.dirty
-                or ref.obj in self.pending
-                or ref.obj in self._inflight
-                or (node.file_id, ref.obj, (ref.length - 1) // bs) in self.blocks
+                or ref in self.pending
+                or ref in self._inflight
+                or (node.file_id, ref.obj, ref.off, (ref.length - 1) // bs) in self.blocks
             ):
                 continue
-            done = self._inflight[ref.obj] = trio.Event()
+            done = self._inflight[ref] = trio.Event()
             self._nursery.start_soon(self._prefetch, node, idx, ref, done)
 
     async def _prefetch(self, node: Inode, idx: int, ref: ChunkRef, done: trio.Event) -> None:
         try:
             await self._fetch_blocks(node, idx, ref, 0, ref.length, prefetching=True)
         except Exception as e:  # the reader will fetch (and report) it itself
-            log.debug("read-ahead of %s failed: %s", obj_name(ref.obj), e)
+            log.debug("read-ahead of %s failed: %s", ref.cache_name, e)
         finally:
-            del self._inflight[ref.obj]
+            del self._inflight[ref]
             done.set()
 
     async def _whole_chunk(self, node: Inode, idx: int) -> bytearray:
@@ -1399,25 +1451,25 @@ class Filesystem:
             return
         del node.dirty[idx]
         self.dirty_bytes -= len(buf)
-        obj = crypto.new_id()
         pend = _Pending(node, idx, bytes(buf))
-        self.pending[obj] = pend
-        node.chunks[idx] = ChunkRef(obj, len(buf))
+        ref = ChunkRef(crypto.new_id(), len(buf))
+        self.pending[ref] = pend
+        node.chunks[idx] = ref
         node.body_dirty = True
         self._touch(node)
-        self._nursery.start_soon(self._early_task, obj, pend)
+        self._nursery.start_soon(self._early_task, ref, pend)
 
-    async def _early_task(self, obj: bytes, pend: _Pending) -> None:
+    async def _early_task(self, ref: ChunkRef, pend: _Pending) -> None:
         try:
-            await self._ensure_uploaded(obj, pend)
-            if obj not in self.pending:  # dropped meanwhile: nothing references it
-                await self._collect([obj])
+            await self._ensure_uploaded(ref, pend)
+            if ref not in self.pending:  # dropped meanwhile: nothing references it
+                await self._collect([ref.obj])
         except Exception as e:  # the next commit uploads it again
-            log.warning("background upload of %s failed, will retry: %s", obj_name(obj), e)
+            log.warning("background upload of %s failed, will retry: %s", ref.cache_name, e)
         finally:
             self._upload_slots.release()
 
-    async def _ensure_uploaded(self, obj: bytes, pend: _Pending) -> None:
+    async def _ensure_uploaded(self, ref: ChunkRef, pend: _Pending) -> None:
         """Upload a pending chunk unless it is (being) uploaded; one upload at a time."""
         while not pend.uploaded:
             if pend.busy is not None:
@@ -1425,7 +1477,7 @@ class Filesystem:
                 continue
             pend.busy = trio.Event()
             try:
-                await self._upload_chunk(obj, pend)
+                await self._upload_chunk(ref, pend)
                 pend.uploaded = True
                 pend.data = None  # in the store now: do not hold it in memory
             finally:
@@ -1491,7 +1543,7 @@ class Filesystem:
     # --- commits ----------------------------------------------------------
 
     def has_changes(self) -> bool:
-        return bool(self.dirty_pages or self.meta_dirty or self.pending)
+        return bool(self.dirty_pages or self.meta_dirty or self.pending or self.pack_drops)
 
     async def fsync(self, ino: int | None = None) -> None:
         """Make everything written so far durable in the store (commits the vault)."""
@@ -1510,24 +1562,31 @@ class Filesystem:
         async with self._commit_lock:
             if not self.has_changes():
                 return False
-            chunk_jobs, meta_jobs, snap_pages, garbage = self._snapshot()
+            await self._load_pack_pages()
+            chunk_jobs, pack_jobs, meta_jobs, snap, garbage = self._snapshot()
             try:
                 async with trio.open_nursery() as nursery:
-                    for obj, pend in chunk_jobs:
-                        nursery.start_soon(self._ensure_uploaded, obj, pend)
+                    for ref, pend in chunk_jobs:
+                        nursery.start_soon(self._ensure_uploaded, ref, pend)
+                    for job in pack_jobs:
+                        nursery.start_soon(self._upload_pack, job)
                     for kind, obj_id, payload in meta_jobs:
                         nursery.start_soon(self.vault.put_meta, kind, obj_id, payload)
                 await self.vault.store.sync()
                 await self.vault.commit_root(self.root_for_commit)
             except BaseException:
-                self._unsnapshot(snap_pages, meta_jobs, garbage)
+                self._unsnapshot(snap, meta_jobs, garbage)
                 raise
             self.root.generation = self.root_for_commit.generation
             self.root.orphans = self.root_for_commit.orphans
             # Committed chunks are read from the store (or the disk cache) from
             # now on; the kernel's page cache still holds what was just written.
-            for obj, _ in chunk_jobs:
-                self.pending.pop(obj, None)
+            for ref, _ in chunk_jobs:
+                self.pending.pop(ref, None)
+            for job in pack_jobs:
+                self.pending_packs.pop(job.obj, None)
+                for ref, _ in job.parts:
+                    self.pending.pop(ref, None)
             self.commits += 1
             mark = self.root_for_commit.journal
             if self.journal is not None and mark is not None:
@@ -1535,22 +1594,46 @@ class Filesystem:
         await self._collect(garbage)
         return True
 
-    def _unsnapshot(
-        self, snap_pages: set[int], meta_jobs: list[tuple[int, bytes, Any]], garbage: list[bytes]
-    ) -> None:
+    async def _load_pack_pages(self) -> None:
+        """Make resident the pack table pages the next snapshot changes.
+
+        Loops because chunks may be dropped while a page loads; returns
+        with no await between its last check and the caller's snapshot.
+        """
+        if self.packs is None:
+            return
+        while missing := self.packs.missing_pages(
+            (ref.pno for ref in self.pack_drops), new=self._will_pack()
+        ):
+            for page in sorted(missing):
+                await self.packs.load(page)
+
+    def _will_pack(self) -> bool:
+        """Whether the next snapshot makes a pack (it has a small dirty chunk)."""
+        limit = self.pack_max
+        for ino in self.dirty_inodes:
+            node = self.inodes.get(ino)
+            if node is not None and any(0 < len(b) <= limit for b in node.dirty.values()):
+                return True
+        return False
+
+    def _unsnapshot(self, snap: _Snap, meta_jobs: list[MetaJob], garbage: list[bytes]) -> None:
         """Undo a snapshot whose commit failed: nothing it made is referenced.
 
         Chunks stay pending (their ids are in the live chunk maps and they are
-        uploaded again next time); pages, bodies and index nodes are marked
-        dirty so they get fresh objects; everything the snapshot made is garbage.
+        uploaded again next time; so do packs, whole); pages, bodies and index
+        nodes are marked dirty so they get fresh objects; everything the
+        snapshot made is garbage.
         """
         new_meta = {obj for _, obj, _ in meta_jobs}
-        self.dirty_pages |= snap_pages
-        for page in snap_pages:
+        self.dirty_pages |= snap.pages
+        for page in snap.pages:
             for ino in self.page_members.get(page, ()):
                 node = self.inodes.get(ino)
                 if node is not None and node.body_ref in new_meta:
                     node.body_dirty = True
+        if self.packs is not None:
+            self.packs.dirty |= snap.pack_pages
         self.meta_dirty = True
         self.garbage.extend(garbage)
         self.garbage.extend(new_meta)
@@ -1570,7 +1653,7 @@ class Filesystem:
             for obj in garbage:
                 nursery.start_soon(one, obj)
 
-    async def _upload_chunk(self, obj: bytes, p: _Pending) -> None:
+    async def _upload_chunk(self, ref: ChunkRef, p: _Pending) -> None:
         node = p.inode
         assert node.file_key is not None and p.data is not None
         keys, layout, key, fid, idx, data = (
@@ -1582,22 +1665,60 @@ class Filesystem:
             p.data,
         )
         sealed = await in_thread(
-            lambda: crypto.seal_chunk(keys, layout, key, fid, obj, idx, data)
+            lambda: crypto.seal_chunk(keys, layout, key, fid, ref.obj, idx, data)
         )
-        await self.vault.store.put(obj_name(obj), sealed)
+        await self.vault.store.put(obj_name(ref.obj), sealed)
+
+    async def _upload_pack(self, job: _PackJob) -> None:
+        """Seal every chunk of a pack at its offset and upload the pack object."""
+        if job.uploaded:
+            return
+        keys, layout = self.vault.keys, self.layout
+        work_items = []
+        for ref, p in job.parts:
+            assert p.inode.file_key is not None and p.data is not None
+            work_items.append((ref, p.inode.file_key, p.inode.file_id, p.index, p.data))
+
+        def work() -> bytes:
+            out = bytearray()
+            for ref, key, fid, idx, data in work_items:
+                assert len(out) == ref.off
+                out += crypto.seal_chunk(keys, layout, key, fid, ref.obj, idx, data, ref.off)
+            return bytes(out)
+
+        sealed = await in_thread(work)
+        await self.vault.store.put(obj_name(job.obj), sealed)
+        job.uploaded = True
+        for _, p in job.parts:
+            p.uploaded = True
+            p.data = None  # in the store now: do not hold it in memory
 
     def _snapshot(
         self,
-    ) -> tuple[list[tuple[bytes, _Pending]], list[tuple[int, bytes, Any]], set[int], list[bytes]]:
+    ) -> tuple[
+        list[tuple[ChunkRef, _Pending]], list[_PackJob], list[MetaJob], _Snap, list[bytes]
+    ]:
         """Freeze the dirty state into upload jobs and the next root. No await.
 
-        Returns (chunk jobs, metadata jobs, pages snapshotted, garbage). The
-        garbage is what the new root no longer references; what is dropped
-        while the upload runs is still referenced by it and waits for the
-        commit after.
+        Returns (chunk jobs, pack jobs, metadata jobs, what was snapshotted,
+        garbage). The garbage is what the new root no longer references;
+        what is dropped while the upload runs is still referenced by it and
+        waits for the commit after. The pack table pages the snapshot
+        changes must be resident (:meth:`_load_pack_pages`).
         """
-        chunk_jobs = list(self.pending.items())  # left over from a failed commit
-        meta_jobs: list[tuple[int, bytes, Any]] = []
+        # Left over from a failed commit, or uploading early:
+        chunk_jobs = [(ref, p) for ref, p in self.pending.items() if p.pack is None]
+        meta_jobs: list[MetaJob] = []
+        packs = self.packs
+        if packs is not None:
+            drops, self.pack_drops = self.pack_drops, []
+            sealed_len = self.layout.sealed_len
+            for ref in drops:
+                dead = packs.drop(ref.pno, ref.obj, sealed_len(ref.length))
+                if dead is not None:
+                    self.garbage.append(dead)
+                    self.pending_packs.pop(dead, None)
+        small: list[tuple[Inode, int, bytes]] = []
         dirty_inodes, self.dirty_inodes = self.dirty_inodes, set()
         for ino in sorted(dirty_inodes):
             node = self.inodes.get(ino)
@@ -1610,53 +1731,47 @@ class Filesystem:
                 node.body_dirty = True
                 continue
             for idx, buf in node.dirty.items():
+                self.dirty_bytes -= len(buf)
                 if not buf:  # nothing stored: a hole
                     continue
-                obj = crypto.new_id()
                 data = bytes(buf)
+                if packs is not None and len(data) <= self.pack_max:
+                    small.append((node, idx, data))
+                    continue
                 pend = _Pending(node, idx, data)
-                self.pending[obj] = pend
-                node.chunks[idx] = ChunkRef(obj, len(data))
-                chunk_jobs.append((obj, pend))
-                self.dirty_bytes -= len(buf)
+                ref = ChunkRef(crypto.new_id(), len(data))
+                self.pending[ref] = pend
+                node.chunks[idx] = ref
+                chunk_jobs.append((ref, pend))
             node.dirty.clear()
             node.body_dirty = True
             self._touch(node)
-        snap_pages = set(self.dirty_pages)
-        dirty_his: set[int] = set()
-        for page in sorted(self.dirty_pages):
-            members = self.page_members.get(page, set())
-            hi, lo = page >> MID_BITS, page & ((1 << MID_BITS) - 1)
-            mid = self.mids.setdefault(hi, {})
-            old = mid.pop(lo, None)
-            if old is not None:
-                self.garbage.append(old)
-            if members:
-                payload = {ino: self._encode(self.inodes[ino], meta_jobs) for ino in members}
-                obj = crypto.new_id()
-                meta_jobs.append((KIND_LEAF, obj, payload))
-                mid[lo] = obj
-            dirty_his.add(hi)
+        if small:
+            assert packs is not None
+            self._pack(packs, small)
+        pack_jobs = list(self.pending_packs.values())
+        snap = _Snap(set(self.dirty_pages))
+        leaves = {
+            page: (
+                {ino: self._encode(self.inodes[ino], meta_jobs) for ino in members}
+                if (members := self.page_members.get(page))
+                else None
+            )
+            for page in self.dirty_pages
+        }
         self.dirty_pages.clear()
-        for hi in dirty_his:
-            old = self.top.pop(hi, None)
-            if old is not None:
-                self.garbage.append(old)
-            if self.mids[hi]:
-                obj = crypto.new_id()
-                meta_jobs.append((KIND_INDEX, obj, dict(self.mids[hi])))
-                self.top[hi] = obj
-        itab = self.root.itab
-        if dirty_his or itab is None:
-            if itab is not None:
-                self.garbage.append(itab)
-            itab = crypto.new_id()
-            meta_jobs.append((KIND_INDEX, itab, dict(self.top)))
+        itab = self.index.snapshot(leaves, KIND_LEAF, meta_jobs, self.garbage)
+        ptab = self.root.ptab
+        if packs is not None:
+            ptab, snap.pack_pages = packs.snapshot(meta_jobs, self.garbage)
         if self.writable and self.root.lease is not None:
             self.root.lease = self.vault.my_lease()
         if self.journal is not None:
             self._journal_mark = self.journal.rotate()
             self.root.journal = (self.journal.id, self._journal_mark)
+        self.root.itab = itab
+        self.root.ptab = ptab
+        self.root.next_pack = packs.next_pack if packs is not None else 0
         self.root_for_commit = Root(
             generation=self.root.generation + 1,
             itab=itab,
@@ -1665,11 +1780,36 @@ class Filesystem:
             lease=self.root.lease,
             stats=list(self.root.stats),
             journal=self.root.journal,
+            ptab=ptab,
+            next_pack=self.root.next_pack,
         )
-        self.root.itab = itab
         self.meta_dirty = False
         garbage, self.garbage = self.garbage, []
-        return chunk_jobs, meta_jobs, snap_pages, garbage
+        return chunk_jobs, pack_jobs, meta_jobs, snap, garbage
+
+    def _pack(self, packs: PackTable, small: list[tuple[Inode, int, bytes]]) -> None:
+        """Put small chunks into new packs of about PACK_TARGET sealed bytes. No await."""
+        sealed_len = self.layout.sealed_len
+        group: list[tuple[Inode, int, bytes]] = []
+        size = 0
+        for i, item in enumerate(small):
+            group.append(item)
+            size += sealed_len(len(item[2]))
+            if size < PACK_TARGET and i + 1 < len(small):
+                continue
+            obj = crypto.new_id()
+            pno = packs.add(obj, len(group), size)
+            job = _PackJob(obj, [])
+            off = 0
+            for node, idx, data in group:
+                ref = ChunkRef(obj, len(data), off, pno)
+                pend = _Pending(node, idx, data, pack=job)
+                job.parts.append((ref, pend))
+                self.pending[ref] = pend
+                node.chunks[idx] = ref
+                off += sealed_len(len(data))
+            self.pending_packs[obj] = job
+            group, size = [], 0
 
     # --- misc -------------------------------------------------------------
 

@@ -52,6 +52,7 @@ ROOT = "root"
 KIND_INDEX = 1
 KIND_LEAF = 2
 KIND_BODY = 3
+KIND_PACKS = 4  # a leaf page of the pack table (format 2)
 
 #: How long a writer lease lasts without renewal.
 LEASE_SECONDS = 300.0
@@ -143,21 +144,26 @@ class Root:
     stats: list[int] = field(default_factory=lambda: [0, 0])  # [inodes, bytes]
     #: (journal id, journal segment) of the last commit: see megafs.journal
     journal: tuple[bytes, int] | None = None
+    #: object id of the pack table's top index (format 2), None = no packs yet
+    ptab: bytes | None = None
+    #: next pack number to allocate (numbers are never reused)
+    next_pack: int = 0
 
     def encode(self) -> bytes:
-        packed: bytes = msgpack.packb(
-            {
-                "v": 1,
-                "gen": self.generation,
-                "itab": self.itab,
-                "next": self.next_ino,
-                "orph": self.orphans,
-                "lease": self.lease.encode() if self.lease else None,
-                "stats": self.stats,
-                "jrnl": list(self.journal) if self.journal else None,
-            },
-            use_bin_type=True,
-        )
+        rec: dict[str, Any] = {
+            "v": 1,
+            "gen": self.generation,
+            "itab": self.itab,
+            "next": self.next_ino,
+            "orph": self.orphans,
+            "lease": self.lease.encode() if self.lease else None,
+            "stats": self.stats,
+            "jrnl": list(self.journal) if self.journal else None,
+        }
+        if self.ptab is not None or self.next_pack:
+            rec["ptab"] = self.ptab
+            rec["npack"] = self.next_pack
+        packed: bytes = msgpack.packb(rec, use_bin_type=True)
         return packed
 
     @classmethod
@@ -172,6 +178,8 @@ class Root:
                 lease=Lease.decode(d["lease"]) if d["lease"] is not None else None,
                 stats=[int(x) for x in d["stats"]],
                 journal=(expect_bytes(d["jrnl"][0]), int(d["jrnl"][1])) if d.get("jrnl") else None,
+                ptab=expect_bytes(d["ptab"]) if d.get("ptab") is not None else None,
+                next_pack=int(d.get("npack", 0)),
             )
         except (KeyError, TypeError, ValueError, IndexError, OverflowError) as e:
             raise IntegrityError(ROOT, f"malformed root record: {e}") from None

@@ -93,6 +93,35 @@ async def test_delete_is_idempotent(any_store: Store) -> None:
     assert await listing(any_store) == {}
 
 
+async def test_delete_many(any_store: Store) -> None:
+    """Batches (S3: DeleteObjects, 1000 keys a request), missing names are fine."""
+    names = [f"{i:04x}" for i in range(1100)]
+    async with trio.open_nursery() as nursery:
+        for name in names:
+            nursery.start_soon(any_store.put, name, b"x")
+    await any_store.put("keep", b"kept")
+    failed = await any_store.delete_many([*names, "never-was"])
+    assert failed == []
+    assert await listing(any_store) == {"keep": 4}
+    assert await any_store.delete_many([]) == []
+
+
+@pytest.mark.s3
+async def test_s3_delete_many_without_delete_objects(
+    seaweedfs: SeaweedFS, s3_env: dict[str, str]
+) -> None:
+    """A server without DeleteObjects (501) gets one DELETE per key instead."""
+    transport = FaultyTransport(["501"], lambda r: r.method == "POST")
+    async with S3Store(seaweedfs.bucket, unique_prefix(), transport=transport) as store:
+        for name in ("a1", "b2", "c3"):
+            await store.put(name, b"x")
+        assert await store.delete_many(["a1", "b2", "c3"]) == []
+        assert await listing(store) == {}
+        assert await store.delete_many(["zz"]) == []
+    methods = [m for m, _, _ in transport.seen]
+    assert methods.count("POST") == 1 and methods.count("DELETE") == 4
+
+
 async def test_list_with_prefix_and_sizes_excludes_pointers(any_store: Store) -> None:
     assert await listing(any_store) == {}
     objects = {"aa01": b"1", "aa02": b"22", "ab03": b"333", "bb04": b""}
@@ -384,11 +413,12 @@ class FaultyTransport(httpx.AsyncBaseTransport):
     """Forwards to the real server; the first ``faults`` matching requests misbehave.
 
     A fault is "503" (answer SlowDown without forwarding), "404" (answer
-    NoSuchKey without forwarding) or "lose-response" (forward, so the server
+    NoSuchKey without forwarding), "501" (answer NotImplemented, as a server
+    without that API does) or "lose-response" (forward, so the server
     applies the request, then raise a read timeout).
     """
 
-    CANNED = {"503": (503, "SlowDown"), "404": (404, "NoSuchKey")}
+    CANNED = {"503": (503, "SlowDown"), "404": (404, "NoSuchKey"), "501": (501, "NotImplemented")}
 
     def __init__(self, faults: list[str], match: Callable[[httpx.Request], bool]) -> None:
         self.inner = httpx.AsyncHTTPTransport()

@@ -26,7 +26,7 @@ from . import crypto
 from .errors import IntegrityError, MegafsError, ObjectNotFound, VaultBusy
 from .model import ROOT_INO, ChunkRef, Filesystem
 from .tables import MID_BITS, PAGE_BITS, PackRecord, RadixIndex
-from .vault import Vault, in_thread, obj_name
+from .vault import Vault, obj_name
 
 
 @dataclass
@@ -223,7 +223,7 @@ async def _check(fs: Filesystem, report: Report, repair: bool, progress: Progres
                     )
 
                 try:
-                    await in_thread(work)
+                    work()
                 except crypto.AuthFailed as e:
                     report.problems.append(f"integrity error in object {name}: {e}")
         done += 1

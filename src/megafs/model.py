@@ -66,7 +66,6 @@ from .vault import (
     Root,
     Vault,
     expect_bytes,
-    in_thread,
     obj_name,
 )
 
@@ -77,7 +76,7 @@ ROOT_INO = 1
 #: this many chunk-sized buffers waiting for the store).
 EARLY_UPLOADS = 16
 #: Chunks fetched ahead of a sequential reader.
-READ_AHEAD_CHUNKS = 2
+READ_AHEAD_CHUNKS = 4
 #: Pack objects are closed once they hold this many sealed bytes (format 2).
 PACK_TARGET = 4 << 20
 NAME_MAX = 255
@@ -169,10 +168,37 @@ class _PackJob:
     uploaded: bool = False
 
 
+class Mutex:
+    """A trio lock whose uncontended acquisition does not yield to the scheduler.
+
+    ``async with trio.Lock()`` always passes through the scheduler, even when
+    nobody holds the lock: a run-loop iteration on every write. Contended,
+    this waits exactly as a trio.Lock does (fair, FIFO).
+    """
+
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        self._lock = trio.Lock()
+
+    def locked(self) -> bool:
+        return self._lock.locked()
+
+    async def __aenter__(self) -> None:
+        try:
+            self._lock.acquire_nowait()
+        except trio.WouldBlock:
+            await self._lock.acquire()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
 class Inode:
     """One inode in memory. Body fields are valid only when ``body_loaded``."""
 
     __slots__ = (
+        "_lock",
         "atime",
         "body_dirty",
         "body_loaded",
@@ -185,7 +211,6 @@ class Inode:
         "file_key",
         "gid",
         "ino",
-        "lock",
         "mode",
         "mtime",
         "next_cookie",
@@ -223,7 +248,14 @@ class Inode:
         self.next_cookie = 3  # 1 and 2 are "." and ".."
         self.parent = ROOT_INO
         self.target = b""
-        self.lock = trio.Lock()
+        self._lock: Mutex | None = None
+
+    @property
+    def lock(self) -> Mutex:
+        """The lock of this file's data (made on first use: most inodes never need one)."""
+        if self._lock is None:
+            self._lock = Mutex()
+        return self._lock
 
     @property
     def is_dir(self) -> bool:
@@ -351,6 +383,11 @@ class Filesystem:
         self._read_end: dict[int, int] = {}  # ino -> end of the last read (readahead)
         self._nursery: trio.Nursery | None = None
         self._upload_slots = trio.Semaphore(EARLY_UPLOADS)
+        self._gc_queue: list[bytes] = []  # garbage waiting for the collector
+        self._gc_wake = trio.Event()
+        self._gc_waiters: list[trio.Event] = []  # drain_garbage callers
+        self._gc_running = False
+        self._gc_stop = False
         self._inflight: dict[ChunkRef, trio.Event] = {}  # chunk -> prefetch running
         self._commit_lock = trio.Lock()
         self.commits = 0
@@ -444,14 +481,19 @@ class Filesystem:
             self._replay_ino = None
 
     def start_background(self, nursery: trio.Nursery) -> None:
-        """Let the model run background work (uploads of full chunks, read-ahead)
-        in ``nursery``, which must outlive every operation. Without it, all of
-        that happens in commits and reads themselves."""
+        """Let the model run background work (uploads of full chunks, read-ahead,
+        deletion of garbage) in ``nursery``, which must outlive every operation.
+        Without it, all of that happens in commits and reads themselves."""
         self._nursery = nursery
+        self._gc_stop = False
+        nursery.start_soon(self._collector)
 
     def stop_background(self) -> None:
-        """No new background work; what runs finishes in its nursery."""
+        """No new background work; what runs finishes in its nursery (the
+        garbage collector deletes what is queued, then ends)."""
         self._nursery = None
+        self._gc_stop = True
+        self._gc_wake.set()
 
     def _make_root_dir(self) -> None:
         ino = Inode(ROOT_INO, stat.S_IFDIR | 0o755, os.getuid(), os.getgid(), self._now())
@@ -460,12 +502,14 @@ class Filesystem:
         self._insert(ino)
 
     async def close(self) -> None:
-        """Commit everything and release the writer lease."""
+        """Commit everything, release the writer lease, and delete the garbage
+        (so a clean unmount leaves no unreferenced object behind)."""
         if self.writable:
             self.root.lease = None
             self.meta_dirty = True
             await self.commit()
             self.writable = False
+        await self.drain_garbage()
 
     # --- loading ----------------------------------------------------------
 
@@ -1255,13 +1299,10 @@ class Filesystem:
         assert node.file_key is not None
         key, keys, layout, fid = node.file_key, self.vault.keys, self.layout, node.file_id
 
-        def work() -> list[bytes]:
-            return crypto.open_blocks(
+        try:  # inline: AES-GCM is fast and holds the GIL (see vault.py)
+            plain = crypto.open_blocks(
                 keys, layout, key, fid, ref.obj, idx, ref.length, m0, sealed, ref.pack_off
             )
-
-        try:
-            plain = await in_thread(work)
         except crypto.AuthFailed as e:
             if from_store or self.cache is None:
                 raise IntegrityError(name, str(e)) from None
@@ -1639,19 +1680,67 @@ class Filesystem:
         self.garbage.extend(new_meta)
 
     async def _collect(self, garbage: list[bytes]) -> None:
-        """Delete objects that no committed root references any more (best effort)."""
+        """Delete objects that no committed root references any more.
 
-        async def one(obj: bytes) -> None:
-            if self.cache is not None:
-                self.cache.forget(obj_name(obj))
-            try:
-                await self.vault.store.delete(obj_name(obj))
-            except Exception as e:  # garbage is harmless: fsck collects it
-                log.debug("could not delete %s: %s", obj_name(obj), e)
-
-        async with trio.open_nursery() as nursery:
+        With a background nursery they are queued for the collector task, so
+        a commit (and the fsync waiting on it) does not wait for deletions;
+        without one they are deleted now. Best effort either way: garbage
+        left behind (a failed delete, a crash) is harmless, and fsck lists it.
+        """
+        if not garbage:
+            return
+        if self.cache is not None:
             for obj in garbage:
-                nursery.start_soon(one, obj)
+                self.cache.forget(obj_name(obj))
+        if self._nursery is not None and not self._gc_stop:
+            self._gc_queue.extend(garbage)
+            self._gc_wake.set()
+            return
+        await self._delete(garbage)
+
+    async def _delete(self, garbage: list[bytes]) -> None:
+        try:
+            failed = await self.vault.store.delete_many([obj_name(o) for o in garbage])
+        except Exception as e:  # garbage is harmless: fsck collects it
+            log.info("could not delete %d unreferenced objects: %s", len(garbage), e)
+            return
+        if failed:
+            log.info("could not delete %d unreferenced objects, e.g. %s", len(failed), failed[0])
+
+    async def _collector(self) -> None:
+        """The background task deleting queued garbage, in batches. Ends once
+        stopped and the queue is empty; wakes :meth:`drain_garbage` callers
+        whenever the queue runs dry."""
+        self._gc_running = True
+        try:
+            while True:
+                if not self._gc_queue:
+                    waiters, self._gc_waiters = self._gc_waiters, []
+                    for w in waiters:
+                        w.set()
+                    if self._gc_stop:
+                        return
+                    self._gc_wake = trio.Event()
+                    await self._gc_wake.wait()
+                    continue
+                batch, self._gc_queue = self._gc_queue[:1000], self._gc_queue[1000:]
+                await self._delete(batch)
+        finally:
+            self._gc_running = False
+            for w in self._gc_waiters:
+                w.set()
+
+    async def drain_garbage(self) -> None:
+        """Return once the garbage queued so far is deleted (or failed to be)."""
+        if not self._gc_running:
+            batch, self._gc_queue = self._gc_queue, []
+            if batch:
+                await self._delete(batch)
+            return
+        done = trio.Event()
+        self._gc_waiters.append(done)
+        self._gc_wake.set()
+        await done.wait()
 
     async def _upload_chunk(self, ref: ChunkRef, p: _Pending) -> None:
         node = p.inode
@@ -1664,9 +1753,7 @@ class Filesystem:
             p.index,
             p.data,
         )
-        sealed = await in_thread(
-            lambda: crypto.seal_chunk(keys, layout, key, fid, ref.obj, idx, data)
-        )
+        sealed = crypto.seal_chunk(keys, layout, key, fid, ref.obj, idx, data)
         await self.vault.store.put(obj_name(ref.obj), sealed)
 
     async def _upload_pack(self, job: _PackJob) -> None:
@@ -1679,15 +1766,11 @@ class Filesystem:
             assert p.inode.file_key is not None and p.data is not None
             work_items.append((ref, p.inode.file_key, p.inode.file_id, p.index, p.data))
 
-        def work() -> bytes:
-            out = bytearray()
-            for ref, key, fid, idx, data in work_items:
-                assert len(out) == ref.off
-                out += crypto.seal_chunk(keys, layout, key, fid, ref.obj, idx, data, ref.off)
-            return bytes(out)
-
-        sealed = await in_thread(work)
-        await self.vault.store.put(obj_name(job.obj), sealed)
+        out = bytearray()
+        for ref, key, fid, idx, data in work_items:
+            assert len(out) == ref.off
+            out += crypto.seal_chunk(keys, layout, key, fid, ref.obj, idx, data, ref.off)
+        await self.vault.store.put(obj_name(job.obj), bytes(out))
         job.uploaded = True
         for _, p in job.parts:
             p.uploaded = True

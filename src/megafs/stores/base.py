@@ -17,8 +17,12 @@ themselves: a raised error is final for that call.
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+
+import trio
+
+from ..errors import StoreError
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,26 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def delete(self, name: str) -> None:
         """Delete an object; deleting a missing object is not an error."""
+
+    async def delete_many(self, names: Sequence[str]) -> list[str]:
+        """Delete objects, as many per request as the store allows; missing
+        ones are not an error. Returns the names that could not be deleted
+        (the first error is logged by the caller); never raises for one object.
+        The default deletes them one by one, a few at a time."""
+        failed: list[str] = []
+        limiter = trio.CapacityLimiter(16)
+
+        async def one(name: str) -> None:
+            async with limiter:
+                try:
+                    await self.delete(name)
+                except StoreError:
+                    failed.append(name)
+
+        async with trio.open_nursery() as nursery:
+            for name in names:
+                nursery.start_soon(one, name)
+        return failed
 
     @abc.abstractmethod
     def list(self, prefix: str = "") -> AsyncIterator[tuple[str, int]]:

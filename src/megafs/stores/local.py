@@ -23,7 +23,7 @@ import errno
 import fcntl
 import hashlib
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TypeVar
 
 import trio
@@ -204,6 +204,23 @@ class LocalStore(Store):
                 os.unlink(path)
 
         await self._run(work, name)
+
+    async def delete_many(self, names: Sequence[str]) -> list[str]:
+        """Unlink them all in one worker-thread job (one thread hand-off, not one each)."""
+        paths = [(name, self._obj_path(name)) for name in names]
+
+        def work() -> list[str]:
+            failed = []
+            for name, path in paths:
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+                except OSError:
+                    failed.append(name)
+            return failed
+
+        return await self._run(work, f"{len(paths)} objects")
 
     async def list(self, prefix: str = "") -> AsyncIterator[tuple[str, int]]:
         objdir = os.path.join(self.root, "objects")

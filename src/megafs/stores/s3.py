@@ -41,9 +41,10 @@ import os
 import random
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
+from xml.sax.saxutils import escape as xml_escape
 
 import botocore.auth
 import botocore.awsrequest
@@ -92,6 +93,19 @@ _FULL_CODES = {"QuotaExceeded", "InsufficientStorage", "StorageFull", "XMinioSto
 _FINAL_5XX = {501, 505, 507}
 
 _DNS_BUCKET = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
+
+#: Keys per DeleteObjects request (S3's maximum).
+_DELETE_BATCH = 1000
+
+
+def _delete_body(keys: list[str]) -> bytes:
+    """The XML of a quiet DeleteObjects request for ``keys``."""
+    items = "".join(f"<Object><Key>{xml_escape(k)}</Key></Object>" for k in keys)
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        '<Delete xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+        f"<Quiet>true</Quiet>{items}</Delete>"
+    ).encode()
 
 
 def is_temp_failure(failure: BaseException | httpx.Response) -> bool:
@@ -185,18 +199,20 @@ class S3Store(Store):
         self._list_page_size = list_page_size
         self._session = session
         self._limiter = trio.CapacityLimiter(max_concurrency)
-        self._client = httpx.AsyncClient(
-            transport=transport,
-            timeout=httpx.Timeout(io_timeout, connect=connect_timeout),
+        # The transport alone, not an AsyncClient over it: a client's cookie
+        # jar, auth and redirect machinery cost more per request than the
+        # rest of a small GET, and S3 needs none of them.
+        self._transport = transport or httpx.AsyncHTTPTransport(
             limits=httpx.Limits(
                 max_connections=max_concurrency, max_keepalive_connections=max_concurrency
             ),
-            follow_redirects=False,
         )
+        self._timeout = httpx.Timeout(io_timeout, connect=connect_timeout).as_dict()
         self._setup_lock = trio.Lock()
         self._resolved: _Resolved | None = None
         self._frozen: botocore.credentials.ReadOnlyCredentials | None = None
         self._closed = False
+        self._batch_delete = True  # until the server says it has no DeleteObjects
 
     @classmethod
     def from_url(cls, url: str, *, endpoint: str | None = None, **options: object) -> S3Store:
@@ -219,7 +235,8 @@ class S3Store(Store):
         attempt = min(self._io_timeout, max(1.0, seconds / 4))
         self._retry_deadline = seconds
         self._max_attempts = None
-        self._client.timeout = httpx.Timeout(attempt, connect=min(self._connect_timeout, attempt))
+        timeout = httpx.Timeout(attempt, connect=min(self._connect_timeout, attempt))
+        self._timeout = timeout.as_dict()
 
     # -- where things are --------------------------------------------------
 
@@ -337,7 +354,16 @@ class S3Store(Store):
                 signed = await trio.to_thread.run_sync(self._sign, frozen, method, url, body, hdrs)
             else:
                 signed = self._sign(frozen, method, url, body, hdrs)
-            return await self._client.request(method, url, content=body, headers=signed)
+            request = httpx.Request(
+                method, url, content=body, headers=signed, extensions={"timeout": self._timeout}
+            )
+            response = await self._transport.handle_async_request(request)
+            try:
+                response.request = request
+                await response.aread()
+            finally:
+                await response.aclose()
+            return response
 
     async def _exchange(
         self,
@@ -498,6 +524,58 @@ class S3Store(Store):
             return
         raise self._error(resp, f"object {name}", name)
 
+    async def delete_many(self, names: Sequence[str]) -> list[str]:
+        """DeleteObjects (``POST ?delete``), up to 1000 keys a request, in quiet
+        mode (the answer lists only failures); retried like any request.
+
+        A server that does not implement it (HTTP 501, or 400/405 naming the
+        request) is asked one key at a time instead, from then on.
+        """
+        failed: list[str] = []
+        if not self._batch_delete:
+            return await super().delete_many(names)
+        for start in range(0, len(names), _DELETE_BATCH):
+            batch = list(names[start : start + _DELETE_BATCH])
+            body = _delete_body([self._obj_key(n) for n in batch])
+            md5 = base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode()
+            resp, _ = await self._exchange(
+                "POST",
+                None,
+                what=f"deletion of {len(batch)} objects",
+                query={"delete": ""},
+                body=body,
+                headers={"Content-MD5": md5, "Content-Type": "application/xml"},
+            )
+            if resp.status_code in (400, 405, 501) and _error_code(resp) in (
+                "",
+                "NotImplemented",
+                "MethodNotAllowed",
+                "InvalidRequest",
+            ):
+                log.info("S3 server does not take DeleteObjects; deleting one by one")
+                self._batch_delete = False
+                failed += await super().delete_many(names[start:])
+                return failed
+            if resp.status_code != 200:
+                raise self._error(resp, f"deletion of {len(batch)} objects")
+            failed += self._delete_failures(resp, batch)
+        return failed
+
+    def _delete_failures(self, resp: httpx.Response, batch: list[str]) -> list[str]:
+        """Names of a DeleteObjects answer's <Error> entries (a missing key is no failure)."""
+        try:
+            root = ET.fromstring(resp.content)
+        except ET.ParseError:
+            return batch
+        base = self._obj_key("")
+        out = []
+        for err in root.iterfind("{*}Error"):
+            if (err.findtext("{*}Code") or "") == "NoSuchKey":
+                continue
+            key = err.findtext("{*}Key") or ""
+            out.append(key[len(base) :] if key.startswith(base) else key)
+        return out
+
     async def list(self, prefix: str = "") -> AsyncIterator[tuple[str, int]]:
         """ListObjectsV2 under ``<prefix>o/``, page by page (continuation tokens)."""
         base = self._obj_key("")
@@ -578,7 +656,7 @@ class S3Store(Store):
         """Close the connection pool. Idempotent."""
         if not self._closed:
             self._closed = True
-            await self._client.aclose()
+            await self._transport.aclose()
 
 
 def _describe(failure: BaseException | httpx.Response) -> str:

@@ -317,3 +317,47 @@ async def test_empty_small_file_grown_far(fs: Filesystem, store: Store) -> None:
     fs2 = await reopen(store)
     assert await fs2.read(ino, 0, 10) == bytes(10)
     assert await fs2.read(ino, 1 << 20, 10) == b"x"
+
+
+async def test_clean_pages_are_evicted_and_load_again(fs: Filesystem, store: Store) -> None:
+    """Memory stays bounded however many inodes are walked: clean inode pages
+    beyond the limit are forgotten and read back from the store when needed."""
+    fs.max_pages = 4
+    dirs = []
+    for d in range(3):
+        ino = (await fs.mkdir(ROOT_INO, b"d%d" % d, 0o755, 0, 0)).ino
+        dirs.append(ino)
+        for i in range(700):  # 2100 inodes: 9 pages
+            await fs.create(ino, b"f%04d" % i, 0o644, 0, 0)
+    f = await mkfile(fs, dirs[0], b"data", b"kept while evicted" * 100)
+    assert fs.evict() == 0, "nothing is evicted while changes are uncommitted"
+    await fs.commit()
+    assert len(fs.page_members) > 4
+    assert fs.evict() > 0
+    assert len(fs.page_members) <= 4
+    # Everything is still there, and walking it keeps memory bounded.
+    for d in dirs:
+        after, names = 0, 0
+        while batch := await fs.readdir(d, after):
+            names += len(batch)
+            after = batch[-1][2]
+            fs.evict()
+            assert len(fs.page_members) <= 4 + 2
+        assert names == 700 + (1 if d == dirs[0] else 0)
+    assert await fs.read(f, 0, 20) == b"kept while evictedke"
+    # An open file's page stays; changes after an eviction are kept.
+    await fs.open(f)
+    await fs.write(f, 0, b"changed")
+    await fs.commit()
+    for d in dirs[1:]:
+        await fs.lookup(d, b"f0000")
+        await fs.lookup(d, b"f0699")
+    fs.evict()
+    assert f in fs.inodes
+    await fs.release(f)
+    await fs.setattr(dirs[2], mode=0o700)
+    await fs.close()
+    fs2 = await reopen(store)
+    assert await fs2.read(f, 0, 10) == b"changedile"
+    assert stat.S_IMODE((await fs2.getattr(dirs[2])).mode) == 0o700
+    await fs2.close()

@@ -98,16 +98,28 @@ def _errno_for(e: BaseException) -> int:
 
 
 def _boundary(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
-    """Wrap a handler so that only FUSEError leaves it."""
+    """Wrap a handler so that only FUSEError leaves it.
+
+    Also counts the handlers in flight: when the last one returns, no
+    operation of the model holds an inode across an await, and the model may
+    evict clean inode pages (:meth:`Filesystem.evict`).
+    """
 
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        ops = args[0]
+        assert isinstance(ops, Operations)
+        ops.active += 1
         try:
             return await fn(*args, **kwargs)
         except FUSEError:
             raise
         except Exception as e:
             raise FUSEError(_errno_for(e)) from None
+        finally:
+            ops.active -= 1
+            if not ops.active:
+                ops.fs.evict()
 
     return wrapper
 
@@ -134,6 +146,7 @@ class Operations(pyfuse3.Operations):
         self.opts = options or Options()
         self._handles: dict[int, int] = {}
         self._next_fh = 1
+        self.active = 0  # handlers in flight
 
     # --- helpers ------------------------------------------------------
 

@@ -38,6 +38,8 @@ inode locks. Lock order: inode lock, then commit lock.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import errno
 import functools
 import itertools
@@ -79,6 +81,9 @@ EARLY_UPLOADS = 16
 READ_AHEAD_CHUNKS = 4
 #: Pack objects are closed once they hold this many sealed bytes (format 2).
 PACK_TARGET = 4 << 20
+#: Inode pages kept in memory (256 inodes each) before clean ones are evicted,
+#: least recently used first, down to three quarters of it: about 50 MiB.
+MAX_RESIDENT_PAGES = 256
 NAME_MAX = 255
 INLINE_MAX = 2048  # files up to this size live inside their inode record
 BODY_INLINE_MAX = 8192  # bodies larger than this become objects of their own
@@ -251,6 +256,10 @@ class Inode:
         self._lock: Mutex | None = None
 
     @property
+    def locked(self) -> bool:
+        return self._lock is not None and self._lock.locked()
+
+    @property
     def lock(self) -> Mutex:
         """The lock of this file's data (made on first use: most inodes never need one)."""
         if self._lock is None:
@@ -352,6 +361,9 @@ class Filesystem:
         self.dirty_limit = dirty_limit
         self.inodes: dict[int, Inode] = {}
         self.page_members: dict[int, set[int]] = {}
+        #: Resident pages, least recently used first (see :meth:`evict`).
+        self._page_lru: collections.OrderedDict[int, None] = collections.OrderedDict()
+        self.max_pages = MAX_RESIDENT_PAGES
         self.index = RadixIndex(vault, root.itab)
         self.dirty_pages: set[int] = set()
         self.dirty_inodes: set[int] = set()  # inodes with dirty chunk buffers
@@ -519,6 +531,11 @@ class Filesystem:
             lk = self._load_locks[(kind, key)] = trio.Lock()
         return lk
 
+    def _loaded(self, kind: str, key: int) -> None:
+        """A load finished: its lock is no longer needed (a task waiting on it
+        holds it already, and finds the thing loaded)."""
+        self._load_locks.pop((kind, key), None)
+
     async def _ensure_page(self, page: int) -> None:
         if page in self.page_members:
             return
@@ -538,6 +555,8 @@ class Filesystem:
                     self.inodes[ino] = self._decode(ino, rec, name)
                     members.add(ino)
             self.page_members[page] = members
+            self._page_lru[page] = None
+        self._loaded("page", page)
 
     async def _get(self, ino: int) -> Inode:
         node = self.inodes.get(ino)
@@ -546,9 +565,52 @@ class Filesystem:
             node = self.inodes.get(ino)
             if node is None:
                 raise FsError(errno.ENOENT)
+        else:
+            with contextlib.suppress(KeyError):
+                self._page_lru.move_to_end(ino >> PAGE_BITS)
         if not node.body_loaded:
             await self._load_body(node)
         return node
+
+    def evict(self) -> int:
+        """Forget clean inode pages beyond MAX_RESIDENT_PAGES, least recently
+        used first; return how many. They load again from the store (or the
+        disk cache) when next needed.
+
+        The caller guarantees that no operation is in flight (none holds an
+        Inode across an await): the adapter calls this between requests.
+        Does nothing while anything is uncommitted or a commit runs, and
+        keeps pages with an open file, a held lock, or the root directory.
+        """
+        limit = self.max_pages
+        if len(self.page_members) <= limit:
+            return 0
+        if (
+            self.dirty_pages
+            or self.dirty_inodes
+            or self.pending
+            or self.pack_drops
+            or self._commit_lock.locked()
+        ):
+            return 0
+        target = limit * 3 // 4
+        evicted = 0
+        for page in list(self._page_lru):
+            if len(self.page_members) <= target:
+                break
+            members = self.page_members.get(page, set())
+            if page == ROOT_INO >> PAGE_BITS or any(
+                ino in self.opens or ((n := self.inodes.get(ino)) is not None and n.locked)
+                for ino in members
+            ):
+                continue
+            for ino in members:
+                self.inodes.pop(ino, None)
+                self._read_end.pop(ino, None)
+            del self.page_members[page]
+            del self._page_lru[page]
+            evicted += 1
+        return evicted
 
     async def _load_body(self, node: Inode) -> None:
         async with self._lock_for("body", node.ino):
@@ -559,6 +621,7 @@ class Filesystem:
             self._decode_body(node, body, obj_name(node.body_ref))
             node.body_loaded = True
             node.body_dirty = False
+        self._loaded("body", node.ino)
 
     # --- record encoding ------------------------------------------------
 
@@ -705,6 +768,7 @@ class Filesystem:
         page = node.ino >> PAGE_BITS
         self.inodes[node.ino] = node
         self.page_members.setdefault(page, set()).add(node.ino)
+        self._page_lru[page] = None
         self.dirty_pages.add(page)
 
     def _check_writable(self) -> None:

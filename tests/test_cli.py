@@ -175,6 +175,7 @@ def test_init_then_info(any_run: tuple[Cli, str]) -> None:
     assert info["files"] == "0"
     assert info["bytes"].startswith("0 ")
     assert info["writer lease"] == "none"
+    assert info["small chunks"] == "packed, 0 packs made so far"
 
 
 def test_init_creates_missing_folder_and_honours_chunk_size(tmp_path: Path, run: Cli) -> None:

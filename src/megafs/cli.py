@@ -585,6 +585,12 @@ def cmd_info(args: argparse.Namespace) -> None:
             f"Argon2id, memory {kdf.memory_kib} KiB, iterations {kdf.iterations}, "
             f"lanes {kdf.lanes}",
         ),
+        (
+            "small chunks",
+            f"packed, {root.next_pack} packs made so far"
+            if hdr.packs_small_chunks
+            else "one object each (format 1)",
+        ),
         ("root generation", str(root.generation)),
         ("files", str(files)),
         ("bytes", f"{nbytes} ({human_size(nbytes)})"),
@@ -615,7 +621,11 @@ def mount_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--cache-dir", metavar="DIR", help="default: $XDG_CACHE_HOME/megafs/<vault id>")
     p.add_argument(
-        "--cache-size", metavar="SIZE", type=parse_size, default=None, help="default: 1G"
+        "--cache-size",
+        metavar="SIZE",
+        type=parse_size,
+        default=None,
+        help="default: 1G for S3, 0 for a local folder",
     )
     p.add_argument(
         "--commit-interval",

@@ -1328,11 +1328,11 @@ class Filesystem:
                 parts.append(got if got is not None else plain[b - m0])
         else:
             parts = [blocks[(fid, obj, off, b)] for b in range(first, last)]
-        start = lo - first * bs
-        if len(parts) == 1:
-            return parts[0][start : hi - first * bs]
-        joined = b"".join(parts)
-        return joined[start : hi - first * bs]
+        start, end = lo - first * bs, hi - first * bs
+        joined = parts[0] if len(parts) == 1 else b"".join(parts)
+        if start == 0 and end >= len(joined):
+            return joined  # the common aligned read: no copy beyond the join
+        return joined[start:end]
 
     async def _open_blocks(
         self, node: Inode, idx: int, ref: ChunkRef, m0: int, m1: int
@@ -1414,8 +1414,13 @@ class Filesystem:
         self._read_end[ino] = end
         if ahead and self._nursery is not None:
             self._read_ahead(node, (end - 1) // cs + 1)
+        first, last = offset // cs, (end - 1) // cs
+        if first == last:  # within one chunk (nearly every read): no copy here
+            lo, hi = offset - first * cs, end - first * cs
+            piece = await self._chunk_range(node, first, lo, hi, ahead)
+            return piece if len(piece) == hi - lo else piece + bytes(hi - lo - len(piece))
         out = bytearray()
-        for idx in range(offset // cs, (end - 1) // cs + 1):
+        for idx in range(first, last + 1):
             base = idx * cs
             lo = max(offset, base) - base
             hi = min(end, base + cs) - base

@@ -37,7 +37,7 @@ from .cache import ContentCache
 from .errors import MegafsError, MountError, StoreAuthError, StoreReadOnly, UsageError
 from .journal import Journal
 from .model import Filesystem
-from .stores import open_store
+from .stores import LocalStore, open_store
 from .vault import Vault, pid_alive
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,9 @@ IGNORED_OPTIONS = {
     "nouser", "users", "_netdev", "nofail", "defaults", "async", "atime", "noatime",
     "relatime", "diratime", "nodiratime",
 }
+
+
+DEFAULT_CACHE_SIZE = 1 << 30
 
 
 @dataclass
@@ -64,7 +67,10 @@ class MountConfig:
     gid: int | None = None
     umask: int | None = None
     cache_dir: str | None = None
-    cache_size: int = 1 << 30
+    #: Bytes of store objects kept on the local disk. None: 1 GiB for a remote
+    #: store, none for a local folder (reading it again is as fast as reading
+    #: a copy of it, and the copy would double the disk traffic).
+    cache_size: int | None = None
     commit_interval: float = 5.0
     #: How long a file operation waits for an unreachable store before EIO.
     store_timeout: float = 60.0
@@ -245,7 +251,10 @@ async def serve(cfg: MountConfig, passphrase: str, ready: Callable[[], None]) ->
         vault = await Vault.unlock(store, passphrase)
         cache_dir = cfg.cache_dir or default_cache_dir(vault.vault_id)
         journal = None if cfg.read_only else Journal(cache_dir, vault.keys)
-        cache = ContentCache(cache_dir, cfg.cache_size, vault.layout.sealed_block)
+        cache_size = cfg.cache_size
+        if cache_size is None:
+            cache_size = 0 if isinstance(store, LocalStore) else DEFAULT_CACHE_SIZE
+        cache = ContentCache(cache_dir, cache_size, vault.layout.sealed_block)
         try:
             fs = await Filesystem.load(
                 vault, writable=not cfg.read_only, journal=journal, cache=cache

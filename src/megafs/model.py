@@ -77,6 +77,8 @@ ROOT_INO = 1
 #: Full chunks uploaded in the background while writes go on (and at most
 #: this many chunk-sized buffers waiting for the store).
 EARLY_UPLOADS = 16
+#: Disk cache writes in the background at most (each holds its sealed bytes).
+CACHE_WRITES = 8
 #: Chunks fetched ahead of a sequential reader.
 READ_AHEAD_CHUNKS = 4
 #: Pack objects are closed once they hold this many sealed bytes (format 2).
@@ -395,6 +397,7 @@ class Filesystem:
         self._read_end: dict[int, int] = {}  # ino -> end of the last read (readahead)
         self._nursery: trio.Nursery | None = None
         self._upload_slots = trio.Semaphore(EARLY_UPLOADS)
+        self._cache_slots = trio.Semaphore(CACHE_WRITES)
         self._gc_queue: list[bytes] = []  # garbage waiting for the collector
         self._gc_wake = trio.Event()
         self._gc_waiters: list[trio.Event] = []  # drain_garbage callers
@@ -1376,8 +1379,29 @@ class Filesystem:
             return await self._open_blocks(node, idx, ref, m0, m1)
         if from_store and self.cache is not None:
             # Only once authenticated: a tampered answer must not outlive the tampering.
-            await self.cache.store(cname, m0, sealed)
+            await self._cache_later(cname, m0, sealed)
         return plain
+
+    async def _cache_later(self, cname: str, first_block: int, sealed: bytes) -> None:
+        """Keep sealed blocks in the disk cache without making the reader wait
+        for the disk: in the background when there is room (CACHE_WRITES in
+        flight), else now."""
+        assert self.cache is not None
+        if self._nursery is None or self._cache_slots.value == 0:
+            await self.cache.store(cname, first_block, sealed)
+            return
+        self._cache_slots.acquire_nowait()
+
+        async def write() -> None:
+            try:
+                assert self.cache is not None
+                await self.cache.store(cname, first_block, sealed)
+            except Exception as e:  # a cache that fails costs speed, never data
+                log.warning("could not keep %s in the disk cache: %s", cname, e)
+            finally:
+                self._cache_slots.release()
+
+        self._nursery.start_soon(write)
 
     async def _chunk_range(
         self, node: Inode, idx: int, lo: int, hi: int, ahead: bool = False

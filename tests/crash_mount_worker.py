@@ -16,7 +16,10 @@ line to LOG, a file *outside* the mount: ``N`` for step N, and for a step
 that fsynced, ``N fsync PATH SHA256`` (the file's content hash at that
 moment; PATH ``.`` for a folder fsync, which commits everything) followed by
 an ``fsync`` of LOG itself. On the first failure (the daemon was killed: the
-kernel answers ENOTCONN) it writes ``N error ERRNO`` and exits 0.
+kernel answers ENOTCONN) it writes ``N error ERRNO OP PATH [DST]`` (and
+``unmounted`` if the folder is gone by then) and exits 0. The first line,
+``start SEED``, names the seed, so that a failure found by a soak can be
+replayed.
 
 No write is longer than :data:`MAX_WRITE`; the kernel may still cut a write
 into several FUSE requests, so a write that was in flight when the daemon
@@ -236,7 +239,7 @@ def run(folder: str, log_path: str, seed: int) -> None:
 
     w = Workload(seed)
     fds: dict[str, int] = {}
-    note("start", durable=True)
+    note(f"start {seed}", durable=True)  # the seed: a failure can be replayed
     while True:
         s = w.next()
         p = os.path.join(folder, s.path)
@@ -273,7 +276,11 @@ def run(folder: str, log_path: str, seed: int) -> None:
                 finally:
                     os.close(dfd)
         except OSError as e:
-            note(f"{s.n} error {e.errno}", durable=True)
+            # After the kill the test unmounts lazily: a path then resolves in
+            # the empty mountpoint folder, and fails with ENOENT instead of
+            # ENOTCONN. Say so, so the checker can tell that from a real ENOENT.
+            gone = "" if os.path.isdir(folder) else " unmounted"
+            note(f"{s.n} error {e.errno} {s.op} {s.path} {s.dst}".rstrip() + gone, durable=True)
             return
         if s.op == "fsync":
             note(f"{s.n} fsync {s.path} {sha(w.files[s.path])}", durable=True)

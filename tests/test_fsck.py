@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pty
 import subprocess
 import sys
 from pathlib import Path
@@ -87,3 +88,40 @@ def run_fsck_command(store: LocalStore, chunk: bytes) -> None:
     assert res.returncode == 6
     assert obj_name(chunk) in res.stdout
     assert res.stderr.count("\n") == 1 and res.stderr.startswith("megafs: ")
+
+
+async def test_fsck_shows_progress_on_a_terminal_only(tmp_path: Path) -> None:
+    store, _ = await build(tmp_path)
+    await trio.to_thread.run_sync(run_fsck_on_a_terminal, store)
+
+
+def run_fsck_on_a_terminal(store: LocalStore) -> None:
+    env = {**os.environ, "MEGAFS_PASSPHRASE": PASS}
+    cmd = [sys.executable, "-m", "megafs", "fsck", store.root]
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave
+        )
+        os.close(slave)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            shown += chunk
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        os.close(master)
+    assert proc.returncode == 0
+    assert b"clean" in out
+    text = shown.decode()
+    # A bar per stage, redrawn in place, ending at the total.
+    assert "\r" in text and "pages [" in text and "objects [" in text, text
+    assert "[##############################]" in text
+    # Not on a pipe: no bar.
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    assert res.returncode == 0 and "[" not in res.stderr and "clean" in res.stdout

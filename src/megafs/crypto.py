@@ -258,22 +258,22 @@ def seal_chunk(
     file_id: bytes,
     obj_id: bytes,
     chunk_index: int,
-    data: bytes,
+    data: bytes | bytearray,
     pack_off: int | None = None,
 ) -> bytes:
     """Seal a chunk's plaintext into the bytes of its store object (or, with
     ``pack_off``, of its place in a pack object). CPU-heavy."""
     aes = _aes(file_key)
     bs = layout.block_size
-    out = bytearray()
+    parts: list[bytes] = []
     n = len(data)
     view = memoryview(data)
     for bi, off in enumerate(range(0, n, bs)):
         nonce = os.urandom(NONCE_SIZE)
         aad = block_aad(keys.vault_id, file_id, obj_id, chunk_index, bi, n, pack_off)
-        out += nonce
-        out += aes.encrypt(nonce, view[off : off + bs], aad)
-    return bytes(out)
+        parts.append(nonce)
+        parts.append(aes.encrypt(nonce, view[off : off + bs], aad))
+    return b"".join(parts)
 
 
 def open_blocks(

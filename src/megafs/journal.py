@@ -115,9 +115,9 @@ class Journal:
             self._recno = 0
         plain = msgpack.packb(record, use_bin_type=True)
         sealed = crypto.seal(self.keys.cache, plain, self._aad(self.segment, self._recno))
-        frame = _LEN.pack(len(sealed)) + sealed
-        written = os.write(self._fd, frame)
-        if written != len(frame):
+        head = _LEN.pack(len(sealed))
+        written = os.writev(self._fd, [head, sealed])  # no copy of the record to frame it
+        if written != len(head) + len(sealed):
             os.ftruncate(self._fd, os.fstat(self._fd).st_size - written)
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self._path(self.segment))
         self._recno += 1

@@ -152,7 +152,7 @@ class _Pending:
 
     inode: Inode
     index: int
-    data: bytes | None  # None once uploaded: read it from the store then
+    data: bytes | bytearray | None  # None once uploaded: read it from the store then
     uploaded: bool = False
     busy: trio.Event | None = None
     pack: _PackJob | None = None  # set for a packed chunk: uploaded with its pack
@@ -1417,7 +1417,7 @@ class Filesystem:
             return b""
         pend = self.pending.get(ref)
         if pend is not None and pend.data is not None:
-            return pend.data[lo:hi]
+            return bytes(memoryview(pend.data)[lo:hi])
         hi = min(hi, ref.length)
         if hi <= lo:
             return b""
@@ -1527,6 +1527,7 @@ class Filesystem:
                     bases[idx] = await self._whole_chunk(node, idx)
             # No await from here on.
             self._log("wr", ino, offset, data)
+            view = memoryview(data)
             self._unsmall(node)
             node.body_dirty = True
             for idx in range(first, last + 1):
@@ -1546,7 +1547,7 @@ class Filesystem:
                     self.dirty_bytes += lo - len(buf)
                     buf.extend(bytes(lo - len(buf)))
                 before = len(buf)
-                buf[lo:hi] = data[base + lo - offset : base + hi - offset]
+                buf[lo:hi] = view[base + lo - offset : base + hi - offset]
                 self.dirty_bytes += len(buf) - before
             if end > node.size:
                 self.root.stats[1] += end - node.size
@@ -1585,7 +1586,7 @@ class Filesystem:
             return
         del node.dirty[idx]
         self.dirty_bytes -= len(buf)
-        pend = _Pending(node, idx, bytes(buf))
+        pend = _Pending(node, idx, buf)  # out of node.dirty: nothing changes it now
         ref = ChunkRef(crypto.new_id(), len(buf))
         self.pending[ref] = pend
         node.chunks[idx] = ref
@@ -1894,7 +1895,7 @@ class Filesystem:
                 if dead is not None:
                     self.garbage.append(dead)
                     self.pending_packs.pop(dead, None)
-        small: list[tuple[Inode, int, bytes]] = []
+        small: list[tuple[Inode, int, bytes | bytearray]] = []
         dirty_inodes, self.dirty_inodes = self.dirty_inodes, set()
         for ino in sorted(dirty_inodes):
             node = self.inodes.get(ino)
@@ -1910,7 +1911,7 @@ class Filesystem:
                 self.dirty_bytes -= len(buf)
                 if not buf:  # nothing stored: a hole
                     continue
-                data = bytes(buf)
+                data = buf  # out of node.dirty (cleared below): nothing changes it now
                 if packs is not None and len(data) <= self.pack_max:
                     small.append((node, idx, data))
                     continue
@@ -1963,10 +1964,12 @@ class Filesystem:
         garbage, self.garbage = self.garbage, []
         return chunk_jobs, pack_jobs, meta_jobs, snap, garbage
 
-    def _pack(self, packs: PackTable, small: list[tuple[Inode, int, bytes]]) -> None:
+    def _pack(
+        self, packs: PackTable, small: list[tuple[Inode, int, bytes | bytearray]]
+    ) -> None:
         """Put small chunks into new packs of about PACK_TARGET sealed bytes. No await."""
         sealed_len = self.layout.sealed_len
-        group: list[tuple[Inode, int, bytes]] = []
+        group: list[tuple[Inode, int, bytes | bytearray]] = []
         size = 0
         for i, item in enumerate(small):
             group.append(item)

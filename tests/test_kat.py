@@ -752,6 +752,33 @@ async def build_vault(
     return recovery
 
 
+def write_frozen(
+    json_path: Path,
+    vault_path: Path,
+    compute: Callable[[Path], dict[str, Any]],
+    tree: list[Entry],
+) -> int:
+    """Write a format's frozen vectors and vault once (tests/vectors/generate_v*.py).
+
+    Refuses to overwrite: they are the record of what that format looks like.
+    """
+    import tempfile
+
+    import trio
+
+    if json_path.exists() or vault_path.exists():
+        print(f"refusing to overwrite {json_path} / {vault_path}")
+        return 1
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["MEGAFS_STATE_DIR"] = os.path.join(tmp, "state")
+        vectors = compute(Path(tmp))
+        json_path.write_text(json.dumps(vectors, indent=1, sort_keys=True) + "\n")
+        recovery = trio.run(build_vault, vault_path, FROZEN_PASSPHRASE, tree)
+    print(f"wrote {json_path} and {vault_path}")
+    print(f"recovery key of the frozen vault: {header.format_recovery_key(recovery)}")
+    return 0
+
+
 def _tree_digest(root: Path) -> dict[str, str]:
     return {
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()

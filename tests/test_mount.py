@@ -21,6 +21,7 @@ import os
 import re
 import shlex
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -873,3 +874,66 @@ def test_journal_of_another_cache_folder_is_not_replayed(drive: Drive, tmp_path:
     assert len({os.stat(mp / n).st_ino for n in ("a", "c", "d")}) == 3
     # Not replayed, but not thrown away either.
     assert any(p.name.endswith(".stale") for p in (drive.cache_dir / "journal").iterdir())
+
+
+def test_mount_helper_fstab_and_options(
+    tmp_path: Path, any_store_url: tuple[str, dict[str, str]]
+) -> None:
+    """``mount -t fuse.megafs`` (the helper scripts/setup installs) and an fstab
+    line, with ro, uid, gid, umask, allow_other and a passfile: each honoured."""
+    url, env = any_store_url
+    drive = Drive(url, tmp_path, env)
+    helper = Path("/usr/sbin/mount.fuse.megafs")
+    assert helper.is_file(), "scripts/setup installs the mount(8) helper"
+    passfile = tmp_path / "vault.pass"
+    passfile.write_text(drive.passphrase + "\n")
+    mp = drive.mountpoint
+    run_env = {k: v for k, v in drive.env().items() if k != "MEGAFS_PASSPHRASE"}
+    try:
+        drive.init()
+        drive.mount()
+        (mp / "dir").mkdir(mode=0o755)
+        (mp / "dir" / "file").write_bytes(b"written before the read-only mount\n")
+        os.chmod(mp / "dir" / "file", 0o644)
+        drive.umount()
+
+        opts = f"passfile={passfile},ro,uid=1234,gid=2345,umask=027,allow_other"
+        proc = subprocess.run(
+            ["mount", "-t", "fuse.megafs", url, str(mp), "-o", opts],
+            env=run_env, capture_output=True, text=True, timeout=120, check=False,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert os.path.ismount(mp)
+        line = mounts_of(mp)[0]
+        assert " fuse.megafs " in line and "allow_other" in line and "ro," in line, line
+        assert "default_permissions" in line, line
+        st = os.stat(mp / "dir" / "file")
+        assert (st.st_uid, st.st_gid) == (1234, 2345)
+        assert stat.S_IMODE(st.st_mode) == 0o640  # 0644 under umask 027
+        assert stat.S_IMODE(os.stat(mp / "dir").st_mode) == 0o750
+        assert (mp / "dir" / "file").read_bytes() == b"written before the read-only mount\n"
+        with pytest.raises(OSError) as e:
+            (mp / "new").write_bytes(b"x")
+        assert e.value.errno == errno.EROFS
+        proc = drive.megafs("umount", str(mp))
+        assert proc.returncode == 0, proc.stderr
+        assert not os.path.ismount(mp)
+
+        # The same from an fstab line (mount -T names an fstab file of our own).
+        fstab = tmp_path / "fstab"
+        fstab.write_text(f"{url}  {mp}  fuse.megafs  passfile={passfile},uid=1234,nofail  0 0\n")
+        proc = subprocess.run(
+            ["mount", "-T", str(fstab), str(mp)],
+            env=run_env, capture_output=True, text=True, timeout=120, check=False,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert os.stat(mp / "dir" / "file").st_uid == 1234
+        (mp / "dir" / "from-fstab").write_bytes(b"writable this time\n")
+        drive.umount()
+        drive.mount()
+        assert (mp / "dir" / "from-fstab").read_bytes() == b"writable this time\n"
+        drive.umount()
+    finally:
+        drive.cleanup()
+    problems = drive.log_problems()
+    assert not problems, "\n".join(problems)

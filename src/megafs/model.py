@@ -83,6 +83,8 @@ CACHE_WRITES = 8
 READ_AHEAD_CHUNKS = 4
 #: Pack objects are closed once they hold this many sealed bytes (format 2).
 PACK_TARGET = 4 << 20
+#: Packs sealed and uploading at once, at most.
+PACK_UPLOADS = 4
 #: Inode pages kept in memory (256 inodes each) before clean ones are evicted,
 #: least recently used first, down to three quarters of it: about 50 MiB.
 MAX_RESIDENT_PAGES = 256
@@ -398,6 +400,7 @@ class Filesystem:
         self._nursery: trio.Nursery | None = None
         self._upload_slots = trio.Semaphore(EARLY_UPLOADS)
         self._cache_slots = trio.Semaphore(CACHE_WRITES)
+        self._pack_slots = trio.Semaphore(PACK_UPLOADS)
         self._gc_queue: list[bytes] = []  # garbage waiting for the collector
         self._gc_wake = trio.Event()
         self._gc_waiters: list[trio.Event] = []  # drain_garbage callers
@@ -1851,24 +1854,31 @@ class Filesystem:
         await self.vault.store.put(obj_name(ref.obj), sealed)
 
     async def _upload_pack(self, job: _PackJob) -> None:
-        """Seal every chunk of a pack at its offset and upload the pack object."""
-        if job.uploaded:
-            return
-        keys, layout = self.vault.keys, self.layout
-        work_items = []
-        for ref, p in job.parts:
-            assert p.inode.file_key is not None and p.data is not None
-            work_items.append((ref, p.inode.file_key, p.inode.file_id, p.index, p.data))
+        """Seal every chunk of a pack at its offset and upload the pack object.
 
-        out = bytearray()
-        for ref, key, fid, idx, data in work_items:
-            assert len(out) == ref.off
-            out += crypto.seal_chunk(keys, layout, key, fid, ref.obj, idx, data, ref.off)
-        await self.vault.store.put(obj_name(job.obj), bytes(out))
-        job.uploaded = True
-        for _, p in job.parts:
-            p.uploaded = True
-            p.data = None  # in the store now: do not hold it in memory
+        At most PACK_UPLOADS at a time: each holds its sealed pack (about
+        4 MiB) besides its chunks' plaintext until it is stored.
+        """
+        async with self._pack_slots:
+            if job.uploaded:
+                return
+            keys, layout = self.vault.keys, self.layout
+            sealed: list[bytes] = []
+            size = 0
+            for ref, p in job.parts:
+                assert p.inode.file_key is not None and p.data is not None
+                assert size == ref.off
+                part = crypto.seal_chunk(
+                    keys, layout, p.inode.file_key, p.inode.file_id, ref.obj, p.index, p.data,
+                    ref.off,
+                )
+                sealed.append(part)
+                size += len(part)
+            await self.vault.store.put(obj_name(job.obj), b"".join(sealed))
+            job.uploaded = True
+            for _, p in job.parts:
+                p.uploaded = True
+                p.data = None  # in the store now: do not hold it in memory
 
     def _snapshot(
         self,

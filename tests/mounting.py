@@ -226,8 +226,8 @@ class Drive:
         )
         return proc
 
-    def init(self) -> None:
-        proc = self.megafs("init", self.url, *KDF)
+    def init(self, *args: str) -> None:
+        proc = self.megafs("init", self.url, *KDF, *args)
         assert proc.returncode == 0, proc.stderr
 
     # --- mounting -------------------------------------------------------------
@@ -344,14 +344,17 @@ class Drive:
 
 
 @contextlib.contextmanager
-def mounted_drive(url: str, tmp: Path, store_env: Mapping[str, str]) -> Iterator[Drive]:
-    """An initialized vault, mounted; always unmounted on the way out.
+def mounted_drive(
+    url: str, tmp: Path, store_env: Mapping[str, str], init_args: tuple[str, ...] = ()
+) -> Iterator[Drive]:
+    """An initialized vault (``megafs init`` with ``init_args``), mounted; always
+    unmounted on the way out.
 
     Fails the test if the daemon logged anything at WARNING or above.
     """
     drive = Drive(url, tmp, store_env)
     try:
-        drive.init()
+        drive.init(*init_args)
         drive.mount()
         yield drive
     finally:

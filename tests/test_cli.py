@@ -22,6 +22,7 @@ import shlex
 import socket
 import subprocess
 import sys
+import sysconfig
 import termios
 import time
 from collections.abc import Mapping
@@ -144,9 +145,9 @@ def test_version_and_console_script(run: Cli) -> None:
     proc = run("--version")
     assert proc.returncode == 0
     assert proc.stdout.startswith("megafs ")
-    script = Path(sys.executable).parent / "megafs"
-    if not script.exists():
-        pytest.skip("console script not installed next to the interpreter")
+    # scripts/setup installs megafs with pip, which puts the console script here.
+    script = Path(sysconfig.get_path("scripts")) / "megafs"
+    assert script.exists(), f"the megafs console script is not installed ({script})"
     proc2 = subprocess.run(
         [str(script), "--version"], capture_output=True, text=True, timeout=TIMEOUT, check=False
     )

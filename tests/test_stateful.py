@@ -55,7 +55,7 @@ from megafs.stores import LocalStore
 from megafs.vault import Vault
 
 from .helpers import PASS, new_vault
-from .mounting import KDF, Drive
+from .mounting import Drive, mounted_drive
 
 T = TypeVar("T")
 
@@ -587,16 +587,8 @@ def test_model_against_a_plain_folder(tmp_path: Path) -> None:
 def small_chunk_drive(tmp_path: Path, any_store_url: tuple[str, dict[str, str]]) -> Iterator[Drive]:
     """A mounted vault with 64 KiB chunks (the writes above cross chunk boundaries)."""
     url, env = any_store_url
-    drive = Drive(url, tmp_path, env)
-    try:
-        proc = drive.megafs("init", url, *KDF, "--chunk-size", "64K")
-        assert proc.returncode == 0, proc.stderr
-        drive.mount()
+    with mounted_drive(url, tmp_path, env, init_args=("--chunk-size", "64K")) as drive:
         yield drive
-    finally:
-        drive.cleanup()
-    problems = drive.log_problems()
-    assert not problems, "the daemon logged problems:\n" + "\n".join(problems)
 
 
 @pytest.mark.fuse

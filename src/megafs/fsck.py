@@ -209,21 +209,13 @@ async def _check(fs: Filesystem, report: Report, repair: bool, progress: Progres
                 if not size_ok:
                     report.problems.append(f"integrity error in object {name}: wrong size")
                     return
-                key = node.file_key
-                assert key is not None
+                assert node.file_key is not None
                 part = sealed[ref.off : ref.off + want]
-                fid, pack_off, length = node.file_id, ref.pack_off, ref.length
-
-                def work(
-                    key: bytes = key, fid: bytes = fid, idx: int = idx, length: int = length,
-                    part: bytes = part, pack_off: int | None = pack_off,
-                ) -> list[bytes]:
-                    return crypto.open_blocks(
-                        vault.keys, vault.layout, key, fid, obj, idx, length, 0, part, pack_off
-                    )
-
                 try:
-                    work()
+                    crypto.open_blocks(
+                        vault.keys, vault.layout, node.file_key, node.file_id, obj, idx,
+                        ref.length, 0, part, ref.pack_off,
+                    )
                 except crypto.AuthFailed as e:
                     report.problems.append(f"integrity error in object {name}: {e}")
         done += 1

@@ -119,7 +119,10 @@ def _boundary(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[
         finally:
             ops.active -= 1
             if not ops.active:
-                ops.fs.evict()
+                try:
+                    ops.fs.evict()
+                except Exception:  # never let it stop pyfuse3.main; memory only
+                    log.exception("evicting inode pages failed (please report)")
 
     return wrapper
 

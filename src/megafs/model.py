@@ -15,7 +15,7 @@ On-store shape (see docs/format.md):
   a directory's entries, a symlink's target. A body over 8 KiB is stored as
   an object of its own.
 * file content: chunks of ``layout.chunk_size``, sealed in blocks; a chunk is
-  an object of its own, or (format 2) a chunk of at most ``PACK_MAX`` bytes
+  an object of its own, or (format 2) a chunk of at most half a chunk
   shares a *pack* object with other small chunks of the same commit. The
   pack table (:class:`~megafs.tables.PackTable`) counts each pack's chunks
   still referenced; the pack is deleted when that reaches zero.
@@ -39,7 +39,6 @@ inode locks. Lock order: inode lock, then commit lock.
 from __future__ import annotations
 
 import collections
-import contextlib
 import errno
 import functools
 import itertools
@@ -115,13 +114,13 @@ class ChunkRef:
     @property
     def pack_off(self) -> int | None:
         """The offset bound into a packed chunk's AAD; None for a whole object."""
-        return self.off if self.pno >= 0 else None
+        return self.off if self.packed else None
 
     @property
     def cache_name(self) -> str:
         """Its name in the content cache: the object's, or the object's and offset's."""
         name = obj_name(self.obj)
-        return f"{name}.{self.off}" if self.pno >= 0 else name
+        return f"{name}.{self.off}" if self.packed else name
 
 
 @dataclass(frozen=True)
@@ -368,6 +367,7 @@ class Filesystem:
         #: Resident pages, least recently used first (see :meth:`evict`).
         self._page_lru: collections.OrderedDict[int, None] = collections.OrderedDict()
         self.max_pages = MAX_RESIDENT_PAGES
+        self._evict_retry_at = 0
         self.index = RadixIndex(vault, root.itab)
         self.dirty_pages: set[int] = set()
         self.dirty_inodes: set[int] = set()  # inodes with dirty chunk buffers
@@ -381,8 +381,6 @@ class Filesystem:
         #: Packed chunks dropped since the last snapshot (it updates the table).
         self.pack_drops: list[ChunkRef] = []
         self.pending_packs: dict[bytes, _PackJob] = {}
-        #: Chunks up to this length are packed (format 2).
-        self.pack_max = self.layout.chunk_size // 2
         self.garbage: list[bytes] = []
         self.dirty_bytes = 0
         self.refs: dict[int, int] = {}
@@ -571,9 +569,8 @@ class Filesystem:
             node = self.inodes.get(ino)
             if node is None:
                 raise FsError(errno.ENOENT)
-        else:
-            with contextlib.suppress(KeyError):
-                self._page_lru.move_to_end(ino >> PAGE_BITS)
+        elif (page := ino >> PAGE_BITS) in self._page_lru:  # resident: always, but be safe
+            self._page_lru.move_to_end(page)
         if not node.body_loaded:
             await self._load_body(node)
         return node
@@ -589,7 +586,7 @@ class Filesystem:
         keeps pages with an open file, a held lock, or the root directory.
         """
         limit = self.max_pages
-        if len(self.page_members) <= limit:
+        if len(self.page_members) <= max(limit, self._evict_retry_at):
             return 0
         if (
             self.dirty_pages
@@ -616,6 +613,10 @@ class Filesystem:
             del self.page_members[page]
             del self._page_lru[page]
             evicted += 1
+        # Found too little to evict (open files hold the pages): do not scan
+        # again on every request, only once more pages have loaded or a file
+        # has closed.
+        self._evict_retry_at = len(self.page_members) + 16 if not evicted else 0
         return evicted
 
     async def _load_body(self, node: Inode) -> None:
@@ -819,6 +820,7 @@ class Filesystem:
         else:
             self.opens.pop(ino, None)
             self._read_end.pop(ino, None)
+            self._evict_retry_at = 0  # its page may be evictable now
             await self._maybe_purge(ino)
 
     async def _maybe_purge(self, ino: int) -> None:
@@ -1680,6 +1682,11 @@ class Filesystem:
 
     # --- commits ----------------------------------------------------------
 
+    @property
+    def pack_max(self) -> int:
+        """Chunks up to this length are packed (format 2): half a chunk."""
+        return self.layout.chunk_size // 2
+
     def has_changes(self) -> bool:
         return bool(self.dirty_pages or self.meta_dirty or self.pending or self.pack_drops)
 
@@ -1900,8 +1907,12 @@ class Filesystem:
         if packs is not None:
             drops, self.pack_drops = self.pack_drops, []
             sealed_len = self.layout.sealed_len
-            for ref in drops:
-                dead = packs.drop(ref.pno, ref.obj, sealed_len(ref.length))
+            for i, ref in enumerate(drops):
+                try:
+                    dead = packs.drop(ref.pno, ref.obj, sealed_len(ref.length))
+                except IntegrityError:
+                    self.pack_drops = drops[i:] + self.pack_drops  # nothing is lost
+                    raise
                 if dead is not None:
                     self.garbage.append(dead)
                     self.pending_packs.pop(dead, None)

@@ -138,12 +138,6 @@ class RadixIndex:
             meta_jobs.append((KIND_INDEX, self.top_id, dict(self.top)))
         return self.top_id
 
-    def leaf_ids(self) -> Iterable[tuple[int, bytes]]:
-        """(page, leaf id) of every page under the *loaded* mid indexes."""
-        for hi, mid in sorted(self.mids.items()):
-            for lo, obj in sorted(mid.items()):
-                yield (hi << MID_BITS) | lo, obj
-
 
 class PackRecord:
     """One pack object: its id, and what of it is still referenced."""

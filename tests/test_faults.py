@@ -43,6 +43,9 @@ MiB = 1 << 20
 STORE_TIMEOUT = 8
 STALL = 3.0
 
+#: An object name (stores accept only the exact shape: 32 lowercase hex).
+OBJ = "0b" * 16
+
 
 @pytest.fixture
 def proxy(seaweedfs: SeaweedFS) -> Iterator[FaultProxy]:
@@ -79,10 +82,10 @@ async def test_truncated_bodies_are_retried_never_accepted(
     data = os.urandom(300_000)
     store = S3Store(seaweedfs.bucket, unique_prefix(), endpoint=proxy.endpoint, backoff_base=0.01)
     async with store:
-        await store.put("obj", data)
+        await store.put(OBJ, data)
         # httpx itself refuses a body shorter than its Content-Length.
         proxy.rate, proxy.kinds = 1.0, ("truncate",)
-        url = f"{proxy.endpoint}/{seaweedfs.bucket}/{store.prefix}o/obj"
+        url = f"{proxy.endpoint}/{seaweedfs.bucket}/{store.prefix}o/{OBJ}"
         with pytest.raises(httpx.RemoteProtocolError, match="complete message body"):
             await trio.to_thread.run_sync(
                 lambda: signed_request("GET", url, seaweedfs.access_key, seaweedfs.secret_key)
@@ -90,9 +93,9 @@ async def test_truncated_bodies_are_retried_never_accepted(
         # The store retries them, and returns only whole answers.
         proxy.rate = 0.5
         for i in range(20):
-            assert await store.get("obj") == data
+            assert await store.get(OBJ) == data
             lo = i * 9973
-            assert await store.get_range("obj", lo, 70_000) == data[lo : lo + 70_000]
+            assert await store.get_range(OBJ, lo, 70_000) == data[lo : lo + 70_000]
     assert proxy.stats["fault:truncate"] >= 15
 
 

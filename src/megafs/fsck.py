@@ -11,6 +11,14 @@ that are missing and objects nothing references (garbage left by an
 interrupted commit). With ``repair`` it deletes the unreferenced objects;
 it never deletes anything the root references.
 
+The listing yields only genuine objects (see
+:meth:`megafs.stores.base.Store.list`): whatever else lies in the store (a
+symlinked fan-out folder planted to aim a repair at the user's own files, a
+FIFO, a name of the wrong shape, a sync tool's own files) is *refused*. Each
+refusal is reported in :attr:`Report.refused` and never deleted: it is not
+megafs's to remove. It is not a problem of the vault (a synced folder often
+holds such files), so it alone does not fail the check.
+
 This reads the whole vault: its cost grows with the vault, unlike a mount.
 """
 
@@ -25,18 +33,23 @@ import trio
 from . import crypto
 from .errors import IntegrityError, MegafsError, ObjectNotFound, VaultBusy
 from .model import ROOT_INO, ChunkRef, Filesystem
+from .stores.base import Refused
 from .tables import MID_BITS, PAGE_BITS, PackRecord, RadixIndex
 from .vault import Vault, obj_name
 
 
 @dataclass
 class Report:
+    """What :func:`check` found. ``refused`` lists the store entries the
+    listing would not yield (reported, left alone, not counted as problems)."""
+
     objects: int = 0
     inodes: int = 0
     bytes: int = 0
     problems: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)
+    refused: list[Refused] = field(default_factory=list)
     removed: int = 0
 
     @property
@@ -191,12 +204,20 @@ async def _check(fs: Filesystem, report: Report, repair: bool, progress: Progres
     async def verify_object(obj: bytes, items: list[tuple[int, int, ChunkRef]]) -> None:
         nonlocal done
         name = obj_name(obj)
+        # The size the object must have: a pack's from the pack table, a chunk
+        # object's from its length; nothing larger is read.
+        _, _, first = items[0]
+        rec0 = packs.get(first.pno) if first.packed else None
+        limit = rec0.size if rec0 is not None else vault.layout.sealed_len(first.length)
         async with limiter:
             try:
-                sealed = await vault.store.get(name)
+                sealed = await vault.store.get(name, max_size=limit)
             except ObjectNotFound:
                 ino, idx, _ = items[0]
                 report.missing.append(f"{name} (chunk {idx} of inode {ino})")
+                return
+            except IntegrityError as e:
+                report.problems.append(str(e))
                 return
             for ino, idx, ref in items:
                 node = fs.inodes[ino]
@@ -229,7 +250,7 @@ async def _check(fs: Filesystem, report: Report, repair: bool, progress: Progres
     # the store's view
     onames = {obj_name(o) for o in reachable}
     listed: set[str] = set()
-    async for oname, _size in vault.store.list():
+    async for oname, _size in vault.store.list(refused=report.refused):
         listed.add(oname)
     report.objects = len(listed)
     for oname in sorted(onames - listed):

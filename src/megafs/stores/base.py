@@ -9,20 +9,88 @@ vault layer above it only ever
 * reads and compare-and-swaps a handful of small *pointers* (``header``,
   ``root``): the only things ever overwritten.
 
-All methods are trio-async and may block on I/O. Implementations raise only
+All methods are trio-async and may block on I/O. Implementations raise
 subclasses of :class:`megafs.errors.StoreError`, and retry transient failures
-themselves: a raised error is final for that call.
+themselves: a raised error is final for that call. What the store hands back
+is not trusted (a hostile server, a folder anyone can write to), so a few
+rules hold for every implementation:
+
+* **Names.** Only object names of the exact shape :data:`OBJECT_NAME` (32
+  lowercase hex characters, as :func:`megafs.vault.obj_name` makes them) and
+  the pointer names in :data:`POINTER_NAMES` are accepted; any other name is
+  the caller's bug and raises ``ValueError`` before any I/O.
+* **Bounded reads.** Every read has a maximum size and never reads more than
+  that plus one byte: :meth:`Store.get` and :meth:`Store.read_pointer` take
+  ``max_size`` (at most :data:`MAX_OBJECT_SIZE` and :data:`MAX_POINTER_SIZE`),
+  and a larger object or pointer raises :class:`megafs.errors.IntegrityError`;
+  :meth:`Store.get_range` never returns or buffers more than its ``length``.
+  Something behind a name that cannot be a stored object (a symbolic link, a
+  FIFO, a device) is an ``IntegrityError`` as well.
+* **Validated listings.** :meth:`Store.list` yields only entries of the exact
+  object-name shape in their proper place; everything else is *refused*: not
+  yielded (so never deleted as garbage), and reported as a :class:`Refused`.
 """
 
 from __future__ import annotations
 
 import abc
+import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import trio
 
 from ..errors import StoreError
+
+#: The shape of every object name: 16 random bytes as lowercase hex.
+OBJECT_NAME = re.compile(r"[0-9a-f]{32}")
+
+#: The only pointer names (``megafs.vault.HEADER`` and ``ROOT``).
+POINTER_NAMES = frozenset({"header", "root"})
+
+#: The absolute ceilings on what one read from a store may return (callers
+#: pass tighter limits where they know one). No pointer is ever read past
+#: 1 MiB (a header or a root is a few hundred bytes): the ceiling of
+#: :meth:`Store.read_pointer`'s ``max_size``.
+MAX_POINTER_SIZE = 1 << 20
+
+#: The ceiling of :meth:`Store.get`'s ``max_size``, and the largest object
+#: :meth:`Store.put` accepts: 256 MiB (chunks and packs are a few MiB at most).
+MAX_OBJECT_SIZE = 256 << 20
+
+
+def is_object_name(name: str) -> bool:
+    """Whether ``name`` has the exact shape of an object name."""
+    return OBJECT_NAME.fullmatch(name) is not None
+
+
+def check_object_name(name: str) -> None:
+    """Raise ValueError unless ``name`` is a well-formed object name."""
+    if not is_object_name(name):
+        raise ValueError(f"not an object name (32 lowercase hex characters): {name!r}")
+
+
+def check_pointer_name(name: str) -> None:
+    """Raise ValueError unless ``name`` is one of :data:`POINTER_NAMES`."""
+    if name not in POINTER_NAMES:
+        raise ValueError(f"not a pointer name ({', '.join(sorted(POINTER_NAMES))}): {name!r}")
+
+
+@dataclass(frozen=True)
+class Refused:
+    """An entry a listing found but would not yield.
+
+    ``entry`` is where it is, relative to the store (``objects/Th`` in a
+    folder, ``o/junk`` under an S3 prefix); ``reason`` says what is wrong with
+    it (a symbolic link, not a regular file, not an object name, ...). A
+    refused entry is never followed, read or deleted by the store.
+    """
+
+    entry: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.entry}: {self.reason}"
 
 
 @dataclass(frozen=True)
@@ -34,7 +102,7 @@ class Pointer:
 
 
 class Store(abc.ABC):
-    """Abstract store. Object and pointer names are ``[a-z0-9/]`` strings."""
+    """Abstract store. Names are checked as the module docstring says."""
 
     #: A short human-readable description (URL without credentials).
     url: str
@@ -42,15 +110,25 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def put(self, name: str, data: bytes) -> None:
         """Store an immutable object: complete or absent, never torn; durable
-        after the next :meth:`sync` returns."""
+        after the next :meth:`sync` returns. ``data`` may be at most
+        :data:`MAX_OBJECT_SIZE` bytes (ValueError otherwise)."""
 
     @abc.abstractmethod
-    async def get(self, name: str) -> bytes:
-        """Return a whole object. Raises ObjectNotFound."""
+    async def get(self, name: str, max_size: int = MAX_OBJECT_SIZE) -> bytes:
+        """Return a whole object. Raises ObjectNotFound.
+
+        An object larger than ``max_size`` bytes (lowered to
+        :data:`MAX_OBJECT_SIZE` if above it) raises IntegrityError, having
+        read at most ``max_size + 1`` bytes of it.
+        """
 
     @abc.abstractmethod
     async def get_range(self, name: str, offset: int, length: int) -> bytes:
-        """Return ``length`` bytes from ``offset`` (fewer only at the object's end)."""
+        """Return ``length`` bytes from ``offset`` (fewer only at the object's end).
+
+        Never returns, nor holds in memory, more than ``length`` bytes of the
+        answer, whatever the store sends.
+        """
 
     @abc.abstractmethod
     async def delete(self, name: str) -> None:
@@ -61,6 +139,8 @@ class Store(abc.ABC):
         ones are not an error. Returns the names that could not be deleted
         (the first error is logged by the caller); never raises for one object.
         The default deletes them one by one, a few at a time."""
+        for name in names:
+            check_object_name(name)
         failed: list[str] = []
         limiter = trio.CapacityLimiter(16)
 
@@ -77,15 +157,29 @@ class Store(abc.ABC):
         return failed
 
     @abc.abstractmethod
-    def list(self, prefix: str = "") -> AsyncIterator[tuple[str, int]]:
+    def list(
+        self, prefix: str = "", *, refused: list[Refused] | None = None
+    ) -> AsyncIterator[tuple[str, int]]:
         """Yield (name, size) of every object whose name starts with ``prefix``.
 
-        Pointers are not included.
+        Pointers are not included, nor are a writer's temporary files. Only
+        entries that are genuinely objects are yielded: an object name of the
+        exact shape, in its proper place (a local store: a regular file, not
+        a symbolic link, in the fan-out folder its name belongs to). Every
+        other entry (under ``prefix``) is *refused*: appended to ``refused``
+        as the listing goes (complete once the iteration has ended) or, when
+        ``refused`` is None, counted in one logged warning. A refused entry is
+        never followed, opened or deleted.
         """
 
     @abc.abstractmethod
-    async def read_pointer(self, name: str) -> Pointer | None:
-        """Return a pointer's content and version tag, or None if it does not exist."""
+    async def read_pointer(self, name: str, max_size: int = MAX_POINTER_SIZE) -> Pointer | None:
+        """Return a pointer's content and version tag, or None if it does not exist.
+
+        A pointer larger than ``max_size`` bytes (lowered to
+        :data:`MAX_POINTER_SIZE` if above it) raises IntegrityError, having
+        read at most ``max_size + 1`` bytes of it.
+        """
 
     @abc.abstractmethod
     async def cas_pointer(self, name: str, data: bytes, expected: str | None) -> str:
@@ -93,7 +187,8 @@ class Store(abc.ABC):
 
         ``expected=None`` means "only if it does not exist yet". Returns the
         new tag; raises PreconditionFailed if the pointer changed meanwhile.
-        Durable when this returns.
+        Durable when this returns. ``data`` may be at most
+        :data:`MAX_POINTER_SIZE` bytes (ValueError otherwise).
         """
 
     async def sync(self) -> None:  # noqa: B027 - optional hook, default does nothing

@@ -1,10 +1,20 @@
 """A store in a local folder (a USB disk, or a folder a sync tool carries).
 
 Objects are files under ``objects/`` in fan-out folders named by the first
-two characters of the object name's last component; pointers are files
-under ``pointers/``. Every write goes to a temporary file in the same folder,
-is fsynced, renamed into place, and the folder is fsynced: a crash leaves the
-old or the new file, never a torn one.
+two characters of the object name; pointers are files under ``pointers/``.
+Every write goes to a temporary file in the same folder, is fsynced, renamed
+into place, and the folder is fsynced: a crash leaves the old or the new
+file, never a torn one.
+
+Whoever can write to the folder (a sync tool's other devices, a borrowed USB
+disk) is not trusted. Below the store's own folder (which may itself be
+reached through a symbolic link of the user's choosing) nothing is ever
+followed: each folder is opened relative to its parent with ``O_NOFOLLOW``
+and every file with ``O_NOFOLLOW | O_NONBLOCK``, then ``fstat``\\ ed and
+refused unless it is a regular file. So a symlinked ``objects``, ``pointers``
+or fan-out folder, or a FIFO, a device or a symlink in place of an object or
+pointer, is never listed, read, written through or deleted through. Reads
+read at most their maximum size plus one byte.
 
 Pointer compare-and-swap holds an exclusive ``flock`` on ``pointers/.lock``
 for the read-compare-rename sequence, so it is safe between processes on one
@@ -22,13 +32,17 @@ import ctypes
 import errno
 import fcntl
 import hashlib
+import logging
 import os
+import re
+import stat
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TypeVar
 
 import trio
 
 from ..errors import (
+    IntegrityError,
     NoSuchBucket,
     ObjectNotFound,
     PreconditionFailed,
@@ -37,11 +51,52 @@ from ..errors import (
     StoreFull,
     StoreReadOnly,
 )
-from .base import Pointer, Store
+from .base import (
+    MAX_OBJECT_SIZE,
+    MAX_POINTER_SIZE,
+    Pointer,
+    Refused,
+    Store,
+    check_object_name,
+    check_pointer_name,
+    is_object_name,
+)
 
 T = TypeVar("T")
 
+log = logging.getLogger(__name__)
+
 _LIMITER = trio.CapacityLimiter(16)
+
+#: A folder below the root: never through a symbolic link.
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: A file to read: never through a symbolic link, never blocking (a FIFO).
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+_FAN = re.compile(r"[0-9a-f]{2}")
+
+
+class _Refusal(Exception):
+    """Internal: an entry that is not what its place says (a symlink, a FIFO, ...)."""
+
+    def __init__(self, entry: str, reason: str) -> None:
+        super().__init__(f"{entry}: {reason}")
+        self.refused = Refused(entry, reason)
+
+
+def _kind(mode: int) -> str:
+    """What a non-regular file is, for messages."""
+    if stat.S_ISLNK(mode):
+        return "a symbolic link (never followed)"
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a regular file" if stat.S_ISREG(mode) else "not a regular file"
 
 
 def _translate(e: OSError, what: str) -> StoreError:
@@ -52,14 +107,6 @@ def _translate(e: OSError, what: str) -> StoreError:
     if e.errno in (errno.EACCES, errno.EPERM):
         return StoreAuthError(f"permission denied on local store: {what}")
     return StoreError(f"local store I/O error on {what}: {e.strerror or e}")
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _syncfs(path: str) -> None:
@@ -76,15 +123,90 @@ def _syncfs(path: str) -> None:
 _LIBC = ctypes.CDLL(None, use_errno=True)
 
 
-def _atomic_write(path: str, data: bytes, *, durable: bool = True) -> None:
-    """Write to a temporary name and rename into place: old or new, never torn.
+def _open_dir(parent: int, name: str, entry: str, *, create: bool = False) -> int | None:
+    """Open folder ``name`` in folder ``parent`` without following a symlink.
+
+    Returns None if it does not exist (with ``create``, makes it first).
+    Raises _Refusal if it is a symbolic link or not a folder.
+    """
+    while True:
+        try:
+            return os.open(name, _DIR_FLAGS, dir_fd=parent)
+        except FileNotFoundError:
+            if not create:
+                return None
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(name, 0o777, dir_fd=parent)
+            create = False  # made (or raced into existence): one more open
+        except OSError as e:
+            if e.errno not in (errno.ELOOP, errno.ENOTDIR):
+                raise
+            try:
+                mode = os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode
+            except FileNotFoundError:
+                return None
+            raise _Refusal(entry, f"{_kind(mode)} where a folder belongs") from None
+
+
+def _open_regular(folder: int, name: str, entry: str) -> tuple[int, int]:
+    """Open regular file ``name`` in ``folder`` for reading: ``(fd, size)``.
+
+    Raises FileNotFoundError if absent, _Refusal for anything but a regular
+    file (checked before opening, so a device is never opened, and again
+    after, on the open file, so nothing swapped in between slips through).
+    """
+    mode = os.stat(name, dir_fd=folder, follow_symlinks=False).st_mode
+    if not stat.S_ISREG(mode):
+        raise _Refusal(entry, _kind(mode))
+    try:
+        fd = os.open(name, _READ_FLAGS, dir_fd=folder)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise _Refusal(entry, _kind(stat.S_IFLNK)) from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _Refusal(entry, _kind(st.st_mode))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st.st_size
+
+
+def _read_capped(fd: int, size: int, max_size: int, obj: str) -> bytes:
+    """Read the file to its end, but never more than ``max_size + 1`` bytes.
+
+    ``size`` is its fstat size. Raises IntegrityError if it is (or grows)
+    larger than ``max_size``.
+    """
+    if size > max_size:
+        raise IntegrityError(obj, f"larger than {max_size} bytes ({size} bytes in the store)")
+    limit = max_size + 1
+    parts: list[bytes] = []
+    total = 0
+    while total < limit:
+        part = os.read(fd, min(limit - total, max(size - total + 1, 1 << 16)))
+        if not part:
+            break
+        parts.append(part)
+        total += len(part)
+    if total > max_size:
+        raise IntegrityError(obj, f"larger than {max_size} bytes (it grew while read)")
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _atomic_write(folder: int, name: str, data: bytes, *, durable: bool = True) -> None:
+    """Write ``name`` in ``folder`` under a temporary name and rename it into
+    place: old or new, never torn. A symlink at ``name`` is replaced, never
+    followed.
 
     With ``durable`` the file and its folder are fsynced before returning;
     without, durability waits for the next :func:`_syncfs`.
     """
-    folder = os.path.dirname(path)
-    tmp = f"{path}.tmp.{os.getpid()}.{os.urandom(4).hex()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    tmp = f"{name}.tmp.{os.getpid()}.{os.urandom(4).hex()}"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(tmp, flags, 0o600, dir_fd=folder)
     try:
         view = memoryview(data)
         while view:
@@ -94,12 +216,12 @@ def _atomic_write(path: str, data: bytes, *, durable: bool = True) -> None:
             os.fsync(fd)
     except BaseException:
         os.close(fd)
-        os.unlink(tmp)
+        os.unlink(tmp, dir_fd=folder)
         raise
     os.close(fd)
-    os.rename(tmp, path)
+    os.rename(tmp, name, src_dir_fd=folder, dst_dir_fd=folder)
     if durable:
-        _fsync_dir(folder)
+        os.fsync(folder)
 
 
 class LocalStore(Store):
@@ -109,61 +231,79 @@ class LocalStore(Store):
         self.root = os.path.abspath(root)
         self.url = f"file://{self.root}"
         self._create = create
-        self._dirs_made: set[str] = set()
         self._puts = 0  # objects written so far
         self._synced = 0  # of which known durable
 
-    async def _run(self, fn: Callable[[], T], what: str) -> T:
-        """Run blocking ``fn`` in a thread; OSError becomes the matching StoreError."""
+    async def _run(self, fn: Callable[[], T], what: str, *, reading: bool = True) -> T:
+        """Run blocking ``fn`` in a thread; OSError becomes the matching StoreError.
+
+        A refused entry is an IntegrityError of ``what`` when ``reading``
+        (something that cannot be a stored object was served), else a
+        StoreError (we will not write or delete through it).
+        """
 
         def guarded() -> T:
             try:
                 return fn()
-            except FileNotFoundError as e:
-                if not os.path.isdir(self.root):
-                    raise NoSuchBucket(
-                        f"local store folder does not exist: {self.root}"
-                    ) from None
-                if e.filename and str(e.filename).startswith(
-                    os.path.join(self.root, "objects")
-                ):
-                    raise ObjectNotFound(what) from None
-                raise _translate(e, what) from None
+            except _Refusal as r:
+                if reading:
+                    raise IntegrityError(what, f"refused {r.refused}") from None
+                raise StoreError(f"local store refuses {r.refused} ({what})") from None
             except OSError as e:
                 raise _translate(e, what) from None
 
         return await trio.to_thread.run_sync(guarded, limiter=_LIMITER)
 
-    def _obj_path(self, name: str) -> str:
-        base = name.rsplit("/", 1)[-1]
-        return os.path.join(self.root, "objects", base[:2], base)
+    def _open_root(self, stack: contextlib.ExitStack) -> int:
+        """Open the store's folder (a symlink here is the user's choice, so followed)."""
+        try:
+            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
+            raise NoSuchBucket(f"local store folder does not exist: {self.root}") from None
+        stack.callback(os.close, fd)
+        return fd
 
-    def _ptr_path(self, name: str) -> str:
-        return os.path.join(self.root, "pointers", name)
+    def _folder(
+        self, stack: contextlib.ExitStack, *parts: str, create: bool = False
+    ) -> int | None:
+        """Open ``root/parts...`` one folder at a time, never through a symlink.
+
+        The descriptors close with ``stack``. None if a folder is missing
+        (unless ``create``); _Refusal if one is not a real folder.
+        """
+        fd = self._open_root(stack)
+        entry = ""
+        for part in parts:
+            entry = f"{entry}/{part}" if entry else part
+            sub = _open_dir(fd, part, entry, create=create)
+            if sub is None:
+                return None
+            stack.callback(os.close, sub)
+            fd = sub
+        return fd
 
     def _ensure_root(self) -> None:
         """The folder must exist (``create`` makes it); subfolders appear on first write."""
         if not os.path.isdir(self.root):
             if not self._create:
-                raise FileNotFoundError(errno.ENOENT, "no such folder", self.root)
+                raise NoSuchBucket(f"local store folder does not exist: {self.root}")
             os.makedirs(self.root, exist_ok=True)
 
     async def check(self) -> None:
         await self._run(self._ensure_root, self.root)
 
     async def put(self, name: str, data: bytes) -> None:
-        path = self._obj_path(name)
+        check_object_name(name)
+        if len(data) > MAX_OBJECT_SIZE:
+            raise ValueError(f"object {name} is larger than {MAX_OBJECT_SIZE} bytes")
 
         def work() -> None:
-            folder = os.path.dirname(path)
-            if folder not in self._dirs_made:
-                if not os.path.isdir(self.root):
-                    raise FileNotFoundError(errno.ENOENT, "no such folder", self.root)
-                os.makedirs(folder, exist_ok=True)
-                self._dirs_made.add(folder)
-            _atomic_write(path, data, durable=False)
+            with contextlib.ExitStack() as stack:
+                folder = self._folder(stack, "objects", name[:2], create=True)
+                assert folder is not None
+                _atomic_write(folder, name, data, durable=False)
 
-        await self._run(work, name)
+        await self._run(work, name, reading=False)
         self._puts += 1
 
     async def sync(self) -> None:
@@ -172,112 +312,207 @@ class LocalStore(Store):
         objects no committed root references yet)."""
         target = self._puts
         if target > self._synced:
-            await self._run(lambda: _syncfs(self.root), "sync")
+            await self._run(lambda: _syncfs(self.root), "sync", reading=False)
             self._synced = max(self._synced, target)
 
-    async def get(self, name: str) -> bytes:
-        path = self._obj_path(name)
+    def _open_object(self, stack: contextlib.ExitStack, name: str) -> tuple[int, int]:
+        """``(fd, size)`` of object ``name``, closed with ``stack``; ObjectNotFound if absent."""
+        folder = self._folder(stack, "objects", name[:2])
+        if folder is None:
+            raise ObjectNotFound(name)
+        try:
+            fd, size = _open_regular(folder, name, f"objects/{name[:2]}/{name}")
+        except FileNotFoundError:
+            raise ObjectNotFound(name) from None
+        stack.callback(os.close, fd)
+        return fd, size
+
+    async def get(self, name: str, max_size: int = MAX_OBJECT_SIZE) -> bytes:
+        check_object_name(name)
+        limit = min(max_size, MAX_OBJECT_SIZE)
 
         def work() -> bytes:
-            with open(path, "rb") as f:
-                return f.read()
+            with contextlib.ExitStack() as stack:
+                fd, size = self._open_object(stack, name)
+                return _read_capped(fd, size, limit, name)
 
         return await self._run(work, name)
 
     async def get_range(self, name: str, offset: int, length: int) -> bytes:
-        path = self._obj_path(name)
+        check_object_name(name)
 
         def work() -> bytes:
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                return os.pread(fd, length, offset)
-            finally:
-                os.close(fd)
+            with contextlib.ExitStack() as stack:
+                fd, _ = self._open_object(stack, name)
+                return os.pread(fd, length, offset) if length > 0 else b""
 
         return await self._run(work, name)
 
     async def delete(self, name: str) -> None:
-        path = self._obj_path(name)
+        check_object_name(name)
 
         def work() -> None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+            with contextlib.ExitStack() as stack:
+                folder = self._folder(stack, "objects", name[:2])
+                if folder is not None:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(name, dir_fd=folder)
 
-        await self._run(work, name)
+        await self._run(work, name, reading=False)
 
     async def delete_many(self, names: Sequence[str]) -> list[str]:
         """Unlink them all in one worker-thread job (one thread hand-off, not one each)."""
-        paths = [(name, self._obj_path(name)) for name in names]
+        for name in names:
+            check_object_name(name)
+        todo = list(names)
 
         def work() -> list[str]:
             failed = []
-            for name, path in paths:
-                try:
-                    os.unlink(path)
-                except FileNotFoundError:
-                    pass
-                except OSError:
-                    failed.append(name)
+            with contextlib.ExitStack() as stack:
+                objects = self._folder(stack, "objects")
+                if objects is None:
+                    return []
+                fans: dict[str, int | None] = {}
+                for name in todo:
+                    try:
+                        if name[:2] not in fans:
+                            fan = _open_dir(objects, name[:2], f"objects/{name[:2]}")
+                            if fan is not None:
+                                stack.callback(os.close, fan)
+                            fans[name[:2]] = fan
+                        folder = fans[name[:2]]
+                        if folder is not None:
+                            os.unlink(name, dir_fd=folder)
+                    except FileNotFoundError:
+                        pass
+                    except (OSError, _Refusal):
+                        failed.append(name)
             return failed
 
-        return await self._run(work, f"{len(paths)} objects")
+        return await self._run(work, f"{len(todo)} objects", reading=False)
 
-    async def list(self, prefix: str = "") -> AsyncIterator[tuple[str, int]]:
-        objdir = os.path.join(self.root, "objects")
+    async def list(
+        self, prefix: str = "", *, refused: list[Refused] | None = None
+    ) -> AsyncIterator[tuple[str, int]]:
+        """Scan ``objects/`` and its fan-out folders (never through a symlink).
 
-        def work() -> list[tuple[str, int]]:
-            out = []
-            try:
-                fans = sorted(os.listdir(objdir))
-            except FileNotFoundError:
-                return []
-            for fan in fans:
-                d = os.path.join(objdir, fan)
-                for entry in os.scandir(d):
-                    if ".tmp." in entry.name or not entry.name.startswith(prefix):
+        Refused: a symlink or non-folder where ``objects`` or a fan-out folder
+        belongs, a fan-out folder not named by two hex characters, and in a
+        fan-out folder anything but a regular file whose name is an object
+        name starting with that folder's name. Temporary files are skipped.
+        """
+
+        def work() -> tuple[list[tuple[str, int]], list[Refused]]:
+            out: list[tuple[str, int]] = []
+            bad: list[Refused] = []
+            with contextlib.ExitStack() as stack:
+                try:
+                    objects = self._folder(stack, "objects")
+                except _Refusal as r:
+                    return out, [r.refused]
+                if objects is None:
+                    return out, bad
+                with os.scandir(objects) as it:
+                    fans = sorted(it, key=lambda e: e.name)
+                for fan in fans:
+                    if not fan.name.startswith(prefix[:2]):
                         continue
-                    out.append((entry.name, entry.stat().st_size))
-            return out
+                    where = f"objects/{fan.name}"
+                    if _FAN.fullmatch(fan.name) is None:
+                        mode = fan.stat(follow_symlinks=False).st_mode
+                        bad.append(Refused(where, f"{_kind(mode)}, not a fan-out folder"))
+                        continue
+                    try:
+                        folder = _open_dir(objects, fan.name, where)
+                    except _Refusal as r:
+                        bad.append(r.refused)
+                        continue
+                    if folder is None:
+                        continue  # removed meanwhile
+                    stack.callback(os.close, folder)
+                    with os.scandir(folder) as entries:
+                        for entry in entries:
+                            name = entry.name
+                            if ".tmp." in name or not name.startswith(prefix):
+                                continue
+                            spot = f"{where}/{name}"
+                            if not is_object_name(name):
+                                bad.append(Refused(spot, "not an object name"))
+                                continue
+                            if not name.startswith(fan.name):
+                                bad.append(Refused(spot, "in the wrong fan-out folder"))
+                                continue
+                            try:
+                                st = entry.stat(follow_symlinks=False)
+                            except FileNotFoundError:
+                                continue
+                            if not stat.S_ISREG(st.st_mode):
+                                bad.append(Refused(spot, _kind(st.st_mode)))
+                                continue
+                            out.append((name, st.st_size))
+            return out, bad
 
-        for item in await self._run(work, "listing"):
+        items, bad = await self._run(work, "listing")
+        if refused is not None:
+            refused.extend(bad)
+        elif bad:
+            log.warning(
+                "listing of %s refused %d entries (first: %s)", self.url, len(bad), bad[0]
+            )
+        for item in items:
             yield item
 
-    async def read_pointer(self, name: str) -> Pointer | None:
-        path = self._ptr_path(name)
+    async def read_pointer(self, name: str, max_size: int = MAX_POINTER_SIZE) -> Pointer | None:
+        check_pointer_name(name)
+        limit = min(max_size, MAX_POINTER_SIZE)
 
         def work() -> Pointer | None:
-            if not os.path.isdir(self.root):
-                raise FileNotFoundError(errno.ENOENT, "no such folder", self.root)
-            try:
-                with open(path, "rb") as f:
-                    data = f.read()
-            except FileNotFoundError:
-                return None
+            with contextlib.ExitStack() as stack:
+                folder = self._folder(stack, "pointers")
+                if folder is None:
+                    return None
+                try:
+                    fd, size = _open_regular(folder, name, f"pointers/{name}")
+                except FileNotFoundError:
+                    return None
+                stack.callback(os.close, fd)
+                data = _read_capped(fd, size, limit, name)
             return Pointer(data, hashlib.sha256(data).hexdigest())
 
         return await self._run(work, name)
 
     async def cas_pointer(self, name: str, data: bytes, expected: str | None) -> str:
-        path = self._ptr_path(name)
-        lockpath = os.path.join(self.root, "pointers", ".lock")
+        check_pointer_name(name)
+        if len(data) > MAX_POINTER_SIZE:
+            raise ValueError(f"pointer {name} is larger than {MAX_POINTER_SIZE} bytes")
 
         def work() -> str:
-            if not os.path.isdir(self.root):
-                raise FileNotFoundError(errno.ENOENT, "no such folder", self.root)
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            lfd = os.open(lockpath, os.O_RDWR | os.O_CREAT, 0o600)
-            try:
+            with contextlib.ExitStack() as stack:
+                folder = self._folder(stack, "pointers", create=True)
+                assert folder is not None
+                lock_flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+                try:
+                    lfd = os.open(".lock", lock_flags, 0o600, dir_fd=folder)
+                except OSError as e:
+                    if e.errno == errno.ELOOP:
+                        raise _Refusal("pointers/.lock", _kind(stat.S_IFLNK)) from None
+                    raise
+                stack.callback(os.close, lfd)
+                mode = os.fstat(lfd).st_mode
+                if not stat.S_ISREG(mode):
+                    raise _Refusal("pointers/.lock", _kind(mode))
                 fcntl.flock(lfd, fcntl.LOCK_EX)
                 try:
-                    with open(path, "rb") as f:
-                        current: str | None = hashlib.sha256(f.read()).hexdigest()
+                    fd, size = _open_regular(folder, name, f"pointers/{name}")
                 except FileNotFoundError:
-                    current = None
+                    current: str | None = None
+                else:
+                    stack.callback(os.close, fd)
+                    old = _read_capped(fd, size, MAX_POINTER_SIZE, name)
+                    current = hashlib.sha256(old).hexdigest()
                 if current != expected:
                     raise PreconditionFailed(f"pointer {name} changed concurrently")
-                _atomic_write(path, data)
+                _atomic_write(folder, name, data)
                 return hashlib.sha256(data).hexdigest()
-            finally:
-                os.close(lfd)
 
-        return await self._run(work, name)
+        return await self._run(work, name, reading=False)

@@ -30,18 +30,38 @@ comes first; the error it then raises is final. A mounted vault calls
 operations ride out an outage of up to that many seconds. A body shorter than
 its ``Content-Length`` (a connection cut mid-answer) is a transport error
 raised by httpx, so it is retried like any lost answer and never returned.
+
+The server is not trusted with this process's memory: no answer is read
+whole. A successful GET reads at most its maximum size plus one byte (its
+range, for a ranged GET, even when the server ignores Range), checking
+``Content-Length`` first; bodies of other answers (errors, PUT and DELETE
+answers) are cut at :data:`_SMALL_BODY` bytes, listings at :data:`_LIST_BODY`.
+Bodies are read raw: a ``Content-Encoding`` we did not ask for is refused,
+never decompressed. Listed keys of any shape but ``<prefix>o/<object name>``
+are refused (see :meth:`megafs.stores.base.Store.list`).
+
+Secrets never reach a log line or an error message: the access key ID,
+secret key and session token of every store are scrubbed from the records
+of the loggers that could print them (botocore's signer logs the canonical
+request, which holds ``x-amz-security-token``; httpcore and urllib3 log
+traffic), together with anything shaped like an ``Authorization`` or token
+header or an XML/JSON credential field; and error messages never name the
+access key. A plain ``http://`` endpoint on a host other than this machine
+gets one warning per store: the access key ID and any session token would
+cross the network readable.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import ipaddress
 import logging
 import os
-import random
 import re
+import threading
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 from xml.sax.saxutils import escape as xml_escape
@@ -55,6 +75,7 @@ import httpx
 import trio
 
 from ..errors import (
+    IntegrityError,
     NoSuchBucket,
     ObjectNotFound,
     PreconditionFailed,
@@ -64,7 +85,16 @@ from ..errors import (
     StoreUnreachable,
     UsageError,
 )
-from .base import Pointer, Store
+from .base import (
+    MAX_OBJECT_SIZE,
+    MAX_POINTER_SIZE,
+    Pointer,
+    Refused,
+    Store,
+    check_object_name,
+    check_pointer_name,
+    is_object_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +126,202 @@ _DNS_BUCKET = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
 
 #: Keys per DeleteObjects request (S3's maximum).
 _DELETE_BATCH = 1000
+
+#: The most of an error answer's body that is read (it is only parsed for
+#: its Code and Message).
+_ERROR_BODY = 64 << 10
+
+#: The most of any other answer's body that is read unless the call says
+#: otherwise (PUT and DELETE answers, DeleteObjects results).
+_SMALL_BODY = 1 << 20
+
+#: The largest ListObjectsV2 page accepted (1000 keys take about 400 KiB).
+_LIST_BODY = 16 << 20
+
+
+@dataclass(frozen=True)
+class _Expect:
+    """How much of a successful answer's body a call reads, and no more.
+
+    A body longer than ``max_size`` is an IntegrityError of ``obj``. With
+    ``length``, the call is a ranged read: the answer is cut at ``length``
+    bytes (a server that ignores Range and sends the whole object: bytes
+    ``offset`` to ``offset + length`` of it, the rest never read).
+    """
+
+    obj: str
+    max_size: int
+    offset: int = 0
+    length: int | None = None
+
+
+async def _read_body(response: httpx.Response, expect: _Expect | None) -> bytes:
+    """Read as much of ``response``'s body as ``expect`` allows (see :class:`_Expect`)."""
+    status = response.status_code
+    if not 200 <= status < 300:
+        return await _read_span(response, 0, _ERROR_BODY)
+    if expect is None:
+        return await _read_span(response, 0, _SMALL_BODY)
+    encoding = response.headers.get("content-encoding", "").strip().lower()
+    if encoding not in ("", "identity"):
+        raise StoreError(
+            f"S3 server answered {expect.obj} with Content-Encoding {encoding[:40]!r}, "
+            "which was not asked for"
+        )
+    if expect.length is not None:
+        return await _read_span(response, expect.offset if status == 200 else 0, expect.length)
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > expect.max_size:
+        raise IntegrityError(
+            expect.obj,
+            f"larger than {expect.max_size} bytes (the server announced {declared[:20]})",
+        )
+    data = await _read_span(response, 0, expect.max_size + 1)
+    if len(data) > expect.max_size:
+        raise IntegrityError(expect.obj, f"larger than {expect.max_size} bytes")
+    return data
+
+
+async def _read_span(response: httpx.Response, skip: int, length: int) -> bytes:
+    """Bytes ``skip`` to ``skip + length`` of the raw body; reading stops there."""
+    if response.is_stream_consumed:  # already in memory (a test's transport)
+        return response.content[skip : skip + length]
+    parts: list[bytes] = []
+    got = 0
+    chunks = response.aiter_raw()
+    try:
+        async for chunk in chunks:
+            if skip >= len(chunk):
+                skip -= len(chunk)
+                continue
+            part = chunk[skip : skip + length - got]
+            skip = 0
+            parts.append(part)
+            got += len(part)
+            if got >= length:
+                break
+    finally:
+        if isinstance(chunks, AsyncGenerator):  # stopped early: finish it now
+            await chunks.aclose()
+    return b"".join(parts)
+
+
+# -- keeping secrets out of logs ---------------------------------------------------
+
+#: Header-like and field-like spellings of credentials, whatever the format
+#: (a canonical request's ``name:value``, a dict's ``'name': 'value'``, XML
+#: and JSON fields of credential answers).
+_SECRET_PATTERNS = (
+    re.compile(
+        r"(?i)((?:authorization|x-amz-security-token|x-amz-credential|x-amz-signature"
+        r"|aws_secret_access_key|aws_session_token|aws_access_key_id)['\"]?\s*[:=]\s*b?['\"]?)"
+        r"[^'\"\n,}]+"
+    ),
+    re.compile(r"(?i)(credential=)[^,\s'\"]+"),
+    re.compile(r"(?i)(signature=)[0-9a-f]+"),
+    re.compile(r"(?i)(<(?:AWSAccessKeyId|AccessKeyId|SecretAccessKey|SessionToken|Token)>)[^<]*"),
+    re.compile(
+        r"(?i)([\"'](?:AccessKeyId|SecretAccessKey|SessionToken|Token|access_key|secret_key"
+        r"|token)[\"']\s*:\s*b?[\"'])[^\"']*"
+    ),
+)
+
+#: Every credential string a store of this process has used (so also the
+#: ones that no pattern would recognise).
+_SECRETS: set[str] = set()
+_SECRETS_LOCK = threading.Lock()
+
+
+def _scrub(text: str) -> str:
+    """``text`` with every known credential and credential-shaped field masked."""
+    for secret in sorted(_SECRETS, key=len, reverse=True):
+        if secret in text:
+            text = text.replace(secret, "***")
+    for pattern in _SECRET_PATTERNS:
+        text = pattern.sub(r"\1***", text)
+    return text
+
+
+class _ScrubFilter(logging.Filter):
+    """Rewrites a record's message with :func:`_scrub` (only records that pass
+    the logger's level reach it, so it costs nothing unless debugging)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record: let logging report it as usual
+            return True
+        clean = _scrub(message)
+        if clean != message or record.args:
+            record.msg, record.args = clean, None
+        if record.exc_info and record.exc_info[1] is not None:
+            record.exc_text = _scrub(logging.Formatter().formatException(record.exc_info))
+        return True
+
+
+_SCRUB_FILTER = _ScrubFilter()
+
+#: Loggers whose records can carry credentials or signed headers.
+_WATCHED_LOGGERS = (
+    __name__,
+    "botocore",
+    "botocore.auth",
+    "botocore.awsrequest",
+    "botocore.client",
+    "botocore.credentials",
+    "botocore.endpoint",
+    "botocore.hooks",
+    "botocore.httpsession",
+    "botocore.parsers",
+    "botocore.retryhandler",
+    "botocore.tokens",
+    "botocore.utils",
+    "httpcore",
+    "httpcore.connection",
+    "httpcore.http11",
+    "httpcore.http2",
+    "httpcore.proxy",
+    "httpx",
+    "urllib3",
+    "urllib3.connectionpool",
+)
+
+
+def _install_scrubber() -> None:
+    """Put the scrubbing filter on every watched logger (a filter acts only on
+    records made by its own logger, hence each by name), and on any botocore,
+    httpcore or urllib3 logger that exists already. Idempotent."""
+    names = set(_WATCHED_LOGGERS)
+    names.update(
+        n
+        for n in list(logging.Logger.manager.loggerDict)
+        if n.split(".")[0] in ("botocore", "httpcore", "urllib3")
+    )
+    for n in names:
+        logger = logging.getLogger(n)
+        if _SCRUB_FILTER not in logger.filters:
+            logger.addFilter(_SCRUB_FILTER)
+
+
+def _remember_secrets(creds: botocore.credentials.ReadOnlyCredentials) -> None:
+    with _SECRETS_LOCK:
+        _SECRETS.update(v for v in (creds.access_key, creds.secret_key, creds.token) if v)
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether ``host`` is this machine: ``localhost``, 127.0.0.0/8 or ::1."""
+    host = host.strip("[]").rstrip(".").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _jitter(high: float) -> float:
+    """A uniform delay in ``[0, high)`` from the OS's random source."""
+    return high * (int.from_bytes(os.urandom(7), "big") / (1 << 56))
 
 
 def _delete_body(keys: list[str]) -> bytes:
@@ -213,6 +439,7 @@ class S3Store(Store):
         self._frozen: botocore.credentials.ReadOnlyCredentials | None = None
         self._closed = False
         self._batch_delete = True  # until the server says it has no DeleteObjects
+        _install_scrubber()
 
     @classmethod
     def from_url(cls, url: str, *, endpoint: str | None = None, **options: object) -> S3Store:
@@ -245,9 +472,11 @@ class S3Store(Store):
         return f"endpoint {ep}, bucket {self.bucket}"
 
     def _obj_key(self, name: str) -> str:
+        check_object_name(name)
         return f"{self.prefix}o/{name}"
 
     def _ptr_key(self, name: str) -> str:
+        check_pointer_name(name)
         return f"{self.prefix}p/{name}"
 
     def _url(self, key: str | None, query: Mapping[str, str] | None = None) -> str:
@@ -297,9 +526,19 @@ class S3Store(Store):
                 if not region or region == "aws-global":
                     region = "us-east-1"
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:
-            raise StoreAuthError(f"cannot load the AWS configuration for {self.url}: {e}") from e
-        if urlsplit(endpoint).scheme not in ("http", "https"):
+            raise StoreAuthError(
+                f"cannot load the AWS configuration for {self.url}: {_scrub(str(e))}"
+            ) from None
+        parts = urlsplit(endpoint)
+        if parts.scheme not in ("http", "https"):
             raise StoreError(f"S3 endpoint must be an http:// or https:// URL: {endpoint}")
+        if parts.scheme == "http" and not _is_loopback(parts.hostname or ""):
+            log.warning(
+                "S3 endpoint %s is plain http:// to another machine: the access key ID, "
+                "any session token and every request's metadata cross the network "
+                "unencrypted (object contents stay encrypted); use https://",
+                endpoint,
+            )
         return _Resolved(endpoint=endpoint, region=str(region), credentials=creds)
 
     async def _frozen_credentials(self) -> botocore.credentials.ReadOnlyCredentials:
@@ -317,7 +556,10 @@ class S3Store(Store):
             try:
                 self._frozen = await trio.to_thread.run_sync(creds.get_frozen_credentials)
             except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:
-                raise StoreAuthError(f"cannot refresh AWS credentials for {self.url}: {e}") from e
+                raise StoreAuthError(
+                    f"cannot refresh AWS credentials for {self.url}: {_scrub(str(e))}"
+                ) from None
+            _remember_secrets(self._frozen)
         return self._frozen
 
     # -- one HTTP exchange, retried -----------------------------------------------
@@ -345,7 +587,9 @@ class S3Store(Store):
         query: Mapping[str, str] | None,
         body: bytes,
         headers: Mapping[str, str],
+        expect: _Expect | None,
     ) -> httpx.Response:
+        """One signed request; the answer with as much body as ``expect`` allows."""
         frozen = await self._frozen_credentials()
         url = self._url(key, query)
         hdrs = {"Accept-Encoding": "identity", **headers}
@@ -360,10 +604,14 @@ class S3Store(Store):
             response = await self._transport.handle_async_request(request)
             try:
                 response.request = request
-                await response.aread()
+                content = await _read_body(response, expect)
             finally:
-                await response.aclose()
-            return response
+                await response.aclose()  # an unread rest closes the connection
+            # The body is raw bytes: keep httpx from decoding it once more.
+            kept = [(k, v) for k, v in response.headers.raw if k.lower() != b"content-encoding"]
+            return httpx.Response(
+                response.status_code, headers=kept, content=content, request=request
+            )
 
     async def _exchange(
         self,
@@ -374,8 +622,13 @@ class S3Store(Store):
         query: Mapping[str, str] | None = None,
         body: bytes = b"",
         headers: Mapping[str, str] | None = None,
+        expect: _Expect | None = None,
     ) -> tuple[httpx.Response, bool]:
         """Send one request, retrying temporary failures; return the final answer.
+
+        The answer's body is read only as far as ``expect`` allows (see
+        :class:`_Expect`; None: at most :data:`_SMALL_BODY` bytes), and a
+        body over its maximum size raises IntegrityError at once, unretried.
 
         The flag is True when an earlier attempt may have reached the server
         (it timed out or lost its connection after sending), so a write may
@@ -392,10 +645,12 @@ class S3Store(Store):
             attempt += 1
             failure: BaseException | httpx.Response
             try:
-                resp = await self._attempt(method, key, query, body, headers or {})
+                resp = await self._attempt(method, key, query, body, headers or {}, expect)
             except httpx.TransportError as e:
                 if not is_temp_failure(e):
-                    raise StoreError(f"S3 {method} {what} failed ({self._where()}): {e!r}") from e
+                    raise StoreError(
+                        f"S3 {method} {what} failed ({self._where()}): {_scrub(repr(e))}"
+                    ) from e
                 failure = e
                 if not isinstance(e, httpx.ConnectError | httpx.ConnectTimeout):
                     maybe_applied = True
@@ -410,8 +665,7 @@ class S3Store(Store):
                 raise self._gave_up(failure, method, what, attempt)
             # The last retry comes at the deadline, not before a backoff that would pass it.
             delay = min(
-                left,
-                random.uniform(0, min(self._backoff_cap, self._backoff_base * 2 ** (attempt - 1))),
+                left, _jitter(min(self._backoff_cap, self._backoff_base * 2 ** (attempt - 1)))
             )
             log.info(
                 "S3 %s %s: temporary failure (%s), retry %d in %.2fs",
@@ -435,15 +689,16 @@ class S3Store(Store):
         if isinstance(failure, httpx.TimeoutException):
             cause = f"timed out ({type(failure).__name__})"
         elif isinstance(failure, httpx.ConnectError):
-            cause = f"cannot connect: {failure}"
+            cause = f"cannot connect: {_scrub(str(failure))}"
         else:
-            cause = f"connection lost: {failure!r}"
+            cause = f"connection lost: {_scrub(repr(failure))}"
         return StoreUnreachable(f"S3 server unreachable ({self._where()}): {cause}, after {tries}")
 
     def _error(self, resp: httpx.Response, what: str, name: str | None = None) -> StoreError:
         """Map a final non-success answer to the exception tree."""
         status = resp.status_code
         code, message = _parse_error(resp)
+        code, message = _scrub(code)[:100], _scrub(message)[:500]
         detail = f"{code}: {message}" if message else code or f"HTTP {status}"
         where = self._where()
         region = resp.headers.get("x-amz-bucket-region")
@@ -454,10 +709,8 @@ class S3Store(Store):
             return NoSuchBucket(f"S3 bucket {self.bucket!r} does not exist ({where})")
         if code in _AUTH_CODES or status in (401, 403):
             reason = _AUTH_CODES.get(code, "credentials rejected")
-            key = self._frozen.access_key if self._frozen else "?"
             return StoreAuthError(
-                f"S3 refused {what}: {code or f'HTTP {status}'}: {reason}{hint} "
-                f"(access key {key}, {where})"
+                f"S3 refused {what}: {code or f'HTTP {status}'}: {reason}{hint} ({where})"
             )
         if status == 404:
             return ObjectNotFound(name) if name is not None else ObjectNotFound(what)
@@ -486,31 +739,40 @@ class S3Store(Store):
 
     async def put(self, name: str, data: bytes) -> None:
         """PUT the object; retried on temporary failures (PUT is idempotent)."""
+        if len(data) > MAX_OBJECT_SIZE:
+            raise ValueError(f"object {name} is larger than {MAX_OBJECT_SIZE} bytes")
         resp, _ = await self._exchange("PUT", self._obj_key(name), what=f"object {name}", body=data)
         if resp.status_code != 200:
             raise self._error(resp, f"object {name}", name)
 
-    async def get(self, name: str) -> bytes:
+    async def get(self, name: str, max_size: int = MAX_OBJECT_SIZE) -> bytes:
         """GET the whole object; retried on temporary failures."""
-        resp, _ = await self._exchange("GET", self._obj_key(name), what=f"object {name}")
+        expect = _Expect(name, min(max_size, MAX_OBJECT_SIZE))
+        resp, _ = await self._exchange(
+            "GET", self._obj_key(name), what=f"object {name}", expect=expect
+        )
         if resp.status_code != 200:
             raise self._error(resp, f"object {name}", name)
         return resp.content
 
     async def get_range(self, name: str, offset: int, length: int) -> bytes:
-        """Ranged GET. A range starting at or past the end is b"" (S3 answers 416)."""
+        """Ranged GET. A range starting at or past the end is b"" (S3 answers 416).
+
+        At most ``length`` bytes of the answer are read (of a server that
+        ignores Range: up to ``offset + length``, keeping only the range).
+        """
+        key = self._obj_key(name)
         if length <= 0:
             return b""
         resp, _ = await self._exchange(
             "GET",
-            self._obj_key(name),
+            key,
             what=f"object {name}",
             headers={"Range": f"bytes={offset}-{offset + length - 1}"},
+            expect=_Expect(name, length, offset, length),
         )
-        if resp.status_code == 206:
-            return resp.content[:length]
-        if resp.status_code == 200:  # the server ignored Range
-            return resp.content[offset : offset + length]
+        if resp.status_code in (200, 206):
+            return resp.content
         if resp.status_code == 416:
             return b""
         raise self._error(resp, f"object {name}", name)
@@ -531,6 +793,8 @@ class S3Store(Store):
         A server that does not implement it (HTTP 501, or 400/405 naming the
         request) is asked one key at a time instead, from then on.
         """
+        for name in names:
+            check_object_name(name)
         failed: list[str] = []
         if not self._batch_delete:
             return await super().delete_many(names)
@@ -567,7 +831,7 @@ class S3Store(Store):
             root = ET.fromstring(resp.content)
         except ET.ParseError:
             return batch
-        base = self._obj_key("")
+        base = f"{self.prefix}o/"
         out = []
         for err in root.iterfind("{*}Error"):
             if (err.findtext("{*}Code") or "") == "NoSuchKey":
@@ -576,10 +840,17 @@ class S3Store(Store):
             out.append(key[len(base) :] if key.startswith(base) else key)
         return out
 
-    async def list(self, prefix: str = "") -> AsyncIterator[tuple[str, int]]:
-        """ListObjectsV2 under ``<prefix>o/``, page by page (continuation tokens)."""
-        base = self._obj_key("")
+    async def list(
+        self, prefix: str = "", *, refused: list[Refused] | None = None
+    ) -> AsyncIterator[tuple[str, int]]:
+        """ListObjectsV2 under ``<prefix>o/``, page by page (continuation tokens).
+
+        Refused: any key but ``<prefix>o/<object name>`` (directory markers,
+        ending in ``/``, are skipped), and a size that is not a number.
+        """
+        base = f"{self.prefix}o/"
         token: str | None = None
+        bad: list[Refused] = []
         while True:
             query = {
                 "list-type": "2",
@@ -588,25 +859,54 @@ class S3Store(Store):
             }
             if token:
                 query["continuation-token"] = token
-            resp, _ = await self._exchange("GET", None, what=f"listing of {self.url}", query=query)
+            resp, _ = await self._exchange(
+                "GET",
+                None,
+                what=f"listing of {self.url}",
+                query=query,
+                expect=_Expect(f"listing of {self.url}", _LIST_BODY),
+            )
             if resp.status_code != 200:
                 raise self._error(resp, f"listing of {self.url}")
             try:
                 root = ET.fromstring(resp.content)
             except ET.ParseError as e:
                 raise StoreError(f"S3 listing is not valid XML ({self._where()}): {e}") from e
+            items: list[tuple[str, int]] = []
             for item in root.iterfind("{*}Contents"):
                 key = item.findtext("{*}Key") or ""
-                if not key.startswith(base) or key.endswith("/"):
+                size = (item.findtext("{*}Size") or "").strip()
+                if key.startswith(base) and key.endswith("/"):
                     continue  # directory markers some servers report
-                yield key[len(base) :], int(item.findtext("{*}Size") or "0")
+                entry = key[len(self.prefix) :] if key.startswith(self.prefix) else key
+                name = key[len(base) :]
+                if not key.startswith(base + prefix):
+                    bad.append(Refused(entry[:300], "outside the listed prefix"))
+                elif not is_object_name(name):
+                    bad.append(Refused(entry[:300], "not an object name"))
+                elif not size.isdigit():
+                    bad.append(Refused(entry, f"size {size[:40]!r} is not a number"))
+                else:
+                    items.append((name, int(size)))
+            if refused is not None:
+                refused.extend(bad)
+                bad = []
+            for pair in items:
+                yield pair
             token = root.findtext("{*}NextContinuationToken")
             if (root.findtext("{*}IsTruncated") or "").lower() != "true" or not token:
-                return
+                break
+        if bad:
+            log.warning("listing of %s refused %d keys (first: %s)", self.url, len(bad), bad[0])
 
-    async def read_pointer(self, name: str) -> Pointer | None:
+    async def read_pointer(self, name: str, max_size: int = MAX_POINTER_SIZE) -> Pointer | None:
         """GET the pointer and its ETag; None on NoSuchKey. Retried."""
-        resp, _ = await self._exchange("GET", self._ptr_key(name), what=f"pointer {name}")
+        resp, _ = await self._exchange(
+            "GET",
+            self._ptr_key(name),
+            what=f"pointer {name}",
+            expect=_Expect(name, min(max_size, MAX_POINTER_SIZE)),
+        )
         if resp.status_code == 200:
             etag = resp.headers.get("etag")
             if not etag:
@@ -624,13 +924,14 @@ class S3Store(Store):
         write counts as ours. (Another writer storing the very same bytes
         in that window is indistinguishable, and equally harmless.)
         """
+        key = self._ptr_key(name)
+        if len(data) > MAX_POINTER_SIZE:
+            raise ValueError(f"pointer {name} is larger than {MAX_POINTER_SIZE} bytes")
         cond = {"If-None-Match": "*"} if expected is None else {"If-Match": expected}
         md5 = hashlib.md5(data, usedforsecurity=False).digest()
         cond["Content-MD5"] = base64.b64encode(md5).decode()
         what = f"pointer {name}"
-        resp, maybe_applied = await self._exchange(
-            "PUT", self._ptr_key(name), what=what, body=data, headers=cond
-        )
+        resp, maybe_applied = await self._exchange("PUT", key, what=what, body=data, headers=cond)
         if resp.status_code == 200:
             etag: str | None = resp.headers.get("etag")
             if etag:

@@ -33,7 +33,7 @@ import pytest
 import trio
 
 from megafs import cli, errors, header
-from megafs.header import FIXED_LEN, SLOT_LEN, format_recovery_key, parse_recovery_key
+from megafs.header import FIXED_LEN, SLOT_LEN_V3, format_recovery_key, parse_recovery_key
 from megafs.stores import LocalStore
 from megafs.vault import Vault
 
@@ -47,7 +47,7 @@ TIMEOUT = 60.0
 
 # Byte offsets in the header (the passphrase slot comes first, then recovery).
 _SLOT0 = FIXED_LEN + 1
-_SLOT1 = _SLOT0 + SLOT_LEN
+_SLOT1 = _SLOT0 + SLOT_LEN_V3  # new vaults are format 3
 _SLOT_SEALED = 29  # kind 1 | memory 4 | iterations 4 | lanes 4 | salt 16
 
 
@@ -420,9 +420,12 @@ def test_newer_format_version_exits_5(local: Vaulted, run: Cli) -> None:
     ("offset", "code"),
     [
         pytest.param(0, 4, id="magic"),
-        pytest.param(12, 3, id="vault-id"),
+        # The slot's commitment matches (right passphrase), its tag over the
+        # vault id does not: tampering, not a wrong passphrase (format 3).
+        pytest.param(12, 6, id="vault-id"),
         pytest.param(_SLOT0 + 13, 3, id="passphrase-slot-salt"),
-        pytest.param(_SLOT0 + _SLOT_SEALED + 20, 3, id="passphrase-slot-wrapped-key"),
+        pytest.param(_SLOT0 + _SLOT_SEALED + 20, 3, id="passphrase-slot-commitment"),
+        pytest.param(_SLOT0 + _SLOT_SEALED + 60, 6, id="passphrase-slot-wrapped-key"),
         pytest.param(_SLOT1 + _SLOT_SEALED + 20, 6, id="recovery-slot"),
         pytest.param(-1, 6, id="mac"),
     ],

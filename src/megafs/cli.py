@@ -41,6 +41,9 @@ code  meaning
 13    other store error: store full, read-only, missing object, I/O error
 14    mount problem: mountpoint missing or already mounted, the kernel
       refused the mount, or the final commit at unmount failed
+15    unsafe local folder: the runtime folder is not yours alone (owner,
+      mode, a symlink) or holds a symlink for the log; or the cache folder
+      belongs to another vault; megafs changed nothing in that folder
 130   interrupted (Ctrl-C)
 ====  =====================================================================
 """
@@ -67,6 +70,7 @@ from .errors import (
     CommitConflict,
     CorruptHeader,
     IntegrityError,
+    LocalFolderError,
     MegafsError,
     MountError,
     NoSuchBucket,
@@ -115,6 +119,7 @@ class Exit(IntEnum):
     PASSPHRASE = 12
     STORE = 13
     MOUNT = 14
+    LOCAL_FOLDER = 15
     INTERRUPTED = 130
 
 
@@ -137,6 +142,7 @@ EXIT_CODES: dict[type[BaseException], Exit] = {
     PassphraseError: Exit.PASSPHRASE,
     StoreError: Exit.STORE,  # StoreFull, StoreReadOnly, ObjectNotFound, ...
     MountError: Exit.MOUNT,
+    LocalFolderError: Exit.LOCAL_FOLDER,
     MegafsError: Exit.INTERNAL,
 }
 
@@ -653,7 +659,18 @@ def mount_options(p: argparse.ArgumentParser) -> None:
     passphrase_options,
 )
 def cmd_mount(args: argparse.Namespace) -> None:
-    from .mount import MountConfig, check_mountpoint, daemonize, log_path, run_foreground
+    """Mount; the runtime folder is checked (and the log opened) before the
+    passphrase is read, and every secret variable is out of the environment
+    before the daemon starts (:func:`megafs.passphrase.scrub_environment`)."""
+    from .mount import (
+        MountConfig,
+        check_mountpoint,
+        daemonize,
+        log_path,
+        open_log,
+        run_foreground,
+        runtime_dir,
+    )
 
     cfg = MountConfig(
         args.store,
@@ -676,17 +693,24 @@ def cmd_mount(args: argparse.Namespace) -> None:
     if cfg.extra.get("extpass") and not args.extpass:
         args.extpass = cfg.extra["extpass"]
     check_mountpoint(cfg.mountpoint)
-    secret = get_passphrase(args)
-    if cfg.foreground:
+    runtime_dir()  # an unsafe runtime folder is refused before the passphrase is read
+    log_fd = None
+    if not cfg.foreground:
+        logfile = cfg.log_file or log_path(cfg.mountpoint)
+        log_fd = open_log(logfile, follow=cfg.log_file is not None)
+    try:
+        secret = get_passphrase(args)
+    finally:
+        passphrase.scrub_environment()
+    if log_fd is None:
         run_foreground(cfg, secret, lambda: log.info("mounted %s", cfg.mountpoint))
         return
-    logfile = cfg.log_file or log_path(cfg.mountpoint)
 
     def child(ready: Callable[[], None]) -> tuple[int, str]:
         root = logging.getLogger()
         for h in list(root.handlers):
             root.removeHandler(h)
-        handler = logging.FileHandler(logfile)
+        handler = logging.StreamHandler(os.fdopen(log_fd, "a", buffering=1))
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root.addHandler(handler)
         root.setLevel(logging.DEBUG if args.debug else logging.INFO)
@@ -700,6 +724,7 @@ def cmd_mount(args: argparse.Namespace) -> None:
         return 0, ""
 
     code, reason = daemonize(child)
+    os.close(log_fd)
     if code:
         print(f"megafs: {reason}", file=sys.stderr)
         raise SystemExit(code)
@@ -771,6 +796,9 @@ def cmd_fsck(args: argparse.Namespace) -> None:
         print(f"problem: {line}")
     for line in report.missing:
         print(f"missing: {line}")
+    for entry in report.refused:
+        print(f"refused: {entry} (not a megafs object: left alone; remove it by hand "
+              "if it does not belong there)")
     if report.orphans:
         verb = "removed" if args.repair else "unreferenced (run with --repair to remove)"
         say(args, f"{len(report.orphans)} objects {verb}")

@@ -10,6 +10,7 @@ values in exactly one place (:mod:`megafs.fuse_ops`).
     ├── UsageError                 bad command-line input
     ├── MountError                 mountpoint missing, busy, or mounting failed
     ├── PassphraseError            no passphrase could be obtained
+    ├── LocalFolderError           an unsafe runtime folder, or another vault's cache folder
     ├── VaultError                 the vault itself
     │   ├── NotAVault              no header, or not a megafs header
     │   ├── UnsupportedVersion     header written by a newer megafs
@@ -52,6 +53,15 @@ class PassphraseError(MegafsError):
     """No passphrase could be read (empty, unreadable file, failing --extpass)."""
 
 
+class LocalFolderError(MegafsError):
+    """A local folder megafs keeps state in cannot be trusted with it.
+
+    The runtime folder (pid, status and log files) is not a folder only this
+    user controls, or holds a symlink where a file belongs; or the cache
+    folder (journal, cached objects) belongs to another vault.
+    """
+
+
 class VaultError(MegafsError):
     """A problem with the vault's contents."""
 
@@ -89,12 +99,15 @@ class IntegrityError(VaultError):
 
 
 class RollbackError(IntegrityError):
-    """The store served a root older than one this client has already seen."""
+    """The store served a root older than one this client has already seen, or
+    one of the same generation that differs from it, or one that does not
+    descend from it (``detail`` says which)."""
 
-    def __init__(self, obj: str, seen: int, served: int) -> None:
+    def __init__(self, obj: str, seen: int, served: int, detail: str | None = None) -> None:
         super().__init__(
             obj,
-            f"store served generation {served}, but generation {seen} was already seen "
+            detail
+            or f"store served generation {served}, but generation {seen} was already seen "
             "(rollback or stale replica)",
         )
         self.seen = seen
@@ -158,6 +171,7 @@ __all__ = [
     "CorruptHeader",
     "FsError",
     "IntegrityError",
+    "LocalFolderError",
     "MegafsError",
     "MountError",
     "NoSuchBucket",

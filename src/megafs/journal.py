@@ -20,6 +20,18 @@ folder), the segments are kept aside (renamed ``.stale``) and a warning says
 so; they are never silently dropped, and never applied to a state they do
 not continue.
 
+A cache folder (this journal and the content cache) belongs to one vault,
+as another vault's commits would delete its unreplayed segments. Its owner
+record ``<cache dir>/owner`` is a magic line, the vault id and an AES-GCM
+tag under the vault's cache key over both, so a record copied from another
+vault's folder and edited to name this one does not authenticate.
+:func:`claim_cache_dir` runs at every mount before anything in the folder is
+touched: it refuses another vault's folder (:class:`LocalFolderError`), and
+adopts a folder without a record (new, or made by older megafs) unless its
+journal is another vault's. The journal's ``id`` file, too, holds the vault
+id next to the journal id, and one naming another vault is refused; one of
+the old form (the journal id alone) gets the vault id added.
+
 Writes are plain ``write(2)`` calls (page cache), which a killed process
 cannot lose; a crashed *machine* can lose the tail, which only ``fsync``
 protects: fsync commits to the store. Writeback keeps no order between
@@ -42,6 +54,7 @@ import msgpack
 
 from . import crypto
 from .crypto import Keys
+from .errors import LocalFolderError
 
 if TYPE_CHECKING:
     from .model import Filesystem
@@ -50,6 +63,137 @@ log = logging.getLogger(__name__)
 
 _LEN = struct.Struct(">I")
 _AAD = b"megafs/v1/journal\x00"
+
+
+def _segments(folder: str) -> list[int]:
+    """The numbers of the ``<n>.log`` segments in journal folder ``folder``, sorted."""
+    out = []
+    for name in os.listdir(folder):
+        if name.endswith(".log"):
+            try:
+                out.append(int(name[:-4]))
+            except ValueError:
+                continue
+    return sorted(out)
+
+
+def _aad(keys: Keys, seg: int, recno: int) -> bytes:
+    return _AAD + keys.vault_id + struct.pack(">QQ", seg, recno)
+
+
+def foreign_journal(cache_dir: str, keys: Keys) -> str | None:
+    """Why the journal in ``cache_dir`` is not this vault's; None if it may be.
+
+    It is another vault's if its ``id`` file names another vault, or if the
+    first record of some segment is whole and fails authentication under
+    this vault's cache key. Empty segments, segments cut inside their first
+    record, and no journal at all prove nothing and pass. Reads only.
+    """
+    folder = os.path.join(cache_dir, "journal")
+    try:
+        with open(os.path.join(folder, "id"), "rb") as f:
+            data = f.read()
+        if len(data) == 2 * crypto.ID_SIZE and data[: crypto.ID_SIZE] != keys.vault_id:
+            return f"its journal belongs to vault {data[: crypto.ID_SIZE].hex()}"
+    except FileNotFoundError:
+        pass
+    try:
+        segs = _segments(folder)
+    except FileNotFoundError:
+        return None
+    for seg in segs:
+        with open(os.path.join(folder, f"{seg:012d}.log"), "rb") as f:
+            head = f.read(_LEN.size)
+            if len(head) < _LEN.size:
+                continue
+            sealed = f.read(_LEN.unpack(head)[0])
+        if len(sealed) != _LEN.unpack(head)[0]:
+            continue
+        try:
+            crypto.open_sealed(keys.cache, sealed, _aad(keys, seg, 0))
+        except crypto.AuthFailed:
+            return f"its journal segment {seg} does not authenticate under this vault's key"
+    return None
+
+
+#: The owner record's file name in a cache folder, and its parts.
+OWNER_FILE = "owner"
+_OWNER_MAGIC = b"megafs cache folder v1\n"
+_OWNER_AAD = b"megafs/v1/cache-owner\x00"
+_OWNER_LEN = len(_OWNER_MAGIC) + crypto.ID_SIZE + crypto.OVERHEAD
+
+
+def owner_record(keys: Keys) -> bytes:
+    """The owner record of a cache folder that belongs to the vault of ``keys``."""
+    tag = crypto.seal(keys.cache, b"", _OWNER_AAD + keys.vault_id)
+    return _OWNER_MAGIC + keys.vault_id + tag
+
+
+def claim_cache_dir(cache_dir: str, keys: Keys) -> None:
+    """Make sure ``cache_dir`` is, or becomes, the cache folder of this vault only.
+
+    Creates the folder (0700) if missing. With an owner record
+    (:data:`OWNER_FILE`), it must name this vault and authenticate under its
+    cache key. Without one (a new folder, or one made before owner records),
+    the folder is adopted, and the record written (0600), unless its journal
+    is another vault's (:func:`foreign_journal`). Otherwise
+    raises LocalFolderError and changes nothing in the folder.
+    Run it before anything else in the folder is touched.
+    """
+    path = os.path.join(cache_dir, OWNER_FILE)
+    try:
+        os.makedirs(cache_dir, mode=0o700, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            record = None
+        else:
+            with os.fdopen(fd, "rb") as f:
+                record = f.read(_OWNER_LEN + 1)
+        if record is None:
+            why = foreign_journal(cache_dir, keys)
+            if why is not None:
+                raise LocalFolderError(
+                    f"cache folder {cache_dir} is not this vault's: {why}; "
+                    "give each vault its own --cache-dir"
+                )
+            tmp = f"{path}.tmp.{os.getpid()}"
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(owner_record(keys))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            return
+    except OSError as e:
+        raise LocalFolderError(f"cache folder {cache_dir}: {e.strerror or e}") from None
+    _check_owner(cache_dir, record, keys)
+
+
+def _check_owner(cache_dir: str, record: bytes, keys: Keys) -> None:
+    """Raise LocalFolderError unless ``record`` is this vault's owner record."""
+    owner = record[len(_OWNER_MAGIC) : len(_OWNER_MAGIC) + crypto.ID_SIZE]
+    if len(record) != _OWNER_LEN or not record.startswith(_OWNER_MAGIC):
+        problem = "its owner record is damaged"
+    elif owner != keys.vault_id:
+        raise LocalFolderError(
+            f"cache folder {cache_dir} belongs to vault {owner.hex()}, not to this one "
+            f"({keys.vault_id.hex()}); give each vault its own --cache-dir"
+        )
+    else:
+        try:
+            crypto.open_sealed(
+                keys.cache, record[len(_OWNER_MAGIC) + crypto.ID_SIZE :], _OWNER_AAD + owner
+            )
+            return
+        except crypto.AuthFailed:
+            problem = "its owner record names this vault but does not authenticate"
+    raise LocalFolderError(
+        f"cache folder {cache_dir} is not this vault's: {problem}; use another --cache-dir "
+        f"(or remove {os.path.join(cache_dir, OWNER_FILE)} if the folder is yours)"
+    )
 
 
 class Journal:
@@ -69,37 +213,43 @@ class Journal:
         """This journal's random id, kept in its folder and recorded in each root it commits.
 
         The client id alone cannot tell journals apart: one client may mount
-        with different cache folders, each holding a journal of its own.
+        with different cache folders, each holding a journal of its own. The
+        ``id`` file is ``vault id || journal id``; one naming another vault
+        raises LocalFolderError, one of the old form (journal id alone) is
+        rewritten with this vault's id, keeping the journal id.
         """
         path = os.path.join(self.dir, "id")
+        vault_id = self.keys.vault_id
+        jid = None
         with contextlib.suppress(FileNotFoundError), open(path, "rb") as f:
-            jid = f.read()
-            if len(jid) == crypto.ID_SIZE:
-                return jid
-        jid = crypto.new_id()
+            data = f.read()
+            if len(data) == 2 * crypto.ID_SIZE:
+                if data[: crypto.ID_SIZE] != vault_id:
+                    raise LocalFolderError(
+                        f"the journal in {self.dir} belongs to vault "
+                        f"{data[: crypto.ID_SIZE].hex()}, not to this one ({vault_id.hex()}); "
+                        "give each vault its own cache folder"
+                    )
+                return data[crypto.ID_SIZE :]
+            if len(data) == crypto.ID_SIZE:
+                jid = data
+        jid = jid or crypto.new_id()
         tmp = f"{path}.tmp.{os.getpid()}"
         with open(tmp, "wb") as f:
-            f.write(jid)
+            f.write(vault_id + jid)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
         return jid
 
     def _segments(self) -> list[int]:
-        out = []
-        for name in os.listdir(self.dir):
-            if name.endswith(".log"):
-                try:
-                    out.append(int(name[:-4]))
-                except ValueError:
-                    continue
-        return sorted(out)
+        return _segments(self.dir)
 
     def _path(self, seg: int) -> str:
         return os.path.join(self.dir, f"{seg:012d}.log")
 
     def _aad(self, seg: int, recno: int) -> bytes:
-        return _AAD + self.keys.vault_id + struct.pack(">QQ", seg, recno)
+        return _aad(self.keys, seg, recno)
 
     def append(self, record: list[Any]) -> None:
         """Seal and append one record to the current segment: all of it or none.

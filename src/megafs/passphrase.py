@@ -12,10 +12,19 @@ Every failure (unreadable file, empty secret, failing command, no source at
 all, confirmation mismatch) raises :class:`megafs.errors.PassphraseError`
 with a message fit to show the user; nothing here ever hangs waiting on a
 stdin that is not a terminal.
+
+Secrets do not stay in the environment: the variable a call is responsible
+for is removed once :func:`obtain` (or :func:`obtain_recovery_key`) runs,
+whichever source wins, and its bytes in the environment block the process
+started with are zeroed, so neither a child (``--extpass``, ``fusermount3``)
+nor a fork (the mount daemon) nor ``/proc/<pid>/environ`` shows it. The
+``--extpass`` command never gets any of :data:`SECRET_ENV`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import getpass
 import os
 import shlex
@@ -27,6 +36,9 @@ from .errors import PassphraseError
 ENV_PASSPHRASE = "MEGAFS_PASSPHRASE"
 ENV_NEW_PASSPHRASE = "MEGAFS_NEW_PASSPHRASE"
 ENV_RECOVERY_KEY = "MEGAFS_RECOVERY_KEY"
+
+#: Every environment variable that may hold a secret of ours.
+SECRET_ENV = (ENV_PASSPHRASE, ENV_NEW_PASSPHRASE, ENV_RECOVERY_KEY)
 
 
 def _first_line(text: str) -> str:
@@ -50,7 +62,8 @@ def read_passfile(path: str) -> str:
 def run_extpass(command: str) -> str:
     """Run ``command`` (no shell) and return the first line of its stdout.
 
-    The command inherits stdin and stderr, so it may prompt the user itself.
+    The command inherits stdin and stderr, so it may prompt the user itself,
+    and the environment without any of :data:`SECRET_ENV`.
     """
     try:
         argv = shlex.split(command)
@@ -59,7 +72,8 @@ def run_extpass(command: str) -> str:
     if not argv:
         raise PassphraseError("--extpass command is empty")
     try:
-        proc = subprocess.run(argv, stdout=subprocess.PIPE, check=False)
+        env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV}
+        proc = subprocess.run(argv, stdout=subprocess.PIPE, env=env, check=False)
     except OSError as e:
         raise PassphraseError(
             f"--extpass command {command!r} could not be run: {e.strerror or e}"
@@ -77,14 +91,64 @@ def run_extpass(command: str) -> str:
     return line
 
 
-def from_env(var: str) -> str | None:
-    """The value of environment variable ``var``; None if unset, error if empty."""
-    value = os.environ.get(var)
-    if value is None:
-        return None
-    if not value:
+def _wipe_exec_environment(var: str) -> None:
+    """Zero every ``var=...`` string in the environment block this process got at exec.
+
+    ``unsetenv`` only drops the pointer to the string: its bytes stay where
+    the kernel put them, which is what ``/proc/<pid>/environ`` shows, and a
+    fork (the mount daemon) copies them. Linux only (the block's bounds come
+    from ``/proc/self/stat``, fields 50 and 51); elsewhere nothing is done.
+    """
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        start, end = int(fields[47]), int(fields[48])
+    except (OSError, IndexError, ValueError):
+        return
+    if not 0 < start < end:
+        return
+    prefix = var.encode() + b"="
+    pos = start
+    for entry in ctypes.string_at(start, end - start).split(b"\0"):
+        if entry.startswith(prefix):
+            ctypes.memset(pos, 0, len(entry))
+        pos += len(entry) + 1
+
+
+def take_env(var: str) -> str | None:
+    """Remove ``var`` from the environment and return what it held (None if unset).
+
+    Afterwards neither ``os.environ``, the C environment (what children get),
+    nor the process's original environment block holds it.
+    """
+    value = os.environ.pop(var, None)
+    with contextlib.suppress(OSError):
+        os.unsetenv(var)
+    _wipe_exec_environment(var)
+    return value
+
+
+def scrub_environment() -> None:
+    """Remove every variable of :data:`SECRET_ENV` (see :func:`take_env`).
+
+    Call once every secret is read and before starting a long-lived process
+    or children, e.g. the mount daemon.
+    """
+    for var in SECRET_ENV:
+        take_env(var)
+
+
+def _checked(var: str, value: str | None) -> str | None:
+    """``value`` taken from ``var``; PassphraseError if it is set but empty."""
+    if value is not None and not value:
         raise PassphraseError(f"environment variable {var} is set but empty")
     return value
+
+
+def from_env(var: str) -> str | None:
+    """Take ``var`` out of the environment (:func:`take_env`); None if it was
+    unset, PassphraseError if it was empty."""
+    return _checked(var, take_env(var))
 
 
 def _require_terminal(hint: str) -> None:
@@ -124,15 +188,18 @@ def obtain(
 ) -> str:
     """Get a passphrase from the first source that is given.
 
+    The variable ``env`` is taken out of the environment first, even when a
+    file or command wins (:func:`take_env`), so no child sees it.
     ``confirm`` (the text of a second prompt) asks twice, but only at an
     interactive prompt: a file, command or variable needs no confirmation.
     The ``*_option`` names only shape the error hint.
     """
+    value = take_env(env)
     if passfile is not None:
         return read_passfile(passfile)
     if extpass is not None:
         return run_extpass(extpass)
-    value = from_env(env)
+    value = _checked(env, value)
     if value is not None:
         return value
     sources = [passfile_option]
@@ -149,7 +216,9 @@ def obtain_recovery_key(*, keyfile: str | None = None) -> str:
 
     A key file may hold the key on one line or spread over several; the
     whole content is returned, stripped. Parsing is the caller's job.
+    MEGAFS_RECOVERY_KEY is taken out of the environment (:func:`take_env`).
     """
+    value = take_env(ENV_RECOVERY_KEY)
     if keyfile is not None:
         try:
             with open(keyfile, encoding="utf-8") as f:
@@ -160,7 +229,7 @@ def obtain_recovery_key(*, keyfile: str | None = None) -> str:
         if not text:
             raise PassphraseError(f"recovery key file {keyfile} is empty")
         return text
-    value = from_env(ENV_RECOVERY_KEY)
+    value = _checked(ENV_RECOVERY_KEY, value)
     if value is not None:
         return value
     return prompt(
@@ -173,6 +242,7 @@ __all__ = [
     "ENV_NEW_PASSPHRASE",
     "ENV_PASSPHRASE",
     "ENV_RECOVERY_KEY",
+    "SECRET_ENV",
     "from_env",
     "obtain",
     "obtain_recovery_key",
@@ -180,4 +250,6 @@ __all__ = [
     "prompt_twice",
     "read_passfile",
     "run_extpass",
+    "scrub_environment",
+    "take_env",
 ]

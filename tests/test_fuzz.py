@@ -165,8 +165,10 @@ class Sample:
     root_sealed: bytes
     #: (kind, object id, sealed bytes, decoded payload) of every metadata object
     meta: list[tuple[int, bytes, bytes, Any]]
-    #: (file id, file key, object id, chunk index, length, sealed, plaintext)
-    chunks: list[tuple[bytes, bytes, bytes, int, int, bytes, bytes]]
+    #: (file id, file key, object id, chunk index, length, sealed, plaintext,
+    #: offset in its pack or None): ``sealed`` is the chunk's own bytes (a
+    #: packed chunk's slice of its pack)
+    chunks: list[tuple[bytes, bytes, bytes, int, int, bytes, bytes, int | None]]
     journal_segment: int
     journal_bytes: bytes
     journal_records: list[list[Any]]
@@ -202,9 +204,13 @@ async def _build(tmp: Path) -> Sample:
     assert big_node.file_key is not None
     for idx, ref in sorted(big_node.chunks.items()):
         sealed = await store.get(obj_name(ref.obj))
+        sealed = sealed[ref.off : ref.off + SMALL.sealed_len(ref.length)]
         plain = await fs.read(big.ino, idx * SMALL.chunk_size, ref.length)
         chunks.append(
-            (big_node.file_id, big_node.file_key, ref.obj, idx, ref.length, sealed, plain)
+            (
+                big_node.file_id, big_node.file_key, ref.obj, idx, ref.length, sealed, plain,
+                ref.pack_off,
+            )
         )
     # uncommitted: these only live in the journal
     await fs.write(big.ino, 100, b"journalled write")
@@ -604,7 +610,7 @@ def test_vault_open_with_a_resealed_top_index(sample: Sample, data: st.DataObjec
 @given(data=st.data())
 def test_open_blocks_random_input(sample: Sample, data: st.DataObject) -> None:
     layout = SMALL
-    fid, key, obj, _, _, _, _ = sample.chunks[0]
+    fid, key, obj, _, _, _, _, _ = sample.chunks[0]
     chunk_len = data.draw(st.integers(1, layout.chunk_size))
     first = data.draw(st.integers(0, -(-chunk_len // layout.block_size) - 1))
     sealed = data.draw(st.binary(max_size=2 * layout.sealed_block + 100))
@@ -619,7 +625,7 @@ def test_open_blocks_random_input(sample: Sample, data: st.DataObject) -> None:
 @FUZZ
 @given(data=st.data())
 def test_open_blocks_mutated_chunk(sample: Sample, data: st.DataObject) -> None:
-    fid, key, obj, idx, length, sealed, plain = data.draw(st.sampled_from(sample.chunks))
+    fid, key, obj, idx, length, sealed, plain, off = data.draw(st.sampled_from(sample.chunks))
     sb, bs = SMALL.sealed_block, SMALL.block_size
     nblocks = -(-length // bs)
     first = data.draw(st.integers(0, nblocks - 1))
@@ -628,7 +634,7 @@ def test_open_blocks_mutated_chunk(sample: Sample, data: st.DataObject) -> None:
     bad = data.draw(mutated(part, max_edits=2))
     try:
         out = b"".join(
-            crypto.open_blocks(sample.keys, SMALL, key, fid, obj, idx, length, first, bad)
+            crypto.open_blocks(sample.keys, SMALL, key, fid, obj, idx, length, first, bad, off)
         )
     except crypto.AuthFailed:
         assert bad != part
@@ -707,4 +713,5 @@ def test_fuzz_sample_is_what_it_claims(sample: Sample) -> None:
         fs = load_page(sample, leaves[0], page)
         assert fs.page_members[page]
     assert len(sample.chunks) == 3
+    assert [c[7] is not None for c in sample.chunks] == [False, False, True]  # one packed
     assert read_segment(sample, sample.journal_bytes) == sample.journal_records

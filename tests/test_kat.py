@@ -1,4 +1,4 @@
-"""Known-answer tests: the on-store formats 1 and 2, frozen.
+"""Known-answer tests: the on-store formats 1, 2 and 3, frozen.
 
 Two kinds of frozen data live in ``tests/vectors/``:
 
@@ -7,11 +7,14 @@ Two kinds of frozen data live in ``tests/vectors/``:
   inline data, a leaf page, an index node, a body, a chunk); ``v2.json``:
   what format 2 adds (a pack object, a pack table page, a chunk map naming
   packed chunks, a root naming the pack table, the packed-block AAD);
-* ``vault-v1/``, ``vault-v2/``: a whole small vault of each format in a
-  local-store folder.
+  ``v3.json``: what format 3 changes (the key-committing seal, committed key
+  slots and wrapped keys, records sealed with it, per-object block keys, a
+  root naming its predecessor);
+* ``vault-v1/``, ``vault-v2/``, ``vault-v3/``: a whole small vault of each
+  format in a local-store folder.
 
 Each pair was written once by ``tests/vectors/generate_v1.py`` (and
-``generate_v2.py``). Each vector is
+``generate_v2.py``, ``generate_v3.py``). Each vector is
 checked both ways: the current writer reproduces the frozen bytes from the
 frozen inputs, and the current reader opens the frozen bytes. A small reader
 written from ``docs/format.md`` alone (:class:`DocReader`, no megafs imports)
@@ -40,12 +43,13 @@ from typing import Any
 
 import msgpack
 import pytest
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
 from megafs import crypto, header
 from megafs.crypto import KdfParams, Keys, Layout
-from megafs.errors import IntegrityError
+from megafs.errors import IntegrityError, WrongPassphrase
 from megafs.header import Header, Slot
 from megafs.model import ROOT_INO, ChunkRef, Filesystem, Inode
 from megafs.stores import LocalStore
@@ -57,6 +61,8 @@ V1_JSON = VECTORS / "v1.json"
 V1_VAULT = VECTORS / "vault-v1"
 V2_JSON = VECTORS / "v2.json"
 V2_VAULT = VECTORS / "vault-v2"
+V3_JSON = VECTORS / "v3.json"
+V3_VAULT = VECTORS / "vault-v3"
 
 # --- the inputs of v1.json --------------------------------------------------
 
@@ -143,13 +149,15 @@ def scripted_urandom(values: list[bytes]) -> Iterator[None]:
 
 def kat_header(version: int = 1) -> Header:
     hdr = Header(vault_id=VAULT_ID, layout=KAT_LAYOUT, version=version)
+    nonces = NONCES_V3 if version >= 3 else NONCES
+    seal = crypto.seal_committed if version >= 3 else crypto.seal
     phead = Slot(header.SLOT_PASSPHRASE, KAT_KDF, SALT, b"").head()
     kek = crypto.argon2id(header.normalize_passphrase(KAT_PASS_NFC), SALT, KAT_KDF)
     pslot = Slot(
         header.SLOT_PASSPHRASE,
         KAT_KDF,
         SALT,
-        crypto.seal(kek, MASTER, hdr.slot_aad(phead), NONCES["passphrase_slot"]),
+        seal(kek, MASTER, hdr.slot_aad(phead), nonces["passphrase_slot"]),
     )
     none = KdfParams(0, 0, 0)
     rhead = Slot(header.SLOT_RECOVERY, none, bytes(16), b"").head()
@@ -158,7 +166,7 @@ def kat_header(version: int = 1) -> Header:
         header.SLOT_RECOVERY,
         none,
         bytes(16),
-        crypto.seal(rkek, MASTER, hdr.slot_aad(rhead), NONCES["recovery_slot"]),
+        seal(rkek, MASTER, hdr.slot_aad(rhead), nonces["recovery_slot"]),
     )
     return Header(vault_id=VAULT_ID, layout=KAT_LAYOUT, slots=(pslot, rslot), version=version)
 
@@ -618,6 +626,188 @@ def test_pack_table_page_and_chunk_map_decode(
 
 # --- the frozen vault ------------------------------------------------------------
 
+# --- format 3: key commitment and per-object keys -------------------------------
+
+NONCES_V3 = {
+    "passphrase_slot": _nonce(31),
+    "recovery_slot": _nonce(32),
+    "root": _nonce(33),
+    "wrap_a": _nonce(34),
+    "inline_a": _nonce(35),
+    "index": _nonce(36),
+    "chunk_block0": _nonce(37),
+    "chunk_block1": _nonce(38),
+    "committing": _nonce(39),
+}
+PREV_ROOT = _seq(0x90, 32)
+KAT_ROOT_V3 = Root(
+    generation=11,
+    itab=TOP_OBJ,
+    next_ino=304,
+    orphans=[],
+    lease=None,
+    stats=[4, 5005],
+    prev=PREV_ROOT,
+)
+COMMIT_AAD = b"kat associated data"
+COMMIT_PLAIN = b"kat plaintext, 32 bytes long...."
+SECTIONS_V3 = [
+    "inputs",
+    "committing",
+    "header",
+    "root",
+    "wrapped_file_key_a",
+    "inline_a",
+    "index",
+    "object_key",
+    "chunk",
+]
+
+
+def compute_vectors_v3(tmp: Path) -> dict[str, Any]:
+    """Everything in v3.json, computed with the current code from the fixed inputs."""
+    keys = Keys(MASTER, VAULT_ID, 3)
+    vault = Vault(LocalStore(str(tmp / "unused")), kat_header(version=3), keys)
+    okm = crypto.hkdf(KEY_A, NONCES_V3["committing"], crypto.LABELS["committing"], 64)
+    root_plain = KAT_ROOT_V3.encode()
+    inline_len = len(INLINE_A) + crypto.COMMITTED_OVERHEAD
+    out: dict[str, Any] = {
+        "inputs": {
+            "nonces": {k: v.hex() for k, v in NONCES_V3.items()},
+            "prev_root": PREV_ROOT.hex(),
+            "labels": {
+                k: crypto.LABELS[k].decode() for k in ("committing", "object_key")
+            },
+        },
+        "committing": {
+            "key": KEY_A.hex(),
+            "aad": COMMIT_AAD.hex(),
+            "plaintext": COMMIT_PLAIN.hex(),
+            "enc_key": okm[:32].hex(),
+            "commitment": okm[32:].hex(),
+            "sealed": crypto.seal_committed(
+                KEY_A, COMMIT_PLAIN, COMMIT_AAD, NONCES_V3["committing"]
+            ).hex(),
+        },
+        "header": kat_header(version=3).encode(keys).hex(),
+        "root": {
+            "plaintext": root_plain.hex(),
+            "sealed": crypto.seal_committed(
+                keys.root, root_plain, crypto.root_aad(VAULT_ID), NONCES_V3["root"]
+            ).hex(),
+        },
+        "wrapped_file_key_a": crypto.wrap_file_key(
+            keys, FILE_A, KEY_A, NONCES_V3["wrap_a"]
+        ).hex(),
+        "inline_a": crypto.seal_committed(
+            KEY_A, INLINE_A, crypto.inline_aad(VAULT_ID, FILE_A, inline_len), NONCES_V3["inline_a"]
+        ).hex(),
+        "object_key": crypto.object_key(KEY_B, CHUNK_OBJ).hex(),
+    }
+    with scripted_urandom([NONCES_V3["index"]]):
+        out["index"] = vault.seal_meta(KIND_INDEX, MID_OBJ, {1: LEAF_OBJ}).hex()
+    with scripted_urandom([NONCES_V3["chunk_block0"], NONCES_V3["chunk_block1"]]):
+        chunk = crypto.seal_chunk(keys, KAT_LAYOUT, KEY_B, FILE_B, CHUNK_OBJ, 0, CHUNK_B)
+    out["chunk"] = {"plaintext": CHUNK_B.hex(), "sealed": chunk.hex()}
+    return out
+
+
+@pytest.fixture(scope="module")
+def frozen_v3() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(V3_JSON.read_text())
+    return data
+
+
+def _hkdf_sha256(ikm: bytes, salt: bytes, info: bytes, length: int) -> bytes:
+    """HKDF-SHA256 as RFC 5869 writes it, any length (independent of megafs)."""
+    prk = hmac.new(salt, ikm, hashlib.sha256).digest()
+    okm, block = b"", b""
+    for i in range(1, -(-length // 32) + 1):
+        block = hmac.new(prk, block + info + bytes([i]), hashlib.sha256).digest()
+        okm += block
+    return okm[:length]
+
+
+def _open_committed_doc(key: bytes, sealed: bytes, aad: bytes) -> bytes:
+    """The committing seal opened as docs/format.md section 4 describes it."""
+    label = b"megafs v3 committing AEAD: per-seal key and commitment (HKDF-SHA256)"
+    nonce, commit, rest = sealed[:12], sealed[12:44], sealed[44:]
+    okm = _hkdf_sha256(key, nonce, label, 64)
+    assert hmac.compare_digest(okm[32:], commit), "commitment mismatch"
+    return AESGCM(okm[:32]).decrypt(nonce, rest, aad)
+
+
+def test_v3_vector_file_has_every_section(frozen_v3: dict[str, Any]) -> None:
+    assert sorted(frozen_v3) == sorted(SECTIONS_V3)
+
+
+@pytest.mark.parametrize("section", SECTIONS_V3)
+def test_writer_reproduces_v3_vector(
+    frozen_v3: dict[str, Any], tmp_path: Path, section: str
+) -> None:
+    assert compute_vectors_v3(tmp_path)[section] == frozen_v3[section]
+
+
+def test_v3_committing_seal(frozen_v3: dict[str, Any]) -> None:
+    v = frozen_v3["committing"]
+    sealed = h(v["sealed"])
+    assert len(sealed) == len(COMMIT_PLAIN) + 60
+    assert sealed[12:44] == h(v["commitment"])
+    assert _open_committed_doc(KEY_A, sealed, COMMIT_AAD) == COMMIT_PLAIN
+    assert crypto.open_committed(KEY_A, sealed, COMMIT_AAD) == COMMIT_PLAIN
+    # Another key fails at the commitment, before any decryption.
+    with pytest.raises(crypto.WrongKey):
+        crypto.open_committed(KEY_B, sealed, COMMIT_AAD)
+    # The right key with other associated data fails at the tag.
+    with pytest.raises(crypto.AuthFailed) as e:
+        crypto.open_committed(KEY_A, sealed, b"other")
+    assert not isinstance(e.value, crypto.WrongKey)
+
+
+def test_v3_header_opens_with_both_slots(frozen_v3: dict[str, Any]) -> None:
+    data = h(frozen_v3["header"])
+    assert len(data) == 34 + 1 + 2 * 121 + 32 == header.MAX_HEADER_LEN
+    hdr, keys = header.unlock(data, KAT_PASS_NFD)
+    assert keys.master == MASTER and hdr.version == 3 and keys.committing
+    assert [s.kind for s in hdr.slots] == [header.SLOT_PASSPHRASE, header.SLOT_RECOVERY]
+    _, rkeys = header.unlock_recovery(data, RECOVERY_KEY)
+    assert rkeys.master == MASTER
+    with pytest.raises(WrongPassphrase):
+        header.unlock(data, "another passphrase")
+
+
+def test_v3_records_open(frozen_v3: dict[str, Any], tmp_path: Path) -> None:
+    keys = Keys(MASTER, VAULT_ID, 3)
+    vault = Vault(LocalStore(str(tmp_path / "unused")), kat_header(version=3), keys)
+    root = vault.open_root(h(frozen_v3["root"]["sealed"]))
+    assert root == KAT_ROOT_V3 and root.prev == PREV_ROOT
+    wrapped = h(frozen_v3["wrapped_file_key_a"])
+    assert len(wrapped) == 92
+    assert crypto.unwrap_file_key(keys, FILE_A, wrapped) == KEY_A
+    assert _open_committed_doc(
+        keys.file_wrap, wrapped, b"megafs/v1/filekey\x00" + VAULT_ID + FILE_A
+    ) == KEY_A
+    with pytest.raises(crypto.AuthFailed):
+        crypto.unwrap_file_key(keys, FILE_B, wrapped)
+    inline = h(frozen_v3["inline_a"])
+    aad = crypto.inline_aad(VAULT_ID, FILE_A, len(inline))
+    assert _open_committed_doc(KEY_A, inline, aad) == INLINE_A
+    assert vault.open_meta(KIND_INDEX, MID_OBJ, h(frozen_v3["index"])) == {1: LEAF_OBJ}
+    # Blocks: AES-GCM under HKDF(file key, salt = object id), not the file key.
+    okey = _hkdf_sha256(KEY_B, CHUNK_OBJ, crypto.LABELS["object_key"], 32)
+    assert okey == h(frozen_v3["object_key"])
+    sealed = h(frozen_v3["chunk"]["sealed"])
+    args = (keys, KAT_LAYOUT, KEY_B, FILE_B, CHUNK_OBJ, 0, 5000)
+    assert b"".join(crypto.open_blocks(*args, 0, sealed)) == CHUNK_B
+    sb = KAT_LAYOUT.sealed_block
+    aad0 = crypto.block_aad(VAULT_ID, FILE_B, CHUNK_OBJ, 0, 0, 5000)
+    assert AESGCM(okey).decrypt(sealed[:12], sealed[12:sb], aad0) == CHUNK_B[:4096]
+    with pytest.raises(InvalidTag):
+        AESGCM(KEY_B).decrypt(sealed[:12], sealed[12:sb], aad0)
+    # The same object id under another file key gives another key.
+    assert crypto.object_key(KEY_A, CHUNK_OBJ) != okey
+
+
 FROZEN_PASSPHRASE = "frozen vault v1 \u2013 caf\u00e9"
 FROZEN_RECOVERY = "7E6C-XUZ5-SKR7-PI2B-MHTQ-SZ4E-G3P7-O6EL-TC6C-EXBP-HYSA-UBYQ-GSOK-2U4K"
 FROZEN_LAYOUT = Layout(chunk_size=8192, block_size=4096)
@@ -677,6 +867,7 @@ FROZEN_TREE_V2: list[Entry] = [
     ],
 ]
 FROZEN_RECOVERY_V2 = "HTCI-KMHI-3YG7-PITR-ALD7-KWD6-MDCV-AL5C-5BTQ-KRNJ-GDNA-YNJ7-IQTM-TFQK"
+FROZEN_RECOVERY_V3 = "FF6N-3LOD-ROK5-3FTP-4DEU-RNWK-2N2Y-HBKG-SGXK-TQEU-23SG-AASL-C3QP-DVF7"
 
 
 @dataclass
@@ -825,6 +1016,7 @@ async def listdir(fs: Filesystem, ino: int) -> set[bytes]:
 FROZEN = [
     pytest.param(V1_VAULT, FROZEN_TREE, FROZEN_RECOVERY, 1, id="v1"),
     pytest.param(V2_VAULT, FROZEN_TREE_V2, FROZEN_RECOVERY_V2, 2, id="v2"),
+    pytest.param(V3_VAULT, FROZEN_TREE_V2, FROZEN_RECOVERY_V3, 3, id="v3"),
 ]
 
 
@@ -841,8 +1033,8 @@ async def test_frozen_vault_opens_and_matches(
     fs = await Filesystem.load(vault, writable=False)
     await check_tree(fs, tree)
     packed = [r for n in fs.inodes.values() for r in n.chunks.values() if r.packed]
-    assert len({r.obj for r in packed}) == (1 if version == 2 else 0)
-    assert len(packed) == (4 if version == 2 else 0)
+    assert len({r.obj for r in packed}) == (1 if version >= 2 else 0)
+    assert len(packed) == (4 if version >= 2 else 0)
     # The recovery slot opens it too.
     rvault = await Vault.unlock_recovery(store, header.parse_recovery_key(recovery))
     assert rvault.keys.master == vault.keys.master
@@ -864,14 +1056,14 @@ async def test_frozen_vault_still_writable(
     check_doc_reader(copy, FROZEN_PASSPHRASE, tree, extra=frozenset({b"new.bin"}))
     reader = DocReader(copy, FROZEN_PASSPHRASE)
     reader.tree()
-    assert bool(reader.packs) == (version == 2)
+    assert bool(reader.packs) == (version >= 2)
 
 
-@pytest.mark.parametrize("folder", [V1_VAULT, V2_VAULT])
-def test_frozen_vault_is_small_and_committed(folder: Path) -> None:
+@pytest.mark.parametrize(("folder", "size"), [(V1_VAULT, 245), (V2_VAULT, 245), (V3_VAULT, 309)])
+def test_frozen_vault_is_small_and_committed(folder: Path, size: int) -> None:
     total = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
     assert 0 < total < 100_000
-    assert (folder / "pointers" / "header").stat().st_size == 245
+    assert (folder / "pointers" / "header").stat().st_size == size
 
 
 # --- an independent reader, written from docs/format.md ------------------------
@@ -895,23 +1087,24 @@ class DocReader:
         self.folder = folder
         data = (folder / "pointers" / "header").read_bytes()
         magic, version, vid, self.chunk, self.block, nslots = struct.unpack_from(">8sH16sIIB", data)
-        assert magic == b"MEGAFS\x00\x1a" and version in (1, 2)
+        assert magic == b"MEGAFS\x00\x1a" and version in (1, 2, 3)
         self.version = version
         self.vid = vid
         fixed = data[:34]
-        body_end = 35 + 89 * nslots
+        slot_len = 121 if version >= 3 else 89
+        body_end = 35 + slot_len * nslots
         master = None
         for i in range(nslots):
-            off = 35 + 89 * i
+            off = 35 + slot_len * i
             head = data[off : off + 29]
             kind, mem, iters, lanes, salt = struct.unpack(">BIII16s", head)
-            sealed = data[off + 29 : off + 89]
+            sealed = data[off + 29 : off + slot_len]
             if kind != 1:
                 continue
             kek = Argon2id(salt=salt, length=32, iterations=iters, lanes=lanes, memory_cost=mem)
             kek_bytes = kek.derive(unicodedata.normalize("NFC", passphrase).encode())
             aad = b"megafs/v1/slot\x00" + fixed + head
-            master = AESGCM(kek_bytes).decrypt(sealed[:12], sealed[12:], aad)
+            master = self.aead_open(kek_bytes, sealed, aad)
         assert master is not None
         sub: Callable[[str], bytes] = lambda label: _hkdf_rfc5869(  # noqa: E731
             master, vid, f"megafs v1 {label}".encode()
@@ -928,8 +1121,10 @@ class DocReader:
         name = obj_id.hex()
         return (self.folder / "objects" / name[:2] / name).read_bytes()
 
-    @staticmethod
-    def aead_open(key: bytes, sealed: bytes, aad: bytes) -> bytes:
+    def aead_open(self, key: bytes, sealed: bytes, aad: bytes) -> bytes:
+        """Formats 1 and 2: AES-GCM; format 3: the committing seal."""
+        if self.version >= 3:
+            return _open_committed_doc(key, sealed, aad)
         return AESGCM(key).decrypt(sealed[:12], sealed[12:], aad)
 
     def meta(self, kind: int, obj_id: bytes) -> Any:
@@ -970,13 +1165,18 @@ class DocReader:
             sealed_len = length + 28 * -(-length // self.block)
             data = self.obj(obj_id)
             if len(entry) == 5:  # packed (format 2): at an offset of a pack
-                assert self.version == 2
+                assert self.version >= 2
                 off, pno = entry[3:]
                 pack_id, live, size, _live_bytes = self.packs[pno]
                 assert pack_id == obj_id and live >= 1 and len(data) == size
                 data = data[off : off + sealed_len]
             assert len(data) == sealed_len
             sb = self.block + 28
+            bkey = fkey
+            if self.version >= 3:  # a key per object: HKDF(file key, salt = object id)
+                bkey = _hkdf_sha256(
+                    fkey, obj_id, b"megafs v3 chunk object key (HKDF-SHA256 of the file key)", 32
+                )
             plain = bytearray()
             for bi in range(-(-length // self.block)):
                 if len(entry) == 5:
@@ -991,7 +1191,8 @@ class DocReader:
                         + self.vid
                         + struct.pack(">16s16sQII", fid, obj_id, idx, bi, length)
                     )
-                plain += self.aead_open(fkey, data[bi * sb : (bi + 1) * sb], aad)
+                piece = data[bi * sb : (bi + 1) * sb]
+                plain += AESGCM(bkey).decrypt(piece[:12], piece[12:], aad)
             out[idx * self.chunk : idx * self.chunk + length] = plain
         return bytes(out)
 

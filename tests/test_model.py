@@ -13,6 +13,7 @@ import pytest
 from megafs.errors import FsError, VaultBusy
 from megafs.model import RENAME_EXCHANGE, RENAME_NOREPLACE, ROOT_INO, Filesystem
 from megafs.stores import LocalStore, Store
+from megafs.stores.base import MAX_OBJECT_SIZE
 from megafs.vault import Vault
 
 from .helpers import PASS, new_vault, reopen
@@ -269,9 +270,9 @@ class CountingStore(LocalStore):
         self.gets = 0
         self.bytes = 0
 
-    async def get(self, name: str) -> bytes:
+    async def get(self, name: str, max_size: int = MAX_OBJECT_SIZE) -> bytes:
         self.gets += 1
-        data = await super().get(name)
+        data = await super().get(name, max_size)
         self.bytes += len(data)
         return data
 

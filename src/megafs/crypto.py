@@ -15,6 +15,14 @@ layouts and ``docs/security.md`` for why each piece is as it is.
   its own, or (format 2) one of many small chunks packed into a *pack*
   object. The associated data of a block binds vault id, file id, the object
   id, the chunk's offset in a pack, chunk index, block index and chunk length.
+* Format 3 adds two things (docs/security.md, "Key commitment" and "How
+  much each key seals"): key slots and wrapped file keys are sealed with a
+  *key-committing* AEAD (:func:`seal_committed`), so no ciphertext opens
+  under two keys; and no long-lived key encrypts directly any more: blocks
+  are sealed under a key derived from the file key and the object id
+  (:func:`object_key`), everything else under a key derived from the
+  vault key and a fresh random nonce (the committing seal again), so no key
+  ever approaches the 2^32 random-nonce limit of AES-GCM.
 """
 
 from __future__ import annotations
@@ -46,11 +54,25 @@ LABELS = {
     "file_wrap": b"megafs v1 file content key wrapping (AES-256-GCM)",
     "cache": b"megafs v1 local cache (AES-256-GCM)",
     "recovery_kek": b"megafs v1 recovery key slot (AES-256-GCM)",
+    # format 3
+    "committing": b"megafs v3 committing AEAD: per-seal key and commitment (HKDF-SHA256)",
+    "object_key": b"megafs v3 chunk object key (HKDF-SHA256 of the file key)",
 }
+
+#: The first format version with key commitment and derived per-seal keys.
+COMMITTING_VERSION = 3
+#: Bytes a committing seal adds to its plaintext: nonce, commitment, tag.
+COMMIT_SIZE = 32
+COMMITTED_OVERHEAD = NONCE_SIZE + COMMIT_SIZE + TAG_SIZE
 
 
 class AuthFailed(Exception):
     """AEAD or MAC verification failed. Callers turn it into IntegrityError."""
+
+
+class WrongKey(AuthFailed):
+    """A committing seal's commitment does not match: the key is not the one it
+    was sealed under (checked before any decryption)."""
 
 
 def random_bytes(n: int) -> bytes:
@@ -68,6 +90,12 @@ def hkdf(master: bytes, salt: bytes, label: bytes, length: int = KEY_SIZE) -> by
     return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=label).derive(master)
 
 
+#: Ceilings on Argon2id parameters, whether typed or read from a header.
+MAX_KDF_MEMORY_KIB = 1 << 20  # 1 GiB
+MAX_KDF_ITERATIONS = 16
+MAX_KDF_LANES = 16
+
+
 @dataclass(frozen=True)
 class KdfParams:
     """Argon2id parameters as stored in the vault header."""
@@ -77,13 +105,24 @@ class KdfParams:
     lanes: int = 4
 
     def check(self) -> None:
-        """Raise ValueError if the parameters are out of the sane range."""
-        if not (8 * self.lanes <= self.memory_kib <= 4 * 1024 * 1024):
-            raise ValueError(f"Argon2id memory {self.memory_kib} KiB out of range")
-        if not (1 <= self.iterations <= 64):
-            raise ValueError(f"Argon2id iterations {self.iterations} out of range")
-        if not (1 <= self.lanes <= 64):
-            raise ValueError(f"Argon2id lanes {self.lanes} out of range")
+        """Raise ValueError if the parameters are out of the accepted range.
+
+        The ceilings bound what a header from the store can make an unlock
+        cost (at most :data:`MAX_KDF_MEMORY_KIB` of memory and
+        :data:`MAX_KDF_ITERATIONS` passes: about 15 s on one core here), and
+        what ``--kdf-*`` accepts, so a vault can always be unlocked again.
+        """
+        if not (8 * self.lanes <= self.memory_kib <= MAX_KDF_MEMORY_KIB):
+            raise ValueError(
+                f"Argon2id memory {self.memory_kib} KiB out of range "
+                f"({8 * self.lanes}..{MAX_KDF_MEMORY_KIB})"
+            )
+        if not (1 <= self.iterations <= MAX_KDF_ITERATIONS):
+            raise ValueError(
+                f"Argon2id iterations {self.iterations} out of range (1..{MAX_KDF_ITERATIONS})"
+            )
+        if not (1 <= self.lanes <= MAX_KDF_LANES):
+            raise ValueError(f"Argon2id lanes {self.lanes} out of range (1..{MAX_KDF_LANES})")
 
 
 def argon2id(passphrase: bytes, salt: bytes, params: KdfParams) -> bytes:
@@ -126,6 +165,54 @@ def open_sealed(key: bytes, sealed: bytes, aad: bytes) -> bytes:
         raise AuthFailed("tag mismatch") from None
 
 
+def _committing_keys(key: bytes, nonce: bytes) -> tuple[bytes, bytes]:
+    """(AES key, commitment) of one committing seal: 64 bytes of HKDF-SHA256
+    with ``key`` as input key material and the seal's nonce as salt."""
+    out = hkdf(key, nonce, LABELS["committing"], KEY_SIZE + COMMIT_SIZE)
+    return out[:KEY_SIZE], out[KEY_SIZE:]
+
+
+def seal_committed(
+    key: bytes, plaintext: bytes, aad: bytes, nonce: bytes | None = None
+) -> bytes:
+    """Key-committing AEAD (format 3): ``nonce || commitment || ciphertext || tag``.
+
+    A fresh 96-bit random nonce is the HKDF salt that derives, from ``key``,
+    both a one-time AES-256-GCM key and a 256-bit commitment to ``key``
+    (the "UtC" construction of Bellare and Hoang, 2022, with HKDF-SHA256 as
+    the committing PRF). The GCM seal reuses the nonce under its one-time
+    key. So
+
+    * no ciphertext opens under two keys: that would need two keys with the
+      same HKDF output (a SHA-256 collision);
+    * ``key`` itself never encrypts anything: the number of seals under one
+      ``key`` is bounded only by nonce collisions of the derivation
+      (2^-33 after 2^32 seals), not by GCM's 2^32 limit per key.
+
+    ``nonce`` is for known-answer tests only.
+    """
+    if nonce is None:
+        nonce = os.urandom(NONCE_SIZE)
+    enc, commit = _committing_keys(key, nonce)
+    return nonce + commit + AESGCM(enc).encrypt(nonce, plaintext, aad)
+
+
+def open_committed(key: bytes, sealed: bytes, aad: bytes) -> bytes:
+    """Inverse of :func:`seal_committed`. Checks the commitment first: a wrong
+    key raises :class:`WrongKey` before any decryption; a right key with
+    tampered bytes raises :class:`AuthFailed`."""
+    if len(sealed) < COMMITTED_OVERHEAD:
+        raise AuthFailed("too short")
+    nonce = sealed[:NONCE_SIZE]
+    enc, commit = _committing_keys(key, nonce)
+    if not hmac.compare_digest(commit, sealed[NONCE_SIZE : NONCE_SIZE + COMMIT_SIZE]):
+        raise WrongKey("commitment mismatch")
+    try:
+        return AESGCM(enc).decrypt(nonce, sealed[NONCE_SIZE + COMMIT_SIZE :], aad)
+    except InvalidTag:
+        raise AuthFailed("tag mismatch") from None
+
+
 def hmac_sha256(key: bytes, data: bytes) -> bytes:
     return hmac.new(key, data, hashlib.sha256).digest()
 
@@ -137,18 +224,53 @@ def hmac_verify(key: bytes, data: bytes, tag: bytes) -> bool:
 class Keys:
     """The subkeys of one unlocked vault. Holds key material: never log it."""
 
-    __slots__ = ("cache", "file_wrap", "header_mac", "master", "meta", "root", "vault_id")
+    __slots__ = (
+        "cache",
+        "committing",
+        "file_wrap",
+        "header_mac",
+        "master",
+        "meta",
+        "root",
+        "vault_id",
+        "version",
+    )
 
-    def __init__(self, master: bytes, vault_id: bytes) -> None:
+    def __init__(self, master: bytes, vault_id: bytes, version: int = 1) -> None:
+        """Derive the subkeys. ``version`` is the vault's format version: from
+        :data:`COMMITTING_VERSION` on, every seal of :func:`seal_for` is key
+        committing with a derived key, and blocks use :func:`object_key`."""
         if len(master) != KEY_SIZE or len(vault_id) != ID_SIZE:
             raise ValueError("bad key or vault id size")
         self.master = master
         self.vault_id = vault_id
+        self.version = version
+        self.committing = version >= COMMITTING_VERSION
         self.header_mac = hkdf(master, vault_id, LABELS["header_mac"])
         self.root = hkdf(master, vault_id, LABELS["root"])
         self.meta = hkdf(master, vault_id, LABELS["meta"])
         self.file_wrap = hkdf(master, vault_id, LABELS["file_wrap"])
         self.cache = hkdf(master, vault_id, LABELS["cache"])
+
+
+def seal_for(keys: Keys, key: bytes, plaintext: bytes, aad: bytes) -> bytes:
+    """Seal a record (root, metadata object, inline data, wrapped key) the way
+    the vault's format does: committing (format 3) or plain AES-GCM."""
+    if keys.committing:
+        return seal_committed(key, plaintext, aad)
+    return seal(key, plaintext, aad)
+
+
+def open_for(keys: Keys, key: bytes, sealed: bytes, aad: bytes) -> bytes:
+    """Inverse of :func:`seal_for`; raises :class:`AuthFailed`."""
+    if keys.committing:
+        return open_committed(key, sealed, aad)
+    return open_sealed(key, sealed, aad)
+
+
+def sealed_overhead(keys: Keys) -> int:
+    """Bytes :func:`seal_for` adds to a plaintext."""
+    return COMMITTED_OVERHEAD if keys.committing else OVERHEAD
 
 
 # --- associated data -------------------------------------------------------
@@ -212,12 +334,38 @@ def inline_aad(vault_id: bytes, file_id: bytes, length: int) -> bytes:
 
 
 def wrap_file_key(keys: Keys, file_id: bytes, file_key: bytes, nonce: bytes | None = None) -> bytes:
-    """Wrap a per-file content key under the vault's file-wrap key (60 bytes)."""
-    return seal(keys.file_wrap, file_key, filekey_aad(keys.vault_id, file_id), nonce)
+    """Wrap a per-file content key under the vault's file-wrap key: 60 bytes
+    of AES-GCM, or (format 3) 92 bytes of the committing seal."""
+    aad = filekey_aad(keys.vault_id, file_id)
+    if keys.committing:
+        return seal_committed(keys.file_wrap, file_key, aad, nonce)
+    return seal(keys.file_wrap, file_key, aad, nonce)
 
 
 def unwrap_file_key(keys: Keys, file_id: bytes, wrapped: bytes) -> bytes:
-    return open_sealed(keys.file_wrap, wrapped, filekey_aad(keys.vault_id, file_id))
+    return open_for(keys, keys.file_wrap, wrapped, filekey_aad(keys.vault_id, file_id))
+
+
+@functools.lru_cache(maxsize=4096)
+def _object_aes(file_key: bytes, obj_id: bytes) -> AESGCM:
+    return AESGCM(object_key(file_key, obj_id))
+
+
+def object_key(file_key: bytes, obj_id: bytes) -> bytes:
+    """The key that seals the blocks of one chunk (or pack) object in format 3:
+    HKDF-SHA256 of the file key, salted with the object's random id.
+
+    Object ids are fresh for every upload, so one such key seals the blocks
+    of one object (a failed commit may seal them again, once per attempt):
+    at most chunk size / block size blocks per attempt, far from 2^32.
+    """
+    return hkdf(file_key, obj_id, LABELS["object_key"])
+
+
+def _block_aes(keys: Keys, file_key: bytes, obj_id: bytes) -> AESGCM:
+    if keys.committing:
+        return _object_aes(file_key, obj_id)
+    return _aes(file_key)
 
 
 # --- content layout -------------------------------------------------------
@@ -263,7 +411,7 @@ def seal_chunk(
 ) -> bytes:
     """Seal a chunk's plaintext into the bytes of its store object (or, with
     ``pack_off``, of its place in a pack object). CPU-heavy."""
-    aes = _aes(file_key)
+    aes = _block_aes(keys, file_key, obj_id)
     bs = layout.block_size
     parts: list[bytes] = []
     n = len(data)
@@ -296,7 +444,7 @@ def open_blocks(
     extension are detected. ``pack_off`` as for :func:`seal_chunk`. Raises
     :class:`AuthFailed`. CPU-heavy.
     """
-    aes = _aes(file_key)
+    aes = _block_aes(keys, file_key, obj_id)
     bs = layout.block_size
     out: list[bytes] = []
     view = memoryview(sealed)

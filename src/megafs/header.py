@@ -3,14 +3,14 @@
 Layout (all integers big-endian; see docs/format.md)::
 
     magic        8   b"MEGAFS\\x00\\x1a"
-    version      2   format version (2; 1 for vaults made before packing)
+    version      2   format version (3; 2 and 1 for older vaults)
     vault_id    16
     chunk_size   4
     block_size   4
-    nslots       1
-    nslots x slot (89 bytes):
+    nslots       1   1 or 2: at most one passphrase and one recovery slot
+    nslots x slot (89 bytes; 121 from format 3):
         kind 1 | kdf_memory_kib 4 | kdf_iterations 4 | kdf_lanes 4 | salt 16
-        | nonce 12 | wrapped master key 32 | tag 16
+        | nonce 12 | [commitment 32, format 3] | wrapped master key 32 | tag 16
     mac         32   HMAC-SHA256(header_mac key, every byte before it)
 
 Each slot's AAD is the fixed part (magic .. block_size, 34 bytes) plus the
@@ -19,6 +19,14 @@ without the slot failing to open. The trailing MAC, under a key derived from
 the master key, authenticates the whole header once any slot has opened.
 A recovery slot has zero KDF parameters and salt: its KEK is HKDF of the
 256-bit recovery key, which needs no stretching.
+
+Wrong-key failures are indistinguishable (docs/security.md, "Key
+commitment"): from format 3 a slot is a key-committing seal, so it opens
+under one KEK only, and a wrong passphrase is always found by the
+commitment, before anything else is checked. In formats 1 and 2 a slot is
+plain AES-GCM, which a forger can make open under several passphrases; there
+a slot that opens but leaves the header MAC failing is reported exactly like
+a wrong passphrase, so the outcome does not tell which passphrase opened it.
 """
 
 from __future__ import annotations
@@ -33,8 +41,8 @@ from .crypto import KdfParams, Keys, Layout
 from .errors import CorruptHeader, NotAVault, UnsupportedVersion, WrongPassphrase
 
 MAGIC = b"MEGAFS\x00\x1a"
-VERSION = 2
-#: The oldest format this megafs reads (and writes, without packing).
+VERSION = 3
+#: The oldest format this megafs reads (and writes, in that format).
 MIN_VERSION = 1
 SLOT_PASSPHRASE = 1
 SLOT_RECOVERY = 2
@@ -42,10 +50,22 @@ SLOT_RECOVERY = 2
 _FIXED = struct.Struct(">8sH16sII")
 _SLOT_HEAD = struct.Struct(">BIII16s")
 _SEALED_LEN = crypto.NONCE_SIZE + crypto.KEY_SIZE + crypto.TAG_SIZE
-SLOT_LEN = _SLOT_HEAD.size + _SEALED_LEN  # 89
+SLOT_LEN = _SLOT_HEAD.size + _SEALED_LEN  # 89, formats 1 and 2
+SLOT_LEN_V3 = SLOT_LEN + crypto.COMMIT_SIZE  # 121
+#: At most this many slots: one passphrase slot and one recovery slot.
+MAX_SLOTS = 2
 _MAC_LEN = 32
 FIXED_LEN = _FIXED.size  # 34
+#: The largest header any format has (two format 3 slots): 309 bytes.
+MAX_HEADER_LEN = FIXED_LEN + 1 + MAX_SLOTS * SLOT_LEN_V3 + _MAC_LEN
 _NO_KDF = KdfParams(0, 0, 0)
+_WRONG = "wrong passphrase"
+_WRONG_RECOVERY = "wrong recovery key"
+
+
+def slot_len(version: int) -> int:
+    """Bytes of one key slot in a header of format ``version``."""
+    return SLOT_LEN_V3 if version >= crypto.COMMITTING_VERSION else SLOT_LEN
 
 
 @dataclass(frozen=True)
@@ -118,78 +138,103 @@ def parse(data: bytes) -> tuple[Header, bytes, bytes]:
     if version < MIN_VERSION:
         raise CorruptHeader(f"vault header has invalid version {version}")
     nslots = data[FIXED_LEN]
-    end = FIXED_LEN + 1 + nslots * SLOT_LEN
-    if len(data) != end + _MAC_LEN or nslots == 0:
+    slen = slot_len(version)
+    end = FIXED_LEN + 1 + nslots * slen
+    if len(data) != end + _MAC_LEN or not 1 <= nslots <= MAX_SLOTS:
         raise CorruptHeader("vault header has a wrong length")
     if not (4096 <= block <= chunk <= 64 * 1024 * 1024) or chunk % block:
         raise CorruptHeader("vault header has invalid chunk geometry")
     layout = Layout(chunk_size=chunk, block_size=block)
-    slots = []
+    slots: list[Slot] = []
     pos = FIXED_LEN + 1
     for _ in range(nslots):
         kind, mem, iters, lanes, salt = _SLOT_HEAD.unpack_from(data, pos)
-        sealed = data[pos + _SLOT_HEAD.size : pos + SLOT_LEN]
+        sealed = data[pos + _SLOT_HEAD.size : pos + slen]
         kdf = KdfParams(memory_kib=mem, iterations=iters, lanes=lanes)
+        if kind not in (SLOT_PASSPHRASE, SLOT_RECOVERY) or any(s.kind == kind for s in slots):
+            raise CorruptHeader(f"vault header has an unknown or repeated key slot kind {kind}")
         if kind == SLOT_PASSPHRASE:
             try:
                 kdf.check()
             except ValueError as e:
                 raise CorruptHeader(f"vault header KDF parameters invalid: {e}") from None
         slots.append(Slot(kind=kind, kdf=kdf, salt=salt, sealed=sealed))
-        pos += SLOT_LEN
+        pos += slen
     hdr = Header(vault_id=vault_id, layout=layout, slots=tuple(slots), version=version)
     return hdr, data[:end], data[end:]
-
-
-def _verify(keys: Keys, body: bytes, mac: bytes) -> None:
-    if not crypto.hmac_verify(keys.header_mac, body, mac):
-        raise CorruptHeader("vault header failed authentication (tampered or corrupt)")
 
 
 def _recovery_kek(vault_id: bytes, recovery_key: bytes) -> bytes:
     return crypto.hkdf(recovery_key, vault_id, crypto.LABELS["recovery_kek"])
 
 
-def unlock(data: bytes, passphrase: str) -> tuple[Header, Keys]:
-    """Open a passphrase slot. Raises WrongPassphrase, CorruptHeader, ... CPU-heavy."""
-    hdr, body, mac = parse(data)
-    pw = normalize_passphrase(passphrase)
-    for s in hdr.slots:
-        if s.kind != SLOT_PASSPHRASE:
-            continue
-        kek = crypto.argon2id(pw, s.salt, s.kdf)
+def _seal_slot(hdr: Header, kek: bytes, master: bytes, head: bytes) -> bytes:
+    if hdr.version >= crypto.COMMITTING_VERSION:
+        return crypto.seal_committed(kek, master, hdr.slot_aad(head))
+    return crypto.seal(kek, master, hdr.slot_aad(head))
+
+
+def _open_slot(
+    hdr: Header, body: bytes, mac: bytes, slot: Slot, kek: bytes, wrong: str
+) -> Keys:
+    """The vault keys if ``kek`` opens ``slot`` and the header MAC then holds.
+
+    Format 3: a failed commitment is a wrong key (WrongPassphrase); past it
+    the key is the right one, so a failing tag or MAC is tampering
+    (CorruptHeader). Formats 1 and 2: every failure is reported as the same
+    WrongPassphrase line, since a forged slot may open under several keys.
+    """
+    aad = hdr.slot_aad(slot.head())
+    if hdr.version >= crypto.COMMITTING_VERSION:
         try:
-            master = crypto.open_sealed(kek, s.sealed, hdr.slot_aad(s.head()))
+            master = crypto.open_committed(kek, slot.sealed, aad)
+        except crypto.WrongKey:
+            raise WrongPassphrase(wrong) from None
         except crypto.AuthFailed:
-            continue
-        keys = Keys(master, hdr.vault_id)
-        _verify(keys, body, mac)
-        return hdr, keys
-    raise WrongPassphrase("wrong passphrase")
+            raise CorruptHeader("vault header key slot failed authentication") from None
+        keys = Keys(master, hdr.vault_id, hdr.version)
+        if not crypto.hmac_verify(keys.header_mac, body, mac):
+            raise CorruptHeader("vault header failed authentication (tampered or corrupt)")
+        return keys
+    try:
+        master = crypto.open_sealed(kek, slot.sealed, aad)
+    except crypto.AuthFailed:
+        raise WrongPassphrase(wrong) from None
+    keys = Keys(master, hdr.vault_id, hdr.version)
+    if not crypto.hmac_verify(keys.header_mac, body, mac):
+        raise WrongPassphrase(wrong)
+    return keys
+
+
+def _slot(hdr: Header, kind: int, wrong: str) -> Slot:
+    for s in hdr.slots:
+        if s.kind == kind:
+            return s
+    raise WrongPassphrase(wrong)
+
+
+def unlock(data: bytes, passphrase: str) -> tuple[Header, Keys]:
+    """Open the passphrase slot. Raises WrongPassphrase, CorruptHeader, ... CPU-heavy
+    (one Argon2id run: a header has at most one passphrase slot)."""
+    hdr, body, mac = parse(data)
+    slot = _slot(hdr, SLOT_PASSPHRASE, _WRONG)
+    kek = crypto.argon2id(normalize_passphrase(passphrase), slot.salt, slot.kdf)
+    return hdr, _open_slot(hdr, body, mac, slot, kek, _WRONG)
 
 
 def unlock_recovery(data: bytes, recovery_key: bytes) -> tuple[Header, Keys]:
     """Open the recovery slot with the 32-byte recovery key."""
     hdr, body, mac = parse(data)
+    slot = _slot(hdr, SLOT_RECOVERY, _WRONG_RECOVERY)
     kek = _recovery_kek(hdr.vault_id, recovery_key)
-    for s in hdr.slots:
-        if s.kind != SLOT_RECOVERY:
-            continue
-        try:
-            master = crypto.open_sealed(kek, s.sealed, hdr.slot_aad(s.head()))
-        except crypto.AuthFailed:
-            continue
-        keys = Keys(master, hdr.vault_id)
-        _verify(keys, body, mac)
-        return hdr, keys
-    raise WrongPassphrase("wrong recovery key")
+    return hdr, _open_slot(hdr, body, mac, slot, kek, _WRONG_RECOVERY)
 
 
 def _passphrase_slot(hdr: Header, master: bytes, passphrase: str, kdf: KdfParams) -> Slot:
     salt = crypto.random_bytes(16)
     head = Slot(SLOT_PASSPHRASE, kdf, salt, b"").head()
     kek = crypto.argon2id(normalize_passphrase(passphrase), salt, kdf)
-    return Slot(SLOT_PASSPHRASE, kdf, salt, crypto.seal(kek, master, hdr.slot_aad(head)))
+    return Slot(SLOT_PASSPHRASE, kdf, salt, _seal_slot(hdr, kek, master, head))
 
 
 def create(
@@ -201,14 +246,14 @@ def create(
     hdr = Header(vault_id=crypto.new_id(), layout=layout or Layout())
     master = crypto.random_bytes(crypto.KEY_SIZE)
     recovery = crypto.random_bytes(crypto.KEY_SIZE)
-    keys = Keys(master, hdr.vault_id)
+    keys = Keys(master, hdr.vault_id, hdr.version)
     pslot = _passphrase_slot(hdr, master, passphrase, kdf or KdfParams())
     rhead = Slot(SLOT_RECOVERY, _NO_KDF, bytes(16), b"").head()
     rslot = Slot(
         SLOT_RECOVERY,
         _NO_KDF,
         bytes(16),
-        crypto.seal(_recovery_kek(hdr.vault_id, recovery), master, hdr.slot_aad(rhead)),
+        _seal_slot(hdr, _recovery_kek(hdr.vault_id, recovery), master, rhead),
     )
     return replace(hdr, slots=(pslot, rslot)), keys, recovery
 

@@ -230,6 +230,7 @@ class Inode:
         "small",
         "target",
         "uid",
+        "wrapped_key",
         "xattrs",
     )
 
@@ -244,6 +245,9 @@ class Inode:
         self.atime = self.mtime = self.ctime = now
         self.file_id = crypto.new_id()
         self.file_key: bytes | None = None
+        #: ``file_key`` as wrapped in the inode record, kept so that a record
+        #: written again reuses it rather than sealing the key once more
+        self.wrapped_key: bytes | None = None
         self.xattrs: dict[bytes, bytes] = {}
         self.body_ref: bytes | None = None
         self.body_loaded = True
@@ -642,9 +646,10 @@ class Filesystem:
             node.file_id = expect_bytes(rec["f"])
             node.xattrs = {expect_bytes(k): expect_bytes(v) for k, v in rec.get("x", {}).items()}
             if "k" in rec:
+                node.wrapped_key = expect_bytes(rec["k"])
                 try:
                     node.file_key = crypto.unwrap_file_key(
-                        self.vault.keys, node.file_id, expect_bytes(rec["k"])
+                        self.vault.keys, node.file_id, node.wrapped_key
                     )
                 except crypto.AuthFailed:
                     raise IntegrityError(name, f"file key of inode {ino} fails") from None
@@ -694,7 +699,8 @@ class Filesystem:
                         raise ValueError("inline data without a file key")
                     sealed = expect_bytes(body["i"])
                     try:
-                        node.small = crypto.open_sealed(
+                        node.small = crypto.open_for(
+                            self.vault.keys,
                             node.file_key,
                             sealed,
                             crypto.inline_aad(self.vault.vault_id, node.file_id, len(sealed)),
@@ -722,8 +728,9 @@ class Filesystem:
             }
             if node.small is not None:
                 assert node.file_key is not None
-                sealed_len = len(node.small) + crypto.OVERHEAD
-                body["i"] = crypto.seal(
+                sealed_len = len(node.small) + crypto.sealed_overhead(self.vault.keys)
+                body["i"] = crypto.seal_for(
+                    self.vault.keys,
                     node.file_key,
                     node.small,
                     crypto.inline_aad(self.vault.vault_id, node.file_id, sealed_len),
@@ -746,7 +753,11 @@ class Filesystem:
         if node.xattrs:
             rec["x"] = node.xattrs
         if node.file_key is not None:
-            rec["k"] = crypto.wrap_file_key(self.vault.keys, node.file_id, node.file_key)
+            if node.wrapped_key is None:
+                node.wrapped_key = crypto.wrap_file_key(
+                    self.vault.keys, node.file_id, node.file_key
+                )
+            rec["k"] = node.wrapped_key
         if not node.body_loaded or (not node.body_dirty and node.body_ref is not None):
             rec["B"] = node.body_ref
             return rec
@@ -1971,7 +1982,7 @@ class Filesystem:
         self.root.ptab = ptab
         self.root.next_pack = packs.next_pack if packs is not None else 0
         self.root_for_commit = Root(
-            generation=self.root.generation + 1,
+            generation=self.vault.next_generation(),
             itab=itab,
             next_ino=self.root.next_ino,
             orphans=sorted(self.orphans),

@@ -6,9 +6,11 @@ model. It owns
 * creating a vault (``init``), unlocking it, changing its passphrase;
 * sealing and opening metadata objects and chunk objects (names are random
   128-bit ids in hex; nothing about the kind of object is visible);
-* the root pointer: reading it with rollback detection against the highest
-  generation this client has seen (kept under the local state folder), and
-  committing a new root by compare-and-swap;
+* the root pointer: reading it with rollback detection against the last
+  root this client has seen or committed (its generation and digest, kept
+  under the local state folder), and committing a new root by
+  compare-and-swap; generations are never reused, and each root names the
+  digest of the root it replaces (``prev``);
 * the writer lease carried inside the root, which refuses a second writer.
 
 Every method that talks to the store is async and may block on the network.
@@ -20,6 +22,7 @@ thread would add a thread hand-off to every seal and buy no parallelism
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -45,6 +48,7 @@ from .errors import (
     VaultExists,
 )
 from .stores import Store
+from .stores.base import MAX_OBJECT_SIZE, MAX_POINTER_SIZE
 
 T = TypeVar("T")
 
@@ -56,6 +60,16 @@ KIND_INDEX = 1
 KIND_LEAF = 2
 KIND_BODY = 3
 KIND_PACKS = 4  # a leaf page of the pack table (format 2)
+
+#: The largest root pointer and metadata object read from a store; larger
+#: ones are refused (IntegrityError) before more than this is read. A root is
+#: a few hundred bytes plus 9 per orphan; the largest metadata object is the
+#: body of a huge folder (about 40 bytes per entry with 20-byte names).
+ROOT_MAX = MAX_POINTER_SIZE
+META_MAX = MAX_OBJECT_SIZE
+#: Digests of refused root writes remembered (a store that kept one and
+#: serves it later is lying).
+REFUSED_KEPT = 16
 
 #: How long a writer lease lasts without renewal.
 LEASE_SECONDS = 300.0
@@ -84,13 +98,26 @@ def state_dir() -> str:
     return os.path.join(base, "megafs")
 
 
+def root_digest(sealed: bytes) -> bytes:
+    """The digest that names a root: SHA-256 of its sealed pointer bytes."""
+    return hashlib.sha256(sealed).digest()
+
+
 @dataclass
 class LocalState:
-    """Client-side memory of one vault: protects against rollback."""
+    """Client-side memory of one vault: protects against rollback.
+
+    ``generation`` and ``digest`` are those of the newest root this client
+    has seen or committed; ``refused`` holds the digests of the last root
+    writes the store refused (compare-and-swap failed). Saved (fsynced)
+    whenever the newest root changes or a write is refused.
+    """
 
     path: str
     generation: int = 0
     client_id: bytes = field(default_factory=crypto.new_id)
+    digest: bytes | None = None
+    refused: list[bytes] = field(default_factory=list)
 
     @classmethod
     def load(cls, vault_id: bytes) -> LocalState:
@@ -98,27 +125,48 @@ class LocalState:
         try:
             with open(path) as f:
                 d = json.load(f)
-            return cls(path, int(d["generation"]), bytes.fromhex(d["client_id"]))
+            digest = d.get("digest")
+            return cls(
+                path,
+                int(d["generation"]),
+                bytes.fromhex(d["client_id"]),
+                bytes.fromhex(digest) if digest is not None else None,
+                [bytes.fromhex(x) for x in d.get("refused", [])],
+            )
         except FileNotFoundError:
             st = cls(path)
             st.save()
             return st
-        except (ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise CorruptHeader(f"local vault state {path} is corrupt: {e}") from None
 
     def save(self) -> None:
         os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
         tmp = f"{self.path}.tmp.{os.getpid()}"
+        rec: dict[str, Any] = {"generation": self.generation, "client_id": self.client_id.hex()}
+        if self.digest is not None:
+            rec["digest"] = self.digest.hex()
+        if self.refused:
+            rec["refused"] = [x.hex() for x in self.refused]
         with open(tmp, "w") as f:
-            json.dump({"generation": self.generation, "client_id": self.client_id.hex()}, f)
+            json.dump(rec, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
 
-    def saw(self, generation: int) -> None:
-        if generation > self.generation:
+    def saw(self, generation: int, digest: bytes | None = None) -> None:
+        """Remember root ``generation`` (with ``digest``) if it is the newest."""
+        if generation > self.generation or (
+            generation == self.generation and digest is not None and self.digest is None
+        ):
             self.generation = generation
+            self.digest = digest
             self.save()
+
+    def was_refused(self, digest: bytes) -> None:
+        """Remember that the store refused a root write with this digest."""
+        self.refused = [*self.refused, digest][-REFUSED_KEPT:]
+        self.save()
 
 
 @dataclass
@@ -152,6 +200,9 @@ class Root:
     ptab: bytes | None = None
     #: next pack number to allocate (numbers are never reused)
     next_pack: int = 0
+    #: digest (:func:`root_digest`) of the root this one replaced; None in
+    #: the first root of a vault and in roots written before it existed
+    prev: bytes | None = None
 
     def encode(self) -> bytes:
         rec: dict[str, Any] = {
@@ -167,6 +218,8 @@ class Root:
         if self.ptab is not None or self.next_pack:
             rec["ptab"] = self.ptab
             rec["npack"] = self.next_pack
+        if self.prev is not None:
+            rec["prev"] = self.prev
         packed: bytes = msgpack.packb(rec, use_bin_type=True)
         return packed
 
@@ -184,9 +237,18 @@ class Root:
                 journal=(expect_bytes(d["jrnl"][0]), int(d["jrnl"][1])) if d.get("jrnl") else None,
                 ptab=expect_bytes(d["ptab"]) if d.get("ptab") is not None else None,
                 next_pack=int(d.get("npack", 0)),
+                prev=_digest_or_none(d.get("prev")),
             )
         except (KeyError, TypeError, ValueError, IndexError, OverflowError) as e:
             raise IntegrityError(ROOT, f"malformed root record: {e}") from None
+
+
+def _digest_or_none(value: Any) -> bytes | None:
+    if value is None:
+        return None
+    if not isinstance(value, bytes) or len(value) != 32:
+        raise ValueError("prev is not a 32-byte digest")
+    return value
 
 
 def expect_bytes(value: Any) -> bytes:
@@ -219,6 +281,8 @@ class Vault:
         self.vault_id = hdr.vault_id
         self.state = LocalState.load(hdr.vault_id)
         self._root_etag: str | None = None
+        self._root_digest: bytes | None = None  # of the root the next commit replaces
+        self._attempted = 0  # highest generation a commit has tried
         self.read_only = True
 
     # --- creation and unlocking ------------------------------------------
@@ -244,14 +308,19 @@ class Vault:
             raise VaultExists(f"a vault already exists at {store.url}") from None
         vault = Vault(store, hdr, keys)
         root = Root(generation=1, itab=None, next_ino=2)
-        vault._root_etag = await store.cas_pointer(ROOT, vault.seal_root(root), None)
-        vault.state.saw(1)
+        sealed = vault.seal_root(root)
+        vault._root_etag = await store.cas_pointer(ROOT, sealed, None)
+        vault._root_digest = root_digest(sealed)
+        vault.state.saw(1, vault._root_digest)
         return vault, recovery
 
     @staticmethod
     async def _read_header(store: Store) -> bytes:
         await store.check()
-        ptr = await store.read_pointer(HEADER)
+        try:
+            ptr = await store.read_pointer(HEADER, max_size=header.MAX_HEADER_LEN)
+        except IntegrityError:
+            raise CorruptHeader("vault header is larger than any megafs header") from None
         if ptr is None:
             raise NotAVault(f"no megafs vault at {store.url}")
         header.parse(ptr.data)  # NotAVault / UnsupportedVersion / CorruptHeader first
@@ -272,7 +341,7 @@ class Vault:
 
     async def set_passphrase(self, passphrase: str, kdf: KdfParams | None = None) -> None:
         """Replace the passphrase slot (compare-and-swap on the header)."""
-        ptr = await self.store.read_pointer(HEADER)
+        ptr = await self.store.read_pointer(HEADER, max_size=header.MAX_HEADER_LEN)
         if ptr is None:
             raise NotAVault(f"no megafs vault at {self.store.url}")
         new = await in_thread(
@@ -287,24 +356,28 @@ class Vault:
     # --- sealed objects ---------------------------------------------------
 
     def seal_root(self, root: Root) -> bytes:
-        return crypto.seal(self.keys.root, root.encode(), crypto.root_aad(self.vault_id))
+        return crypto.seal_for(
+            self.keys, self.keys.root, root.encode(), crypto.root_aad(self.vault_id)
+        )
 
     def open_root(self, data: bytes) -> Root:
         try:
-            plain = crypto.open_sealed(self.keys.root, data, crypto.root_aad(self.vault_id))
+            plain = crypto.open_for(self.keys, self.keys.root, data, crypto.root_aad(self.vault_id))
         except crypto.AuthFailed:
             raise IntegrityError(ROOT, "root pointer failed authentication") from None
         return Root.decode(plain)
 
     def seal_meta(self, kind: int, obj_id: bytes, payload: Any) -> bytes:
         plain: bytes = msgpack.packb(payload, use_bin_type=True)
-        return crypto.seal(self.keys.meta, plain, crypto.meta_aad(self.vault_id, kind, obj_id))
+        return crypto.seal_for(
+            self.keys, self.keys.meta, plain, crypto.meta_aad(self.vault_id, kind, obj_id)
+        )
 
     def open_meta(self, kind: int, obj_id: bytes, data: bytes) -> Any:
         name = obj_name(obj_id)
         try:
-            plain = crypto.open_sealed(
-                self.keys.meta, data, crypto.meta_aad(self.vault_id, kind, obj_id)
+            plain = crypto.open_for(
+                self.keys, self.keys.meta, data, crypto.meta_aad(self.vault_id, kind, obj_id)
             )
         except crypto.AuthFailed:
             raise IntegrityError(name) from None
@@ -317,7 +390,7 @@ class Vault:
     async def get_meta(self, kind: int, obj_id: bytes) -> Any:
         name = obj_name(obj_id)
         try:
-            data = await self.store.get(name)
+            data = await self.store.get(name, max_size=META_MAX)
         except ObjectNotFound:
             # Referenced by authenticated metadata, so the store lost or withheld it.
             raise IntegrityError(name, "object is missing from the store") from None
@@ -326,31 +399,87 @@ class Vault:
     # --- root pointer -----------------------------------------------------
 
     async def read_root(self) -> Root:
-        """Fetch and authenticate the root; refuse a rollback."""
-        ptr = await self.store.read_pointer(ROOT)
+        """Fetch and authenticate the root; refuse a rollback.
+
+        Refused (RollbackError): a root older than the last one this client
+        saw or committed; one of the same generation with another digest;
+        one exactly one generation newer whose ``prev`` is not that root (a
+        fork: generations only grow along the chain, so a descendant one
+        generation newer is a direct child); one whose write the store had
+        refused. Generations may skip (a refused attempt uses one up).
+        """
+        ptr = await self.store.read_pointer(ROOT, max_size=ROOT_MAX)
         if ptr is None:
             raise IntegrityError(ROOT, "root pointer is missing")
         root = self.open_root(ptr.data)
-        if root.generation < self.state.generation:
-            raise RollbackError(ROOT, self.state.generation, root.generation)
-        self.state.saw(root.generation)
+        digest = root_digest(ptr.data)
+        st = self.state
+        if root.generation < st.generation:
+            raise RollbackError(ROOT, st.generation, root.generation)
+        if root.generation == st.generation and st.digest not in (None, digest):
+            raise RollbackError(
+                ROOT,
+                st.generation,
+                root.generation,
+                f"store served a different root of generation {root.generation} than the "
+                "one already seen (rollback or forked history)",
+            )
+        if (
+            root.generation == st.generation + 1
+            and st.digest is not None
+            and root.prev is not None
+            and root.prev != st.digest
+        ):
+            raise RollbackError(
+                ROOT,
+                st.generation,
+                root.generation,
+                f"store served a root of generation {root.generation} that does not follow "
+                f"the generation {st.generation} already seen (forked history)",
+            )
+        if digest in st.refused:
+            raise RollbackError(
+                ROOT,
+                st.generation,
+                root.generation,
+                "store served a root whose write it had refused (a lying store)",
+            )
+        st.saw(root.generation, digest)
         self._root_etag = ptr.etag
+        self._root_digest = digest
         return root
 
+    def next_generation(self) -> int:
+        """The generation of the next commit attempt: above every root seen,
+        committed or attempted, so no two roots this client makes share one."""
+        self._attempted = max(self._attempted, self.state.generation) + 1
+        return self._attempted
+
     async def commit_root(self, root: Root) -> None:
-        """Compare-and-swap the root. Raises CommitConflict if it moved meanwhile."""
+        """Compare-and-swap the root. Raises CommitConflict if it moved meanwhile.
+
+        ``root.generation`` must come from :meth:`next_generation`; ``prev``
+        is set here to the digest of the root being replaced. A refused swap
+        is remembered (:meth:`LocalState.was_refused`): a store that keeps
+        the refused bytes and serves them later is caught by :meth:`read_root`.
+        """
         if self._root_etag is None:
             raise CommitConflict("root was never read")
+        if root.generation <= self.state.generation:
+            raise ValueError("root generation not from next_generation()")
+        root.prev = self._root_digest
+        sealed = self.seal_root(root)
+        digest = root_digest(sealed)
         try:
-            self._root_etag = await self.store.cas_pointer(
-                ROOT, self.seal_root(root), self._root_etag
-            )
+            self._root_etag = await self.store.cas_pointer(ROOT, sealed, self._root_etag)
         except PreconditionFailed:
+            self.state.was_refused(digest)
             raise CommitConflict(
                 "the vault was changed by another client; this client's changes were not "
                 "committed"
             ) from None
-        self.state.saw(root.generation)
+        self._root_digest = digest
+        self.state.saw(root.generation, digest)
 
     def my_lease(self) -> Lease:
         return Lease(

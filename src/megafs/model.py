@@ -410,6 +410,10 @@ class Filesystem:
         self._gc_stop = False
         self._inflight: dict[ChunkRef, trio.Event] = {}  # chunk -> prefetch running
         self._commit_lock = trio.Lock()
+        #: Mutations logged so far, and how many of them the last successful
+        #: commit covered (group commit: see :meth:`fsync`).
+        self._mutations = 0
+        self._durable_mutations = 0
         self.commits = 0
         self.root_for_commit = root
         self.journal: Journal | None = None
@@ -481,6 +485,7 @@ class Filesystem:
         section that mutates: if the journal cannot be written (a full cache
         disk) the operation fails with nothing changed.
         """
+        self._mutations += 1
         if self.journal is not None:
             self.journal.append([record[0], self._now(), *record[1:]])
 
@@ -1702,9 +1707,26 @@ class Filesystem:
         return bool(self.dirty_pages or self.meta_dirty or self.pending or self.pack_drops)
 
     async def fsync(self, ino: int | None = None) -> None:
-        """Make everything written so far durable in the store (commits the vault)."""
-        if self.writable:
-            await self.commit()
+        """Make everything written so far durable in the store. Blocks on the store.
+
+        Group commit: the call returns as soon as a commit whose snapshot was
+        taken after it began has succeeded, whoever ran it. Every mutation is
+        logged (:meth:`_log`) right before the await-free section that applies
+        it, so a snapshot taken once ``_mutations`` reached ``n`` holds the
+        first ``n`` mutations. Calls that arrive while a commit is in flight
+        queue on the commit lock (FIFO); the first of them commits for all of
+        them, and the rest find their mutations covered and return: one root
+        swap acknowledges every fsync that waited for it.
+        """
+        if not self.writable:
+            return
+        want = self._mutations
+        if self._durable_mutations >= want:
+            return
+        async with self._commit_lock:
+            if self._durable_mutations >= want:
+                return
+            await self._commit_locked()
 
     async def commit(self) -> bool:
         """Commit all changes: upload new objects, then compare-and-swap the root.
@@ -1716,37 +1738,44 @@ class Filesystem:
         if not self.writable:
             return False
         async with self._commit_lock:
-            if not self.has_changes():
-                return False
-            await self._load_pack_pages()
-            chunk_jobs, pack_jobs, meta_jobs, snap, garbage = self._snapshot()
-            try:
-                async with trio.open_nursery() as nursery:
-                    for ref, pend in chunk_jobs:
-                        nursery.start_soon(self._ensure_uploaded, ref, pend)
-                    for job in pack_jobs:
-                        nursery.start_soon(self._upload_pack, job)
-                    for kind, obj_id, payload in meta_jobs:
-                        nursery.start_soon(self.vault.put_meta, kind, obj_id, payload)
-                await self.vault.store.sync()
-                await self.vault.commit_root(self.root_for_commit)
-            except BaseException:
-                self._unsnapshot(snap, meta_jobs, garbage)
-                raise
-            self.root.generation = self.root_for_commit.generation
-            self.root.orphans = self.root_for_commit.orphans
-            # Committed chunks are read from the store (or the disk cache) from
-            # now on; the kernel's page cache still holds what was just written.
-            for ref, _ in chunk_jobs:
+            return await self._commit_locked()
+
+    async def _commit_locked(self) -> bool:
+        """:meth:`commit`, with the commit lock held by the caller."""
+        covers = self._mutations
+        if not self.has_changes():
+            self._durable_mutations = max(self._durable_mutations, covers)
+            return False
+        await self._load_pack_pages()
+        chunk_jobs, pack_jobs, meta_jobs, snap, garbage = self._snapshot()
+        try:
+            async with trio.open_nursery() as nursery:
+                for ref, pend in chunk_jobs:
+                    nursery.start_soon(self._ensure_uploaded, ref, pend)
+                for job in pack_jobs:
+                    nursery.start_soon(self._upload_pack, job)
+                for kind, obj_id, payload in meta_jobs:
+                    nursery.start_soon(self.vault.put_meta, kind, obj_id, payload)
+            await self.vault.store.sync()
+            await self.vault.commit_root(self.root_for_commit)
+        except BaseException:
+            self._unsnapshot(snap, meta_jobs, garbage)
+            raise
+        self.root.generation = self.root_for_commit.generation
+        self.root.orphans = self.root_for_commit.orphans
+        # Committed chunks are read from the store (or the disk cache) from
+        # now on; the kernel's page cache still holds what was just written.
+        for ref, _ in chunk_jobs:
+            self.pending.pop(ref, None)
+        for job in pack_jobs:
+            self.pending_packs.pop(job.obj, None)
+            for ref, _ in job.parts:
                 self.pending.pop(ref, None)
-            for job in pack_jobs:
-                self.pending_packs.pop(job.obj, None)
-                for ref, _ in job.parts:
-                    self.pending.pop(ref, None)
-            self.commits += 1
-            mark = self.root_for_commit.journal
-            if self.journal is not None and mark is not None:
-                self.journal.committed(mark[1])
+        self.commits += 1
+        self._durable_mutations = max(self._durable_mutations, covers)
+        mark = self.root_for_commit.journal
+        if self.journal is not None and mark is not None:
+            self.journal.committed(mark[1])
         await self._collect(garbage)
         return True
 

@@ -49,6 +49,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -107,6 +108,9 @@ WORKLOADS = [
     Workload("mount_small", "mount a vault of {small} files", "s", False, "mount"),
     Workload("mount_big", "mount a vault of {big} files", "s", False, "mount"),
     Workload("find_big", "find + stat over the {big}-file vault, cold", "s", False, "find_big"),
+    Workload("fsync_1", "4 KiB files created, written, fsynced, closed: 1 writer", "fsyncs/s",
+             True, "fsync"),
+    Workload("fsync_32", "the same, {writers} writers at once", "fsyncs/s", True, "fsync"),
 ]
 WL = {w.key: w for w in WORKLOADS}
 
@@ -147,6 +151,8 @@ TARGETS = [
            "warm sequential read >= 0.8x the null-FUSE ceiling"),
     Target("megafs-s3", "null", ("seq_read_warm",), 0.8,
            "warm sequential read >= 0.8x the null-FUSE ceiling"),
+    Target("megafs-local", "gocryptfs", ("fsync_1", "fsync_32"), 1.0,
+           "fsync over a local folder >= 1.0x gocryptfs (1 and 32 writers)"),
 ]
 
 
@@ -161,8 +167,11 @@ class Params:
     small_files: int = 10
     mount_runs: int = 5
     readahead_variants: bool = True
+    fsync_files: int = 200  # per run, shared by the writers
+    fsync_writers: int = 32
     systems: list[str] = field(default_factory=lambda: list(SYSTEMS))
-    groups: list[str] = field(default_factory=lambda: ["seq", "rand", "tree", "mount"])
+    groups: list[str] = field(
+        default_factory=lambda: ["seq", "rand", "tree", "mount", "fsync"])
 
     @property
     def size(self) -> int:
@@ -1005,6 +1014,48 @@ class Bench:
         with self.observe("rm", s):
             self.res.add("rm", s.name, timed(remove))
 
+    # --- fsync ------------------------------------------------------------------
+
+    def fsync_run(self, s: System, r: int) -> None:
+        """Editors, git and sqlite: small files created, written, fsynced and closed,
+        by one writer and by many at once (threads; fsync releases the GIL). The
+        figure is fsyncs per second, each counted when its fsync returned."""
+        for key, writers in (("fsync_1", 1), ("fsync_32", self.p.fsync_writers)):
+            top = s.mnt / f"fsync-{key}-{r}"
+            top.mkdir()
+            fsync_dir(s.mnt)
+            n = self.p.fsync_files
+            each = -(-n // writers)
+            data = self.pool.block(r, writers)[:4096].tobytes()
+            errors: list[BaseException] = []
+
+            def work(w: int, top: Path = top, each: int = each, data: bytes = data,
+                     errors: list[BaseException] = errors) -> None:
+                try:
+                    for i in range(each):
+                        fd = os.open(top / f"{w}-{i}", os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+                                     0o644)
+                        try:
+                            os.write(fd, data)
+                            os.fsync(fd)
+                        finally:
+                            os.close(fd)
+                except BaseException as e:
+                    errors.append(e)
+
+            def burst(writers: int = writers) -> None:
+                threads = [threading.Thread(target=work, args=(w,)) for w in range(writers)]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+
+            with self.observe("fsync", s):
+                t = timed(burst)
+            if errors:
+                raise errors[0]
+            self.res.add(key, s.name, writers * each / t)
+
     # --- mount time (megafs only) -------------------------------------------------
 
     def mount_times(self, s: Megafs, make: Callable[[str], Megafs]) -> None:
@@ -1109,7 +1160,7 @@ def markdown(res: Results, summary: dict[str, Any]) -> str:
     size = f"{p.size_mib} MiB" if p.size_mib < 1024 else f"{p.size_mib / 1024:g} GiB"
     tree = res.extra.get("tree", {})
     names = {"size": size, "tree": tree.get("name", "tarball"), "small": p.small_files,
-             "big": f"{p.big_files:,}"}
+             "big": f"{p.big_files:,}", "writers": p.fsync_writers}
     systems = [s for s in SYSTEMS if any(s in d for d in res.raw.values())]
     out = []
     m = res.meta
@@ -1224,7 +1275,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Params]:
     ap.add_argument("--systems", help=f"comma-separated subset of {','.join(SYSTEMS)}")
     ap.add_argument("--no-readahead-variants", action="store_true",
                     help="skip the megafs mounts with the kernel's default readahead")
-    ap.add_argument("--only", help="comma-separated subset of seq,rand,tree,mount")
+    ap.add_argument("--only", help="comma-separated subset of seq,rand,tree,mount,fsync")
+    ap.add_argument("--fsync-files", type=int,
+                    help="files per fsync run, shared by the writers (default 200)")
     ap.add_argument("--out", type=Path,
                     help="results path without suffix (default bench/results/compare-DATE)")
     ap.add_argument("--workdir", type=Path, help="parent of the scratch folder (default /tmp)")
@@ -1240,10 +1293,10 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Params]:
     p = Params()
     if a.quick:
         p = Params(size_mib=64, runs=1, rand_reads=300, tree_limit=1500, big_files=2000,
-                   mount_runs=2)
+                   mount_runs=2, fsync_files=64)
     for opt, attr in (("size_mib", "size_mib"), ("runs", "runs"), ("rand_reads", "rand_reads"),
                       ("tree_limit", "tree_limit"), ("big_files", "big_files"),
-                      ("mount_runs", "mount_runs")):
+                      ("mount_runs", "mount_runs"), ("fsync_files", "fsync_files")):
         if getattr(a, opt) is not None:
             setattr(p, attr, getattr(a, opt))
     if a.systems:
@@ -1356,6 +1409,9 @@ def main(argv: list[str] | None = None) -> int:
             save(res, out)
         if "tree" in p.groups:
             bench.each("tree", bench.tree_run)
+            save(res, out)
+        if "fsync" in p.groups:
+            bench.each("fsync", bench.fsync_run)
             save(res, out)
         if "mount" in p.groups:
             for name in MEGAFS:

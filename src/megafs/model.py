@@ -1703,6 +1703,11 @@ class Filesystem:
         """Chunks up to this length are packed (format 2): half a chunk."""
         return self.layout.chunk_size // 2
 
+    def renew_lease(self) -> None:
+        """Make the next commit write the root even with no other change, so
+        that it renews the writer lease. No await."""
+        self.meta_dirty = True
+
     def has_changes(self) -> bool:
         return bool(self.dirty_pages or self.meta_dirty or self.pending or self.pack_drops)
 

@@ -352,7 +352,7 @@ async def _commit_loop(fs: Filesystem, interval: float) -> None:
                 await fs.commit()
                 last = now
             elif now - last > 60:
-                fs.meta_dirty = True  # renew the writer lease
+                fs.renew_lease()
                 await fs.commit()
                 last = now
         except* MegafsError as failed:

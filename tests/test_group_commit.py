@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.lowlevel
 
 from megafs.crypto import KdfParams, Layout
 from megafs.model import ROOT_INO, Filesystem
@@ -106,7 +107,7 @@ async def test_concurrent_fsyncs_share_root_swaps(
 
     async def writer(w: int) -> None:
         for r in range(ROUNDS):
-            await trio.sleep(0)
+            await trio.lowlevel.checkpoint()
             name = b"w%d-r%d" % (w, r)
             data = os.urandom(4096)
             ino = (await fs.create(ROOT_INO, name, 0o644, 0, 0)).ino

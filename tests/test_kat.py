@@ -81,6 +81,11 @@ def _nonce(i: int) -> bytes:
     return i.to_bytes(crypto.NONCE_SIZE, "big")
 
 
+def _xnonce(i: int) -> bytes:
+    """A 192-bit nonce of format 3's committing seal."""
+    return bytes(range(0x70, 0x70 + 12)) + i.to_bytes(crypto.NONCE_SIZE, "big")
+
+
 MASTER = _seq(0x00, 32)
 VAULT_ID = bytes.fromhex("0f1e2d3c4b5a69788796a5b4c3d2e1f0")
 RECOVERY_KEY = _seq(0x80, 32)
@@ -629,15 +634,15 @@ def test_pack_table_page_and_chunk_map_decode(
 # --- format 3: key commitment and per-object keys -------------------------------
 
 NONCES_V3 = {
-    "passphrase_slot": _nonce(31),
-    "recovery_slot": _nonce(32),
-    "root": _nonce(33),
-    "wrap_a": _nonce(34),
-    "inline_a": _nonce(35),
-    "index": _nonce(36),
-    "chunk_block0": _nonce(37),
+    "passphrase_slot": _xnonce(31),
+    "recovery_slot": _xnonce(32),
+    "root": _xnonce(33),
+    "wrap_a": _xnonce(34),
+    "inline_a": _xnonce(35),
+    "index": _xnonce(36),
+    "chunk_block0": _nonce(37),  # blocks: plain AES-GCM under the object key
     "chunk_block1": _nonce(38),
-    "committing": _nonce(39),
+    "committing": _xnonce(39),
 }
 PREV_ROOT = _seq(0x90, 32)
 KAT_ROOT_V3 = Root(
@@ -731,10 +736,10 @@ def _hkdf_sha256(ikm: bytes, salt: bytes, info: bytes, length: int) -> bytes:
 def _open_committed_doc(key: bytes, sealed: bytes, aad: bytes) -> bytes:
     """The committing seal opened as docs/format.md section 4 describes it."""
     label = b"megafs v3 committing AEAD: per-seal key and commitment (HKDF-SHA256)"
-    nonce, commit, rest = sealed[:12], sealed[12:44], sealed[44:]
+    nonce, commit, rest = sealed[:24], sealed[24:56], sealed[56:]
     okm = _hkdf_sha256(key, nonce, label, 64)
     assert hmac.compare_digest(okm[32:], commit), "commitment mismatch"
-    return AESGCM(okm[:32]).decrypt(nonce, rest, aad)
+    return AESGCM(okm[:32]).decrypt(nonce[12:], rest, aad)
 
 
 def test_v3_vector_file_has_every_section(frozen_v3: dict[str, Any]) -> None:
@@ -751,8 +756,8 @@ def test_writer_reproduces_v3_vector(
 def test_v3_committing_seal(frozen_v3: dict[str, Any]) -> None:
     v = frozen_v3["committing"]
     sealed = h(v["sealed"])
-    assert len(sealed) == len(COMMIT_PLAIN) + 60
-    assert sealed[12:44] == h(v["commitment"])
+    assert len(sealed) == len(COMMIT_PLAIN) + 72
+    assert sealed[24:56] == h(v["commitment"])
     assert _open_committed_doc(KEY_A, sealed, COMMIT_AAD) == COMMIT_PLAIN
     assert crypto.open_committed(KEY_A, sealed, COMMIT_AAD) == COMMIT_PLAIN
     # Another key fails at the commitment, before any decryption.
@@ -766,7 +771,7 @@ def test_v3_committing_seal(frozen_v3: dict[str, Any]) -> None:
 
 def test_v3_header_opens_with_both_slots(frozen_v3: dict[str, Any]) -> None:
     data = h(frozen_v3["header"])
-    assert len(data) == 34 + 1 + 2 * 121 + 32 == header.MAX_HEADER_LEN
+    assert len(data) == 34 + 1 + 2 * 133 + 32 == header.MAX_HEADER_LEN
     hdr, keys = header.unlock(data, KAT_PASS_NFD)
     assert keys.master == MASTER and hdr.version == 3 and keys.committing
     assert [s.kind for s in hdr.slots] == [header.SLOT_PASSPHRASE, header.SLOT_RECOVERY]
@@ -782,7 +787,7 @@ def test_v3_records_open(frozen_v3: dict[str, Any], tmp_path: Path) -> None:
     root = vault.open_root(h(frozen_v3["root"]["sealed"]))
     assert root == KAT_ROOT_V3 and root.prev == PREV_ROOT
     wrapped = h(frozen_v3["wrapped_file_key_a"])
-    assert len(wrapped) == 92
+    assert len(wrapped) == 104
     assert crypto.unwrap_file_key(keys, FILE_A, wrapped) == KEY_A
     assert _open_committed_doc(
         keys.file_wrap, wrapped, b"megafs/v1/filekey\x00" + VAULT_ID + FILE_A
@@ -867,7 +872,7 @@ FROZEN_TREE_V2: list[Entry] = [
     ],
 ]
 FROZEN_RECOVERY_V2 = "HTCI-KMHI-3YG7-PITR-ALD7-KWD6-MDCV-AL5C-5BTQ-KRNJ-GDNA-YNJ7-IQTM-TFQK"
-FROZEN_RECOVERY_V3 = "FF6N-3LOD-ROK5-3FTP-4DEU-RNWK-2N2Y-HBKG-SGXK-TQEU-23SG-AASL-C3QP-DVF7"
+FROZEN_RECOVERY_V3 = "I43Q-65FQ-67LL-NQMJ-WFPH-ZQWS-FLZT-HO6O-VQYY-KGNN-RS2W-KKGY-PZFA-UK5W"
 
 
 @dataclass
@@ -1059,7 +1064,7 @@ async def test_frozen_vault_still_writable(
     assert bool(reader.packs) == (version >= 2)
 
 
-@pytest.mark.parametrize(("folder", "size"), [(V1_VAULT, 245), (V2_VAULT, 245), (V3_VAULT, 309)])
+@pytest.mark.parametrize(("folder", "size"), [(V1_VAULT, 245), (V2_VAULT, 245), (V3_VAULT, 333)])
 def test_frozen_vault_is_small_and_committed(folder: Path, size: int) -> None:
     total = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
     assert 0 < total < 100_000
@@ -1091,7 +1096,7 @@ class DocReader:
         self.version = version
         self.vid = vid
         fixed = data[:34]
-        slot_len = 121 if version >= 3 else 89
+        slot_len = 133 if version >= 3 else 89
         body_end = 35 + slot_len * nslots
         master = None
         for i in range(nslots):

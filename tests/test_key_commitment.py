@@ -36,6 +36,7 @@ from megafs.vault import Vault, obj_name
 FAST_KDF = KdfParams(memory_kib=8192, iterations=1, lanes=1)
 SALT = bytes(range(16))
 NONCE = bytes(range(100, 112))
+XNONCE = bytes(range(100, 124))  # format 3's committing seal: 192 bits
 PASS_1, PASS_2, PASS_3 = "first passphrase", "second passphrase", "third passphrase"
 
 
@@ -121,13 +122,14 @@ def _forged_header(version: int) -> tuple[bytes, bytes, bytes]:
     aad = hdr.slot_aad(head)
     k1, k2 = _kek(PASS_1), _kek(PASS_2)
     if version >= 3:  # the forger knows both keys, so both one-time GCM keys too
-        okm1 = crypto.hkdf(k1, NONCE, crypto.LABELS["committing"], 64)
+        okm1 = crypto.hkdf(k1, XNONCE, crypto.LABELS["committing"], 64)
         e1, c1 = okm1[:32], okm1[32:]
-        e2 = crypto.hkdf(k2, NONCE, crypto.LABELS["committing"], 64)[:32]
-        body = gcm_collision(e1, e2, NONCE, aad)
-        sealed = NONCE + c1 + body
-        m1 = AESGCM(e1).decrypt(NONCE, body, aad)
-        m2 = AESGCM(e2).decrypt(NONCE, body, aad)  # the GCM part opens under both
+        e2 = crypto.hkdf(k2, XNONCE, crypto.LABELS["committing"], 64)[:32]
+        gnonce = XNONCE[12:]
+        body = gcm_collision(e1, e2, gnonce, aad)
+        sealed = XNONCE + c1 + body
+        m1 = AESGCM(e1).decrypt(gnonce, body, aad)
+        m2 = AESGCM(e2).decrypt(gnonce, body, aad)  # the GCM part opens under both
     else:
         body = gcm_collision(k1, k2, NONCE, aad)
         sealed = NONCE + body
@@ -179,7 +181,7 @@ def test_wrapped_file_keys_are_committed() -> None:
     keys = Keys(bytes(32), bytes(16), 3)
     fid = bytes(range(16))
     wrapped = crypto.wrap_file_key(keys, fid, bytes(range(32)))
-    assert len(wrapped) == 92
+    assert len(wrapped) == 104
     other = Keys(bytes([1]) * 32, bytes(16), 3)
     with pytest.raises(crypto.WrongKey):
         crypto.unwrap_file_key(other, fid, wrapped)
@@ -262,3 +264,27 @@ async def test_blocks_are_sealed_under_a_key_per_object(any_store: Store) -> Non
     fs2 = await Filesystem.load(await Vault.unlock(any_store, "per-object keys"), writable=False)
     attr = await fs2.lookup(ROOT_INO, b"big")
     assert await fs2.read(attr.ino, 0, attr.size) == data
+
+
+def test_an_older_vault_with_stronger_kdf_settings_opens_with_its_recovery_key() -> None:
+    """Older megafs let ``init`` choose up to 4 GiB and 64 passes. Such a format 2
+    header still parses; its passphrase slot is refused before any Argon2id
+    work (one clear line naming the way out), and its recovery key opens it."""
+    strong = KdfParams(memory_kib=8192, iterations=40, lanes=1)
+    vault_id = bytes(range(70, 86))
+    hdr = Header(vault_id=vault_id, layout=Layout(8192, 4096), version=2)
+    master, recovery = bytes(range(32)), bytes(range(32, 64))
+    phead = Slot(header.SLOT_PASSPHRASE, strong, SALT, b"").head()
+    pslot = Slot(header.SLOT_PASSPHRASE, strong, SALT, crypto.seal(bytes(32), master,
+                                                                   hdr.slot_aad(phead)))
+    none = KdfParams(0, 0, 0)
+    rhead = Slot(header.SLOT_RECOVERY, none, bytes(16), b"").head()
+    rkek = crypto.hkdf(recovery, vault_id, crypto.LABELS["recovery_kek"])
+    rslot = Slot(header.SLOT_RECOVERY, none, bytes(16), crypto.seal(rkek, master,
+                                                                     hdr.slot_aad(rhead)))
+    data = replace(hdr, slots=(pslot, rslot)).encode(Keys(master, vault_id, 2))
+    assert header.parse(data)[0].slots[0].kdf == strong
+    with pytest.raises(CorruptHeader, match="recovery key"):
+        header.unlock(data, "any passphrase")
+    _, keys = header.unlock_recovery(data, recovery)
+    assert keys.master == master

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from megafs.crypto import KdfParams, Layout
-from megafs.errors import CommitConflict, PreconditionFailed, RollbackError
+from megafs.errors import CommitConflict, PreconditionFailed, RollbackError, StoreError
 from megafs.model import ROOT_INO, Filesystem
 from megafs.stores import Pointer, Store
 from megafs.stores.base import MAX_OBJECT_SIZE, MAX_POINTER_SIZE, Refused
@@ -40,12 +40,16 @@ class LyingStore(Store):
     def __init__(self, inner: Store) -> None:
         self.inner = inner
         self.url = inner.url
-        self._refuse = False
+        self._refuse: str | None = None
         self.kept: bytes | None = None
+        self.all_kept: list[bytes] = []
         self._serve = False
 
-    def refuse_next_root(self) -> None:
-        self._refuse = True
+    def refuse_next_root(self, how: str = "refused") -> None:
+        """The next root write fails: "refused" answers PreconditionFailed,
+        "no answer" a StoreError (a dropped connection); either way the
+        bytes are kept."""
+        self._refuse = how
 
     def serve_kept(self) -> None:
         assert self.kept is not None
@@ -82,9 +86,12 @@ class LyingStore(Store):
 
     async def cas_pointer(self, name: str, data: bytes, expected: str | None) -> str:
         if name == "root" and self._refuse:
-            self._refuse = False
+            how, self._refuse = self._refuse, None
             self.kept = data
-            raise PreconditionFailed("root changed concurrently (a lie)")
+            self.all_kept.append(data)
+            if how == "refused":
+                raise PreconditionFailed("root changed concurrently (a lie)")
+            raise StoreError("connection dropped (a lie: the bytes were kept)")
         return await self.inner.cas_pointer(name, data, expected)
 
     async def sync(self) -> None:
@@ -195,8 +202,8 @@ async def test_same_generation_other_root_and_forks_are_refused(
     fs_b = await Filesystem.load(vault_b)  # one commit: the lease and replay
     ptr_b = await any_store.read_pointer("root")
     assert ptr_b is not None
-    fs_b.meta_dirty = True
-    await fs_b.fsync()
+    fs_b.renew_lease()
+    await fs_b.commit()
     ptr_b2 = await any_store.read_pointer("root")
     assert ptr_b2 is not None
     await fs_b.close()
@@ -220,3 +227,44 @@ async def test_same_generation_other_root_and_forks_are_refused(
     assert cur is not None
     await any_store.cas_pointer("root", ptr_a.data, cur.etag)
     assert await _read(await _open(any_store), b"doc") == b"base"
+
+
+@pytest.mark.parametrize(("how", "attempts", "serve"), [("refused", 20, 3), ("no answer", 6, -1)])
+async def test_kept_attempts_stay_older_than_what_follows_a_restart(
+    any_store: Store, how: str, attempts: int, serve: int
+) -> None:
+    """Many failed background commits, all kept by the store; the daemon dies;
+    the next one fsyncs new data; then the store serves one of the kept roots
+    (one newer than the new commits would be if they started where the
+    store's root was, and, for refused writes, one old enough to have left
+    the list of refused digests). Failed attempts are remembered across the
+    restart, so the new commits are newer than every kept one."""
+    store = LyingStore(any_store)
+    vault, _ = await Vault.init(store, PASS, FAST_KDF, SMALL)
+    fs = await Filesystem.load(vault)
+    await _write(fs, b"doc", b"version 1")
+    await fs.fsync()
+    for i in range(attempts):
+        store.refuse_next_root(how)
+        await _write(fs, b"doc", b"version 2.%d" % i)
+        with pytest.raises((CommitConflict, StoreError)):
+            await fs.commit()
+    del fs, vault  # the daemon is gone, without a word
+    fs2 = await Filesystem.load(await Vault.unlock(store, PASS))
+    assert await _read(fs2, b"doc") == b"version 1"
+    await _write(fs2, b"doc", b"version 3")
+    await _write(fs2, b"new", b"fsynced after the restart")
+    await fs2.fsync()
+    newest = fs2.root.generation
+    await fs2.close()
+    kept = store.all_kept[serve]
+    probe = await Vault.unlock(store, PASS)
+    assert probe.open_root(kept).generation < newest
+    store.kept = kept
+    store.serve_kept()
+    with pytest.raises(RollbackError):
+        await _open(store)
+    store._serve = False
+    fs3 = await _open(store)
+    assert await _read(fs3, b"doc") == b"version 3"
+    assert await _read(fs3, b"new") == b"fsynced after the restart"

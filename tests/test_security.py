@@ -338,10 +338,10 @@ def _slot_params_valid(mem: int, iters: int, lanes: int) -> bool:
 def header_verdict(data: bytes, pos: int) -> type[Exception]:
     """What unlocking with the passphrase must raise when byte ``pos`` is flipped (^1).
 
-    Layout (format 3, 2 slots of 121 bytes): fixed part 0-33, slot count 34,
-    passphrase slot 35-155 (kind 35, KDF parameters 36-47, salt 48-63, nonce
-    64-75, commitment 76-107, wrapped key and tag 108-155), recovery slot
-    156-276, MAC 277-308. What changes the key-encryption key or the
+    Layout (format 3, 2 slots of 133 bytes): fixed part 0-33, slot count 34,
+    passphrase slot 35-167 (kind 35, KDF parameters 36-47, salt 48-63, nonce
+    64-87, commitment 88-119, wrapped key and tag 120-167), recovery slot
+    168-300, MAC 301-332. What changes the key-encryption key or the
     commitment (KDF parameters, salt, nonce, commitment) is a wrong key: it
     cannot be told apart from a wrong passphrase. Past the commitment the key
     is right, so anything else that fails (the slot's tag over its associated
@@ -358,7 +358,7 @@ def header_verdict(data: bytes, pos: int) -> type[Exception]:
     if pos < 48:
         mem, iters, lanes = (int.from_bytes(bad[i : i + 4], "big") for i in (36, 40, 44))
         return WrongPassphrase if _slot_params_valid(mem, iters, lanes) else CorruptHeader
-    if pos < 108:
+    if pos < 120:
         return WrongPassphrase  # salt, nonce, commitment
     return CorruptHeader  # the slot's ciphertext and tag, the recovery slot, the MAC
 
@@ -367,7 +367,7 @@ async def test_header_every_byte_flipped(store: Store) -> None:
     vault = await new_vault(store)
     await (await Filesystem.load(vault)).close()
     good = await read_any(store, "header")
-    assert len(good) == 309
+    assert len(good) == 333
     assert [s.kind for s in vault.header.slots] == [header.SLOT_PASSPHRASE, header.SLOT_RECOVERY]
     counts: dict[str, int] = {}
     for pos in range(len(good)):
@@ -399,11 +399,11 @@ async def test_header_flips_seen_through_the_recovery_slot(store: Store) -> None
         (50, CorruptHeader),  # the passphrase slot: the MAC fails
         (100, CorruptHeader),
         (140, CorruptHeader),
-        (170, CorruptHeader),  # the recovery slot's salt: its tag fails
-        (190, WrongPassphrase),  # its nonce and commitment: a wrong key
-        (210, WrongPassphrase),
-        (250, CorruptHeader),  # its wrapped key and tag
-        (290, CorruptHeader),  # the MAC
+        (185, CorruptHeader),  # the recovery slot's salt: its tag fails
+        (200, WrongPassphrase),  # its nonce and commitment: a wrong key
+        (230, WrongPassphrase),
+        (260, CorruptHeader),  # its wrapped key and tag
+        (310, CorruptHeader),  # the MAC
     ]:
         await write_any(store, "header", flipped(good, pos))
         with pytest.raises(want):
@@ -448,7 +448,7 @@ async def test_every_block_of_a_chunk_is_checked(store: Store) -> None:
 async def test_inline_data_lives_inside_the_authenticated_leaf(store: Store) -> None:
     """A small file's bytes are inside the leaf; flipping any of them fails the leaf.
 
-    AES-GCM is a stream cipher, so byte ``44 + i`` of the sealed leaf (after
+    AES-GCM is a stream cipher, so byte ``56 + i`` of the sealed leaf (after
     the nonce and the commitment) encrypts byte ``i`` of its plaintext: that
     is how the test finds where the inline data sits without the store being
     able to.
@@ -467,9 +467,9 @@ async def test_inline_data_lives_inside_the_authenticated_leaf(store: Store) -> 
     assert node.small == s.files[SMALL_FILE] and not node.chunks
     inline = bytes(msgpack.unpackb(plain, strict_map_key=False)[ino]["b"]["i"])
     at = plain.index(inline)
-    assert plain.count(inline) == 1 and len(inline) == len(s.files[SMALL_FILE]) + 60
+    assert plain.count(inline) == 1 and len(inline) == len(s.files[SMALL_FILE]) + 72
     for i in range(0, len(inline), 3):
-        await store.put(leaf, flipped(good, 44 + at + i))
+        await store.put(leaf, flipped(good, 56 + at + i))
         await expect_integrity(s, leaf)
     await store.put(leaf, good)
     await exercise(s)
@@ -875,30 +875,41 @@ async def test_no_nonce_is_ever_used_twice(store: Store) -> None:
         chunk_objs |= {r.obj for r in fs.inodes[big].chunks.values()}
     await fs.close()
     await vault.set_passphrase("another passphrase", FAST_KDF)
-    seals: list[bytes] = []  # each: nonce || ciphertext || tag
+    # Each: nonce || ... ; blocks have 96-bit nonces, every other seal of
+    # format 3 (slots, roots, metadata, wrapped keys, inline data) 192-bit ones.
+    seals: list[tuple[bytes, bytes]] = []
+    slot = header.slot_len(vault.header.version)
+    x = crypto.XNONCE_SIZE
+    inner = 0
     for name, data in rec.puts:
         if name == "pointer:header":
-            seals += [data[35 + 89 * i + 29 : 35 + 89 * i + 89] for i in range(data[34])]
+            for i in range(data[34]):
+                sealed = data[35 + slot * i + 29 : 35 + slot * (i + 1)]
+                seals.append((sealed[:x], sealed))
         elif name.startswith("pointer:"):
-            seals.append(data)
+            seals.append((data[:x], data))
         elif bytes.fromhex(name) in chunk_objs:
-            seals += [data[i : i + SB] for i in range(0, len(data), SB)]
+            seals += [(data[i : i + 12], data[i : i + SB]) for i in range(0, len(data), SB)]
         else:
-            seals.append(data)
-            seals += inner_seals(vault, bytes.fromhex(name), data)
+            seals.append((data[:x], data))
+            found = inner_seals(vault, bytes.fromhex(name), data)
+            inner += len(found)
+            seals += [(v[:x], v) for v in found]
     by_nonce: dict[bytes, set[bytes]] = {}
-    for sealed in seals:
-        by_nonce.setdefault(sealed[:12], set()).add(sealed)
+    for nonce, sealed in seals:
+        by_nonce.setdefault(nonce, set()).add(sealed)
     assert len(chunk_objs) == 6 * 2
+    assert inner >= 6 * 2  # the wrapped keys and the inline data of every leaf written
     assert len(by_nonce) > 6 * (CS // BS + 3 + 2)
     assert all(len(v) == 1 for v in by_nonce.values())
+
 
 
 def inner_seals(vault: Vault, obj: bytes, data: bytes) -> list[bytes]:
     """The wrapped keys and inline data sealed inside a leaf page."""
     try:
-        plain = crypto.open_sealed(
-            vault.keys.meta, data, crypto.meta_aad(vault.vault_id, KIND_LEAF, obj)
+        plain = crypto.open_for(
+            vault.keys, vault.keys.meta, data, crypto.meta_aad(vault.vault_id, KIND_LEAF, obj)
         )
     except crypto.AuthFailed:
         return []  # an index or a body
@@ -948,9 +959,9 @@ async def test_all_randomness_comes_from_the_os(
         produced.append(ref.obj)
         sealed = await store.get(obj_name(ref.obj))
         produced += [sealed[i : i + 12] for i in range(0, len(sealed), SB)]
-    for s in vault.header.slots:
-        produced.append(s.sealed[:12])
-    produced.append((await read_any(store, "root"))[:12])
+    for s in vault.header.slots:  # format 3: the committing seal's 192-bit nonce
+        produced.append(s.sealed[: crypto.XNONCE_SIZE])
+    produced.append((await read_any(store, "root"))[: crypto.XNONCE_SIZE])
     missing = [p.hex() for p in produced if p not in given]
     assert not missing
 
@@ -1008,10 +1019,10 @@ async def test_passwd_replaces_the_slot_but_an_old_header_still_opens(store: Sto
     old_header = await read_any(store, "header")
     await vault.set_passphrase("new passphrase", FAST_KDF)
     new_header = await read_any(store, "header")
-    assert len(new_header) == len(old_header) == 309
+    assert len(new_header) == len(old_header) == 333
     # Only the passphrase slot and the MAC changed; the recovery slot is kept.
-    assert new_header[:35] == old_header[:35] and new_header[156:277] == old_header[156:277]
-    assert new_header[35:156] != old_header[35:156]
+    assert new_header[:35] == old_header[:35] and new_header[168:301] == old_header[168:301]
+    assert new_header[35:168] != old_header[35:168]
     with pytest.raises(WrongPassphrase):
         await Vault.unlock(store, PASS)
     assert (await Vault.unlock(store, "new passphrase")).keys.master == vault.keys.master

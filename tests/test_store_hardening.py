@@ -618,3 +618,55 @@ def test_stores_do_not_import_random() -> None:
             else:
                 continue
             assert "random" not in names, f"{path.name} imports random"
+
+
+def _listing_page(keys: list[str], token: str | None) -> bytes:
+    items = "".join(f"<Contents><Key>{k}</Key><Size>7</Size></Contents>" for k in keys)
+    more = (f"<IsTruncated>true</IsTruncated><NextContinuationToken>{token}"
+            "</NextContinuationToken>") if token else "<IsTruncated>false</IsTruncated>"
+    return (f'<?xml version="1.0"?><ListBucketResult>{items}{more}</ListBucketResult>').encode()
+
+
+async def test_s3_listing_must_advance(hostile: HostileServer) -> None:
+    """A server that repeats a continuation token, sends keys out of order, or
+    invents refusals without end cannot keep a listing (or fsck) going."""
+    good = n("cd22")
+
+    def same_token(m: str, p: str, h: dict[str, str]) -> Answer:
+        return "200 OK", {}, _listing_page([], "again")
+
+    calls = 0
+
+    def backwards(m: str, p: str, h: dict[str, str]) -> Answer:
+        nonlocal calls
+        calls += 1
+        return "200 OK", {}, _listing_page([f"vault/o/{good}"], f"t{calls}")
+
+    def junk(m: str, p: str, h: dict[str, str]) -> Answer:
+        nonlocal calls
+        calls += 1
+        keys = [f"vault/o/junk-{calls:08d}-{i:04d}" for i in range(1000)]
+        return "200 OK", {}, _listing_page(keys, f"t{calls}")
+
+    async with hostile_store(hostile.endpoint) as store:
+        await hostile.reset(same_token)
+        with pytest.raises(StoreError, match="repeats a continuation token"):
+            await listing(store)
+        await hostile.reset(backwards)
+        with pytest.raises(StoreError, match="does not advance"):
+            await listing(store)
+        calls = 0
+        await hostile.reset(junk)
+        refused: list[Refused] = []
+        with pytest.raises(StoreError, match="more than 100000 keys"):
+            await listing(store, refused)
+        assert calls <= 101 and len(refused) <= 101_000
+
+
+def test_refused_names_are_printed_escaped() -> None:
+    """A store picks the names: one holding an escape sequence or a newline
+    must not reach a terminal or a log line as it is."""
+    r = Refused("objects/\x1b[2J\x1b]0;owned\x07\nfake line", "not an object name")
+    text = str(r)
+    assert "\x1b" not in text and "\n" not in text and "\x07" not in text
+    assert "\\x1b[2J" in text and text.endswith(": not an object name")

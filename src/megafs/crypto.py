@@ -20,9 +20,9 @@ layouts and ``docs/security.md`` for why each piece is as it is.
   *key-committing* AEAD (:func:`seal_committed`), so no ciphertext opens
   under two keys; and no long-lived key encrypts directly any more: blocks
   are sealed under a key derived from the file key and the object id
-  (:func:`object_key`), everything else under a key derived from the
-  vault key and a fresh random nonce (the committing seal again), so no key
-  ever approaches the 2^32 random-nonce limit of AES-GCM.
+  (:func:`object_key`), everything else under a one-time key derived from
+  the vault key and a fresh random 192-bit nonce (the committing seal
+  again), so no AES-GCM key ever approaches its 2^32 random-nonce limit.
 """
 
 from __future__ import annotations
@@ -61,9 +61,12 @@ LABELS = {
 
 #: The first format version with key commitment and derived per-seal keys.
 COMMITTING_VERSION = 3
+#: The committing seal's random nonce: 192 bits (the HKDF salt of its one-time
+#: key; its last 96 bits are also the GCM nonce under that key).
+XNONCE_SIZE = 24
 #: Bytes a committing seal adds to its plaintext: nonce, commitment, tag.
 COMMIT_SIZE = 32
-COMMITTED_OVERHEAD = NONCE_SIZE + COMMIT_SIZE + TAG_SIZE
+COMMITTED_OVERHEAD = XNONCE_SIZE + COMMIT_SIZE + TAG_SIZE
 
 
 class AuthFailed(Exception):
@@ -90,10 +93,15 @@ def hkdf(master: bytes, salt: bytes, label: bytes, length: int = KEY_SIZE) -> by
     return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=label).derive(master)
 
 
-#: Ceilings on Argon2id parameters, whether typed or read from a header.
+#: Ceilings on Argon2id parameters megafs runs: for new slots, and for any
+#: slot it unlocks.
 MAX_KDF_MEMORY_KIB = 1 << 20  # 1 GiB
 MAX_KDF_ITERATIONS = 16
 MAX_KDF_LANES = 16
+#: The wider range older megafs allowed at init: a format 1 or 2 header with
+#: parameters in it parses (and opens with its recovery key), but its
+#: passphrase slot is not unlocked above the ceilings.
+LEGACY_KDF = (4 << 20, 64, 64)
 
 
 @dataclass(frozen=True)
@@ -104,25 +112,26 @@ class KdfParams:
     iterations: int = 3
     lanes: int = 4
 
-    def check(self) -> None:
+    def check(self, *, legacy: bool = False) -> None:
         """Raise ValueError if the parameters are out of the accepted range.
 
         The ceilings bound what a header from the store can make an unlock
         cost (at most :data:`MAX_KDF_MEMORY_KIB` of memory and
         :data:`MAX_KDF_ITERATIONS` passes: about 15 s on one core here), and
         what ``--kdf-*`` accepts, so a vault can always be unlocked again.
+        ``legacy`` checks the wider range of :data:`LEGACY_KDF` instead.
         """
-        if not (8 * self.lanes <= self.memory_kib <= MAX_KDF_MEMORY_KIB):
+        mem, iters, lanes = (
+            LEGACY_KDF if legacy else (MAX_KDF_MEMORY_KIB, MAX_KDF_ITERATIONS, MAX_KDF_LANES)
+        )
+        if not (8 * self.lanes <= self.memory_kib <= mem):
             raise ValueError(
-                f"Argon2id memory {self.memory_kib} KiB out of range "
-                f"({8 * self.lanes}..{MAX_KDF_MEMORY_KIB})"
+                f"Argon2id memory {self.memory_kib} KiB out of range ({8 * self.lanes}..{mem})"
             )
-        if not (1 <= self.iterations <= MAX_KDF_ITERATIONS):
-            raise ValueError(
-                f"Argon2id iterations {self.iterations} out of range (1..{MAX_KDF_ITERATIONS})"
-            )
-        if not (1 <= self.lanes <= MAX_KDF_LANES):
-            raise ValueError(f"Argon2id lanes {self.lanes} out of range (1..{MAX_KDF_LANES})")
+        if not (1 <= self.iterations <= iters):
+            raise ValueError(f"Argon2id iterations {self.iterations} out of range (1..{iters})")
+        if not (1 <= self.lanes <= lanes):
+            raise ValueError(f"Argon2id lanes {self.lanes} out of range (1..{lanes})")
 
 
 def argon2id(passphrase: bytes, salt: bytes, params: KdfParams) -> bytes:
@@ -165,36 +174,39 @@ def open_sealed(key: bytes, sealed: bytes, aad: bytes) -> bytes:
         raise AuthFailed("tag mismatch") from None
 
 
-def _committing_keys(key: bytes, nonce: bytes) -> tuple[bytes, bytes]:
+def _committing_keys(key: bytes, xnonce: bytes) -> tuple[bytes, bytes]:
     """(AES key, commitment) of one committing seal: 64 bytes of HKDF-SHA256
-    with ``key`` as input key material and the seal's nonce as salt."""
-    out = hkdf(key, nonce, LABELS["committing"], KEY_SIZE + COMMIT_SIZE)
+    with ``key`` as input key material and the seal's 192-bit nonce as salt."""
+    out = hkdf(key, xnonce, LABELS["committing"], KEY_SIZE + COMMIT_SIZE)
     return out[:KEY_SIZE], out[KEY_SIZE:]
 
 
 def seal_committed(
     key: bytes, plaintext: bytes, aad: bytes, nonce: bytes | None = None
 ) -> bytes:
-    """Key-committing AEAD (format 3): ``nonce || commitment || ciphertext || tag``.
+    """Key-committing AEAD (format 3): ``nonce (24) || commitment (32) ||
+    ciphertext || tag (16)``.
 
-    A fresh 96-bit random nonce is the HKDF salt that derives, from ``key``,
-    both a one-time AES-256-GCM key and a 256-bit commitment to ``key``
+    A fresh 192-bit random nonce *N* is the HKDF salt that derives, from
+    ``key``, a one-time AES-256-GCM key and a 256-bit commitment to ``key``
     (the "UtC" construction of Bellare and Hoang, 2022, with HKDF-SHA256 as
-    the committing PRF). The GCM seal reuses the nonce under its one-time
-    key. So
+    the committing PRF, and a 192-bit nonce as XAES-256-GCM has); the GCM
+    nonce under the one-time key is the last 96 bits of *N*. So
 
     * no ciphertext opens under two keys: that would need two keys with the
-      same HKDF output (a SHA-256 collision);
-    * ``key`` itself never encrypts anything: the number of seals under one
-      ``key`` is bounded only by nonce collisions of the derivation
-      (2^-33 after 2^32 seals), not by GCM's 2^32 limit per key.
+      same HKDF output (an HMAC-SHA256 collision);
+    * ``key`` itself never encrypts anything, and two seals share a one-time
+      key only if their 192-bit nonces collide (about 2^-129 after 2^32
+      seals; and even then each GCM nonce repeats only with the whole *N*):
+      the number of seals under one ``key`` has no practical bound, unlike
+      the 2^32 of AES-GCM with random 96-bit nonces.
 
-    ``nonce`` is for known-answer tests only.
+    ``nonce`` (24 bytes) is for known-answer tests only.
     """
     if nonce is None:
-        nonce = os.urandom(NONCE_SIZE)
+        nonce = os.urandom(XNONCE_SIZE)
     enc, commit = _committing_keys(key, nonce)
-    return nonce + commit + AESGCM(enc).encrypt(nonce, plaintext, aad)
+    return nonce + commit + AESGCM(enc).encrypt(nonce[-NONCE_SIZE:], plaintext, aad)
 
 
 def open_committed(key: bytes, sealed: bytes, aad: bytes) -> bytes:
@@ -203,12 +215,14 @@ def open_committed(key: bytes, sealed: bytes, aad: bytes) -> bytes:
     tampered bytes raises :class:`AuthFailed`."""
     if len(sealed) < COMMITTED_OVERHEAD:
         raise AuthFailed("too short")
-    nonce = sealed[:NONCE_SIZE]
+    nonce = sealed[:XNONCE_SIZE]
     enc, commit = _committing_keys(key, nonce)
-    if not hmac.compare_digest(commit, sealed[NONCE_SIZE : NONCE_SIZE + COMMIT_SIZE]):
+    if not hmac.compare_digest(commit, sealed[XNONCE_SIZE : XNONCE_SIZE + COMMIT_SIZE]):
         raise WrongKey("commitment mismatch")
     try:
-        return AESGCM(enc).decrypt(nonce, sealed[NONCE_SIZE + COMMIT_SIZE :], aad)
+        return AESGCM(enc).decrypt(
+            nonce[-NONCE_SIZE:], sealed[XNONCE_SIZE + COMMIT_SIZE :], aad
+        )
     except InvalidTag:
         raise AuthFailed("tag mismatch") from None
 

@@ -250,8 +250,17 @@ async def _check(fs: Filesystem, report: Report, repair: bool, progress: Progres
     # the store's view
     onames = {obj_name(o) for o in reachable}
     listed: set[str] = set()
+    # A store can list names forever; more than this many beyond what the
+    # vault references is no vault megafs wrote.
+    most = 4 * len(onames) + 1_000_000
     async for oname, _size in vault.store.list(refused=report.refused):
         listed.add(oname)
+        if len(listed) > most:
+            report.problems.append(
+                f"the store lists more than {most} objects for a vault that references "
+                f"{len(onames)}; stopped listing (nothing was removed)"
+            )
+            return
     report.objects = len(listed)
     for oname in sorted(onames - listed):
         if not any(m.startswith(oname) for m in report.missing):

@@ -8,9 +8,10 @@ Layout (all integers big-endian; see docs/format.md)::
     chunk_size   4
     block_size   4
     nslots       1   1 or 2: at most one passphrase and one recovery slot
-    nslots x slot (89 bytes; 121 from format 3):
+    nslots x slot (89 bytes; 133 from format 3):
         kind 1 | kdf_memory_kib 4 | kdf_iterations 4 | kdf_lanes 4 | salt 16
-        | nonce 12 | [commitment 32, format 3] | wrapped master key 32 | tag 16
+        | nonce 12 (24 in format 3) | [commitment 32, format 3]
+        | wrapped master key 32 | tag 16
     mac         32   HMAC-SHA256(header_mac key, every byte before it)
 
 Each slot's AAD is the fixed part (magic .. block_size, 34 bytes) plus the
@@ -51,12 +52,12 @@ _FIXED = struct.Struct(">8sH16sII")
 _SLOT_HEAD = struct.Struct(">BIII16s")
 _SEALED_LEN = crypto.NONCE_SIZE + crypto.KEY_SIZE + crypto.TAG_SIZE
 SLOT_LEN = _SLOT_HEAD.size + _SEALED_LEN  # 89, formats 1 and 2
-SLOT_LEN_V3 = SLOT_LEN + crypto.COMMIT_SIZE  # 121
+SLOT_LEN_V3 = _SLOT_HEAD.size + crypto.COMMITTED_OVERHEAD + crypto.KEY_SIZE  # 133
 #: At most this many slots: one passphrase slot and one recovery slot.
 MAX_SLOTS = 2
 _MAC_LEN = 32
 FIXED_LEN = _FIXED.size  # 34
-#: The largest header any format has (two format 3 slots): 309 bytes.
+#: The largest header any format has (two format 3 slots): 333 bytes.
 MAX_HEADER_LEN = FIXED_LEN + 1 + MAX_SLOTS * SLOT_LEN_V3 + _MAC_LEN
 _NO_KDF = KdfParams(0, 0, 0)
 _WRONG = "wrong passphrase"
@@ -155,7 +156,7 @@ def parse(data: bytes) -> tuple[Header, bytes, bytes]:
             raise CorruptHeader(f"vault header has an unknown or repeated key slot kind {kind}")
         if kind == SLOT_PASSPHRASE:
             try:
-                kdf.check()
+                kdf.check(legacy=version < crypto.COMMITTING_VERSION)
             except ValueError as e:
                 raise CorruptHeader(f"vault header KDF parameters invalid: {e}") from None
         slots.append(Slot(kind=kind, kdf=kdf, salt=salt, sealed=sealed))
@@ -218,6 +219,13 @@ def unlock(data: bytes, passphrase: str) -> tuple[Header, Keys]:
     (one Argon2id run: a header has at most one passphrase slot)."""
     hdr, body, mac = parse(data)
     slot = _slot(hdr, SLOT_PASSPHRASE, _WRONG)
+    try:
+        slot.kdf.check()
+    except ValueError as e:  # an older vault made with more than megafs now runs
+        raise CorruptHeader(
+            f"the passphrase slot asks for more Argon2id work than megafs runs ({e}); "
+            "unlock with the recovery key (megafs recover) and set a new passphrase"
+        ) from None
     kek = crypto.argon2id(normalize_passphrase(passphrase), slot.salt, slot.kdf)
     return hdr, _open_slot(hdr, body, mac, slot, kek, _WRONG)
 

@@ -39,6 +39,17 @@ ENV_RECOVERY_KEY = "MEGAFS_RECOVERY_KEY"
 
 #: Every environment variable that may hold a secret of ours.
 SECRET_ENV = (ENV_PASSPHRASE, ENV_NEW_PASSPHRASE, ENV_RECOVERY_KEY)
+#: Store credentials the process itself may need (the AWS credential chain
+#: reads them), but that no command megafs runs does: kept from its children.
+STORE_SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
+
+
+def child_environment() -> dict[str, str]:
+    """The environment for a command megafs runs (``--extpass``,
+    ``fusermount3``): this process's, without any secret of ours or of the
+    store's."""
+    hidden = {*SECRET_ENV, *STORE_SECRET_ENV}
+    return {k: v for k, v in os.environ.items() if k not in hidden}
 
 
 def _first_line(text: str) -> str:
@@ -63,7 +74,8 @@ def run_extpass(command: str) -> str:
     """Run ``command`` (no shell) and return the first line of its stdout.
 
     The command inherits stdin and stderr, so it may prompt the user itself,
-    and the environment without any of :data:`SECRET_ENV`.
+    and the environment without any of :data:`SECRET_ENV` or
+    :data:`STORE_SECRET_ENV` (:func:`child_environment`).
     """
     try:
         argv = shlex.split(command)
@@ -72,8 +84,7 @@ def run_extpass(command: str) -> str:
     if not argv:
         raise PassphraseError("--extpass command is empty")
     try:
-        env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV}
-        proc = subprocess.run(argv, stdout=subprocess.PIPE, env=env, check=False)
+        proc = subprocess.run(argv, stdout=subprocess.PIPE, env=child_environment(), check=False)
     except OSError as e:
         raise PassphraseError(
             f"--extpass command {command!r} could not be run: {e.strerror or e}"

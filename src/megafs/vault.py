@@ -108,9 +108,11 @@ class LocalState:
     """Client-side memory of one vault: protects against rollback.
 
     ``generation`` and ``digest`` are those of the newest root this client
-    has seen or committed; ``refused`` holds the digests of the last root
-    writes the store refused (compare-and-swap failed). Saved (fsynced)
-    whenever the newest root changes or a write is refused.
+    has seen or committed; ``attempted`` is the highest generation of a root
+    write that failed (refused, or an error with no answer), so that a
+    restarted client never reuses it; ``refused`` holds the digests of the
+    last root writes the store refused (compare-and-swap failed). Saved
+    (fsynced) whenever the newest root changes or a write fails.
     """
 
     path: str
@@ -118,6 +120,7 @@ class LocalState:
     client_id: bytes = field(default_factory=crypto.new_id)
     digest: bytes | None = None
     refused: list[bytes] = field(default_factory=list)
+    attempted: int = 0
 
     @classmethod
     def load(cls, vault_id: bytes) -> LocalState:
@@ -132,6 +135,7 @@ class LocalState:
                 bytes.fromhex(d["client_id"]),
                 bytes.fromhex(digest) if digest is not None else None,
                 [bytes.fromhex(x) for x in d.get("refused", [])],
+                int(d.get("attempted", 0)),
             )
         except FileNotFoundError:
             st = cls(path)
@@ -148,6 +152,8 @@ class LocalState:
             rec["digest"] = self.digest.hex()
         if self.refused:
             rec["refused"] = [x.hex() for x in self.refused]
+        if self.attempted > self.generation:
+            rec["attempted"] = self.attempted
         with open(tmp, "w") as f:
             json.dump(rec, f)
             f.flush()
@@ -163,9 +169,12 @@ class LocalState:
             self.digest = digest
             self.save()
 
-    def was_refused(self, digest: bytes) -> None:
-        """Remember that the store refused a root write with this digest."""
-        self.refused = [*self.refused, digest][-REFUSED_KEPT:]
+    def failed(self, generation: int, refused: bytes | None = None) -> None:
+        """Remember a root write of ``generation`` that failed, and, if the
+        store refused it, its digest ``refused``."""
+        self.attempted = max(self.attempted, generation)
+        if refused is not None:
+            self.refused = [*self.refused, refused][-REFUSED_KEPT:]
         self.save()
 
 
@@ -353,6 +362,29 @@ class Vault:
             raise CommitConflict("the vault header changed concurrently; try again") from None
         self.header = new
 
+    async def replace_passphrase(self, passphrase: str, kdf: KdfParams | None = None) -> None:
+        """Replace the passphrase slot, unless the store's header is no longer
+        ``self.header`` (the one this vault was unlocked with).
+
+        For a vault unlocked in an earlier trio run (``megafs passwd`` asks for
+        the new passphrase in between): a header changed since is refused with
+        CommitConflict rather than overwritten. The header read for that check
+        is the one the compare-and-swap replaces.
+        """
+        ptr = await self.store.read_pointer(HEADER, max_size=header.MAX_HEADER_LEN)
+        if ptr is None:
+            raise NotAVault(f"no megafs vault at {self.store.url}")
+        if header.parse(ptr.data)[0] != self.header:
+            raise CommitConflict("the vault header changed while unlocking; try again")
+        new = await in_thread(
+            lambda: header.with_new_passphrase(self.header, self.keys, passphrase, kdf)
+        )
+        try:
+            await self.store.cas_pointer(HEADER, new.encode(self.keys), ptr.etag)
+        except PreconditionFailed:
+            raise CommitConflict("the vault header changed concurrently; try again") from None
+        self.header = new
+
     # --- sealed objects ---------------------------------------------------
 
     def seal_root(self, root: Root) -> bytes:
@@ -451,8 +483,13 @@ class Vault:
 
     def next_generation(self) -> int:
         """The generation of the next commit attempt: above every root seen,
-        committed or attempted, so no two roots this client makes share one."""
-        self._attempted = max(self._attempted, self.state.generation) + 1
+        committed or attempted (failed attempts are remembered across
+        restarts: :meth:`LocalState.failed`), so no two roots this client
+        makes share one. (A crash in the middle of a root write leaves that
+        one attempt unrecorded; the next client may reuse its generation,
+        and :meth:`read_root` refuses whichever of the two it did not see.)"""
+        st = self.state
+        self._attempted = max(self._attempted, st.generation, st.attempted) + 1
         return self._attempted
 
     async def commit_root(self, root: Root) -> None:
@@ -460,7 +497,7 @@ class Vault:
 
         ``root.generation`` must come from :meth:`next_generation`; ``prev``
         is set here to the digest of the root being replaced. A refused swap
-        is remembered (:meth:`LocalState.was_refused`): a store that keeps
+        is remembered (:meth:`LocalState.failed`): a store that keeps
         the refused bytes and serves them later is caught by :meth:`read_root`.
         """
         if self._root_etag is None:
@@ -473,11 +510,14 @@ class Vault:
         try:
             self._root_etag = await self.store.cas_pointer(ROOT, sealed, self._root_etag)
         except PreconditionFailed:
-            self.state.was_refused(digest)
+            self.state.failed(root.generation, refused=digest)
             raise CommitConflict(
                 "the vault was changed by another client; this client's changes were not "
                 "committed"
             ) from None
+        except BaseException:  # no answer, or an error: the write may or may not be in
+            self.state.failed(root.generation)
+            raise
         self._root_digest = digest
         self.state.saw(root.generation, digest)
 

@@ -90,7 +90,17 @@ class Refused:
     reason: str
 
     def __str__(self) -> str:
-        return f"{self.entry}: {self.reason}"
+        """Printable whatever the store named it: control characters and
+        the like are escaped (``\\x1b``), so a name cannot drive a terminal."""
+        return f"{printable(self.entry)}: {self.reason}"
+
+
+def printable(text: str) -> str:
+    """``text`` with every character that is not printable escaped (``\\x1b``,
+    ``\\u2028``): safe to show on a terminal or in a log line."""
+    return "".join(
+        c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text
+    )
 
 
 @dataclass(frozen=True)

@@ -135,6 +135,9 @@ _ERROR_BODY = 64 << 10
 #: otherwise (PUT and DELETE answers, DeleteObjects results).
 _SMALL_BODY = 1 << 20
 
+#: Keys a listing refuses before it gives up.
+_MAX_REFUSED = 100_000
+
 #: The largest ListObjectsV2 page accepted (1000 keys take about 400 KiB).
 _LIST_BODY = 16 << 20
 
@@ -847,10 +850,19 @@ class S3Store(Store):
 
         Refused: any key but ``<prefix>o/<object name>`` (directory markers,
         ending in ``/``, are skipped), and a size that is not a number.
+
+        A listing must advance: keys come in strictly increasing order (as S3
+        sends them) and a continuation token is never repeated, else
+        StoreError; and at most :data:`_MAX_REFUSED` keys are refused before
+        it gives up (StoreError), so a hostile server cannot keep a caller
+        listing, or collecting refusals, forever.
         """
         base = f"{self.prefix}o/"
         token: str | None = None
         bad: list[Refused] = []
+        tokens: set[str] = set()
+        last_key = ""
+        refusals = 0
         while True:
             query = {
                 "list-type": "2",
@@ -876,6 +888,12 @@ class S3Store(Store):
             for item in root.iterfind("{*}Contents"):
                 key = item.findtext("{*}Key") or ""
                 size = (item.findtext("{*}Size") or "").strip()
+                if key <= last_key:
+                    raise StoreError(
+                        f"S3 listing of {self.url} does not advance (keys out of order); "
+                        "refusing to go on"
+                    )
+                last_key = key
                 if key.startswith(base) and key.endswith("/"):
                     continue  # directory markers some servers report
                 entry = key[len(self.prefix) :] if key.startswith(self.prefix) else key
@@ -888,6 +906,12 @@ class S3Store(Store):
                     bad.append(Refused(entry, f"size {size[:40]!r} is not a number"))
                 else:
                     items.append((name, int(size)))
+            refusals += len(bad)
+            if refusals > _MAX_REFUSED:
+                raise StoreError(
+                    f"S3 listing of {self.url} holds more than {_MAX_REFUSED} keys that are not "
+                    "objects; refusing to go on"
+                )
             if refused is not None:
                 refused.extend(bad)
                 bad = []
@@ -896,6 +920,11 @@ class S3Store(Store):
             token = root.findtext("{*}NextContinuationToken")
             if (root.findtext("{*}IsTruncated") or "").lower() != "true" or not token:
                 break
+            if token in tokens:
+                raise StoreError(
+                    f"S3 listing of {self.url} repeats a continuation token; refusing to go on"
+                )
+            tokens.add(token)
         if bad:
             log.warning("listing of %s refused %d keys (first: %s)", self.url, len(bad), bad[0])
 

@@ -13,8 +13,8 @@ error", and a huge length taken from the data could exhaust memory).
   ``Root.decode`` on random bytes and on validly sealed msgpack garbage
   -> only IntegrityError;
 * metadata: leaf pages, index nodes and directory bodies, mutated before or
-  after sealing, through the model's real loading code (``_ensure_page``,
-  ``_mid``, ``_load_body``) and its decoders (``_decode``,
+  after sealing, through the model's real loading code (``load_page``,
+  ``_mid``, ``load_body``) and its decoders (``_decode``,
   ``_decode_body``) -> only IntegrityError;
 * content: ``crypto.open_blocks`` on random and mutated chunks, and
   ``open_sealed`` on random seals -> only AuthFailed;
@@ -422,7 +422,7 @@ def load_page(sample: Sample, leaf: bytes, page: int) -> Filesystem:
     fs = fresh_fs(sample)
     hi, lo = page >> MID_BITS, page & ((1 << MID_BITS) - 1)
     fs.index.mids[hi] = {lo: leaf}
-    trio.run(fs._ensure_page, page)
+    trio.run(fs.load_page, page)
     return fs
 
 
@@ -527,7 +527,7 @@ def test_decode_mutated_real_records(sample: Sample, data: st.DataObject) -> Non
 @FUZZ
 @given(data=st.data())
 def test_leaf_pages_mutated_then_resealed(sample: Sample, data: st.DataObject) -> None:
-    """Mutated msgpack bytes, or mutated structures, of real leaves, through ``_ensure_page``."""
+    """Mutated msgpack bytes, or mutated structures, of real leaves, through ``load_page``."""
     page, payload = data.draw(st.sampled_from(real_pages(sample)))
     if data.draw(st.booleans()):
         raw = data.draw(mutated(pack(payload)))
@@ -542,7 +542,7 @@ def test_leaf_pages_mutated_then_resealed(sample: Sample, data: st.DataObject) -
         node = fs.inodes[ino]
         if not node.body_loaded:
             try:
-                trio.run(fs._load_body, node)
+                trio.run(fs.load_body, node)
             except IntegrityError:
                 continue
 
@@ -564,7 +564,7 @@ def test_stored_metadata_mutated(sample: Sample, data: st.DataObject) -> None:
 @FUZZ
 @given(data=st.data())
 def test_index_nodes_and_bodies_resealed(sample: Sample, data: st.DataObject) -> None:
-    """Mid indexes through ``RadixIndex.mid``, directory bodies through ``_load_body``."""
+    """Mid indexes through ``RadixIndex.mid``, directory bodies through ``load_body``."""
     kind = data.draw(st.sampled_from([KIND_INDEX, KIND_BODY]))
     _, _, payload = data.draw(st.sampled_from(sample.of_kind(kind)))
     raw = pack(data.draw(st.one_of(deep_mutation(payload), garbage)))
@@ -578,7 +578,7 @@ def test_index_nodes_and_bodies_resealed(sample: Sample, data: st.DataObject) ->
         else:
             node = Inode(5, stat.S_IFDIR | 0o755, 0, 0)
             node.body_ref, node.body_loaded = obj, False
-            trio.run(fs._load_body, node)
+            trio.run(fs.load_body, node)
     except IntegrityError:
         pass
 

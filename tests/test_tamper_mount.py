@@ -33,7 +33,8 @@ from typing import TypeVar
 import pytest
 import trio
 
-from megafs.model import ROOT_INO, ChunkRef, Filesystem
+from megafs.content import ChunkRef
+from megafs.model import ROOT_INO, Filesystem
 from megafs.stores import Store, open_store
 from megafs.tables import MID_BITS, PAGE_BITS
 from megafs.vault import Vault, obj_name

@@ -31,8 +31,9 @@ from dataclasses import dataclass, field
 import trio
 
 from . import crypto
+from .content import ChunkRef
 from .errors import IntegrityError, MegafsError, ObjectNotFound, VaultBusy
-from .model import ROOT_INO, ChunkRef, Filesystem
+from .model import ROOT_INO, Filesystem
 from .stores.base import Refused
 from .tables import MID_BITS, PAGE_BITS, PackRecord, RadixIndex
 from .vault import Vault, obj_name
@@ -107,7 +108,7 @@ async def _check(fs: Filesystem, report: Report, repair: bool, progress: Progres
     for i, page in enumerate(pages):
         if progress:
             progress("pages", i, len(pages))
-        await guarded(f"leaf page {page}", fs._ensure_page(page))
+        await guarded(f"leaf page {page}", fs.load_page(page))
 
     # the pack table (format 2)
     packs: dict[int, PackRecord] = {}
@@ -119,8 +120,7 @@ async def _check(fs: Filesystem, report: Report, repair: bool, progress: Progres
             report.problems.append(f"pack table: {e}")
         for page in await walk(fs.packs.index):
             await guarded(f"pack table page {page}", fs.packs.load(page))
-        for page_records in fs.packs.pages.values():
-            packs.update(page_records)
+        packs.update(fs.packs.loaded())
         for pno, rec in packs.items():
             reachable.add(rec.obj)
             if pno >= fs.packs.next_pack:
@@ -137,7 +137,7 @@ async def _check(fs: Filesystem, report: Report, repair: bool, progress: Progres
         if node.body_ref is not None:
             reachable.add(node.body_ref)
         if not node.body_loaded:
-            await guarded(f"body of inode {ino}", fs._load_body(node))
+            await guarded(f"body of inode {ino}", fs.load_body(node))
             if not node.body_loaded:
                 continue
         if node.is_dir:
@@ -211,7 +211,7 @@ async def _check(fs: Filesystem, report: Report, repair: bool, progress: Progres
         limit = rec0.size if rec0 is not None else vault.layout.sealed_len(first.length)
         async with limiter:
             try:
-                sealed = await vault.store.get(name, max_size=limit)
+                sealed = await fs.content.read_object(obj, limit)
             except ObjectNotFound:
                 ino, idx, _ = items[0]
                 report.missing.append(f"{name} (chunk {idx} of inode {ino})")
@@ -233,10 +233,7 @@ async def _check(fs: Filesystem, report: Report, repair: bool, progress: Progres
                 assert node.file_key is not None
                 part = sealed[ref.off : ref.off + want]
                 try:
-                    crypto.open_blocks(
-                        vault.keys, vault.layout, node.file_key, node.file_id, obj, idx,
-                        ref.length, 0, part, ref.pack_off,
-                    )
+                    fs.content.open_chunk(ref, node.file_key, node.file_id, idx, part)
                 except crypto.AuthFailed as e:
                     report.problems.append(f"integrity error in object {name}: {e}")
         done += 1
@@ -253,7 +250,7 @@ async def _check(fs: Filesystem, report: Report, repair: bool, progress: Progres
     # A store can list names forever; more than this many beyond what the
     # vault references is no vault megafs wrote.
     most = 4 * len(onames) + 1_000_000
-    async for oname, _size in vault.store.list(refused=report.refused):
+    async for oname, _size in vault.list_objects(refused=report.refused):
         listed.add(oname)
         if len(listed) > most:
             report.problems.append(
@@ -271,7 +268,7 @@ async def _check(fs: Filesystem, report: Report, repair: bool, progress: Progres
             if progress:
                 progress("removing", i, len(report.orphans))
             try:
-                await vault.store.delete(oname)
+                await vault.delete_object(oname)
                 report.removed += 1
             except MegafsError as e:
                 report.problems.append(f"could not remove {oname}: {e}")

@@ -48,16 +48,14 @@ import errno
 import logging
 import os
 import struct
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator
+from typing import Any
 
 import msgpack
 
 from . import crypto
 from .crypto import Keys
 from .errors import LocalFolderError
-
-if TYPE_CHECKING:
-    from .model import Filesystem
 
 log = logging.getLogger(__name__)
 
@@ -317,15 +315,27 @@ class Journal:
             recno += 1
         return out, True
 
-    async def replay(self, fs: Filesystem, mark_client: bytes | None, mark: int) -> int:
-        """Re-apply segments newer than the root's mark. Returns records applied.
+    def pending(self, mark_client: bytes | None, mark: int) -> Iterator[list[Any]]:
+        """The records of segments newer than the root's mark, in order, for
+        the caller to apply (the journal knows nothing of what they mean).
 
         ``mark_client``/``mark`` come from the committed root. Segments at or
-        below the mark are already committed and are deleted.
+        below the mark are already committed and are deleted; segments of
+        another journal, and those after one cut short, are set aside
+        (``.stale``) with a warning. Synchronous file I/O; once the iteration
+        ends (or is abandoned), new records go to a segment after them all.
         """
         segs = self._segments()
         if not segs:
-            return 0
+            return
+        try:
+            yield from self._pending(segs, mark_client, mark)
+        finally:
+            self.segment = max(segs[-1], mark) + 1
+
+    def _pending(
+        self, segs: list[int], mark_client: bytes | None, mark: int
+    ) -> Iterator[list[Any]]:
         if mark_client is not None and mark_client != self.id:
             for seg in segs:
                 if seg > 0:
@@ -337,8 +347,7 @@ class Journal:
                 len(segs),
                 self.dir,
             )
-            return 0
-        applied = 0
+            return
         cut: int | None = None  # a segment that is not whole: nothing after it applies
         for seg in segs:
             if seg <= mark:
@@ -355,10 +364,6 @@ class Journal:
                 )
                 continue
             records, whole = self._read(seg)
-            for rec in records:
-                await fs.apply_record(rec)
-                applied += 1
+            yield from records
             if not whole:
                 cut = seg
-        self.segment = max(segs[-1], mark) + 1
-        return applied

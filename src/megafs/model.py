@@ -32,8 +32,11 @@ moment leaves the old root (plus unreferenced garbage) or the new one.
 Concurrency (trio, one thread): a method's mutations happen with no ``await``
 between them once everything they need is loaded, so each operation is atomic
 with respect to commits. Data operations on one inode (write, truncate) hold
-that inode's lock; :meth:`commit` holds the commit lock. No method holds two
-inode locks. Lock order: inode lock, then commit lock.
+that inode's lock while they fetch and mutate; :meth:`commit` holds the
+commit lock. No method holds two inode locks, and none waits for the commit
+lock while it holds an inode lock: a write that passes the dirty limit
+leaves its inode lock before it commits. (A commit takes no inode lock.)
+Loads of pages and bodies hold a per-key load lock only while they fetch.
 """
 
 from __future__ import annotations
@@ -57,7 +60,8 @@ from sortedcontainers import SortedDict  # type: ignore[import-untyped]
 
 from . import crypto
 from .cache import ContentCache
-from .errors import FsError, IntegrityError, MegafsError, ObjectNotFound
+from .content import ChunkRef, Content, PackPart
+from .errors import FsError, IntegrityError, MegafsError
 from .journal import Journal
 from .tables import MID_BITS as MID_BITS
 from .tables import PAGE_BITS, MetaJob, PackTable, RadixIndex
@@ -94,33 +98,6 @@ XATTR_CREATE = 1
 XATTR_REPLACE = 2
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
-
-
-@dataclass(frozen=True)
-class ChunkRef:
-    """Where a chunk's sealed blocks are: the whole object ``obj``, or, for a
-    packed chunk (``pno`` >= 0, pack number ``pno``), ``obj``'s bytes from
-    ``off`` on. ``length`` is the chunk's plaintext length."""
-
-    obj: bytes
-    length: int
-    off: int = 0
-    pno: int = -1
-
-    @property
-    def packed(self) -> bool:
-        return self.pno >= 0
-
-    @property
-    def pack_off(self) -> int | None:
-        """The offset bound into a packed chunk's AAD; None for a whole object."""
-        return self.off if self.packed else None
-
-    @property
-    def cache_name(self) -> str:
-        """Its name in the content cache: the object's, or the object's and offset's."""
-        name = obj_name(self.obj)
-        return f"{name}.{self.off}" if self.packed else name
 
 
 @dataclass(frozen=True)
@@ -325,21 +302,6 @@ def _operation(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-_REPLAY = {
-    "sa": "_replay_setattr",
-    "mk": "mkdir",
-    "cr": "create",
-    "mn": "mknod",
-    "sl": "symlink",
-    "ln": "link",
-    "ul": "unlink",
-    "rd": "rmdir",
-    "rn": "rename",
-    "sx": "setxattr",
-    "rx": "removexattr",
-    "wr": "write",
-    "tr": "truncate",
-}
 
 
 class Filesystem:
@@ -398,6 +360,8 @@ class Filesystem:
         )
         self._load_locks: dict[tuple[str, int], trio.Lock] = {}
         self.cache = cache
+        #: chunk and pack objects go through here, never through the store directly
+        self.content = Content(vault, cache)
         self._read_end: dict[int, int] = {}  # ino -> end of the last read (readahead)
         self._nursery: trio.Nursery | None = None
         self._upload_slots = trio.Semaphore(EARLY_UPLOADS)
@@ -456,7 +420,9 @@ class Filesystem:
             if journal is not None:
                 mark_client, mark = root.journal or (None, 0)
                 limit, fs.dirty_limit = fs.dirty_limit, 1 << 62  # no commit mid-replay
-                fs.replayed = await journal.replay(fs, mark_client, mark)
+                for rec in journal.pending(mark_client, mark):
+                    await fs.apply_record(rec)
+                    fs.replayed += 1
                 fs.dirty_limit = limit
                 if fs.replayed:
                     log.warning("applied %d journalled changes left by a previous run", fs.replayed)
@@ -497,8 +463,7 @@ class Filesystem:
             if op in ("mk", "cr", "mn", "sl"):
                 self._replay_ino = int(args[0])
                 args = args[1:]
-            fn = getattr(self, _REPLAY[op])
-            await fn(*args)
+            await _REPLAY[op](self, *args)
         except FsError as e:
             log.info("journal record %s no longer applies: %s", op, e)
         finally:
@@ -549,7 +514,9 @@ class Filesystem:
         holds it already, and finds the thing loaded)."""
         self._load_locks.pop((kind, key), None)
 
-    async def _ensure_page(self, page: int) -> None:
+    async def load_page(self, page: int) -> None:
+        """Make inode page ``page`` resident (its leaf, through the index). May
+        block on the store; concurrent callers wait for one load."""
         if page in self.page_members:
             return
         async with self._lock_for("page", page):
@@ -574,14 +541,14 @@ class Filesystem:
     async def _get(self, ino: int) -> Inode:
         node = self.inodes.get(ino)
         if node is None:
-            await self._ensure_page(ino >> PAGE_BITS)
+            await self.load_page(ino >> PAGE_BITS)
             node = self.inodes.get(ino)
             if node is None:
                 raise FsError(errno.ENOENT)
         elif (page := ino >> PAGE_BITS) in self._page_lru:  # resident: always, but be safe
             self._page_lru.move_to_end(page)
         if not node.body_loaded:
-            await self._load_body(node)
+            await self.load_body(node)
         return node
 
     def evict(self) -> int:
@@ -628,7 +595,9 @@ class Filesystem:
         self._evict_retry_at = len(self.page_members) + 16 if not evicted else 0
         return evicted
 
-    async def _load_body(self, node: Inode) -> None:
+    async def load_body(self, node: Inode) -> None:
+        """Load ``node``'s external body object, unless it is loaded already.
+        May block on the store; concurrent callers wait for one load."""
         async with self._lock_for("body", node.ino):
             if node.body_loaded:
                 return
@@ -805,7 +774,7 @@ class Filesystem:
         else:
             ino = self.root.next_ino
             self.root.next_ino += 1
-        await self._ensure_page(ino >> PAGE_BITS)
+        await self.load_page(ino >> PAGE_BITS)
         node = Inode(ino, mode, uid, gid, self._now())
         if node.is_reg:
             node.file_key = crypto.random_bytes(crypto.KEY_SIZE)
@@ -853,7 +822,7 @@ class Filesystem:
         if not self.writable:
             return
         if not node.body_loaded:
-            await self._load_body(node)
+            await self.load_body(node)
         node.body_dirty = True
         for ref in node.chunks.values():
             self._drop_ref(ref)
@@ -1365,43 +1334,11 @@ class Filesystem:
 
         Raises IntegrityError naming the object if they fail to verify.
         """
-        sb = self.layout.sealed_block
-        want = self.layout.sealed_len(min(ref.length, m1 * self.layout.block_size)) - m0 * sb
-        name = obj_name(ref.obj)
-        cname = ref.cache_name
-        sealed_or_none: bytes | None = None
-        from_store = False
-        if self.cache is not None and self.cache.has(cname, m0, m1):
-            sealed_or_none = await self.cache.read(cname, m0 * sb, want)
-        if sealed_or_none is None or len(sealed_or_none) != want:
-            try:
-                sealed_or_none = await self.vault.store.get_range(name, ref.off + m0 * sb, want)
-            except ObjectNotFound:
-                raise IntegrityError(name, "chunk object is missing from the store") from None
-            from_store = True
-        sealed = sealed_or_none
-        if len(sealed) != want:
-            # A store that cut whole blocks off the end would otherwise
-            # give open_blocks fewer blocks than asked, read back as zeros.
-            raise IntegrityError(name, "chunk object is shorter than its recorded length")
         assert node.file_key is not None
-        key, keys, layout, fid = node.file_key, self.vault.keys, self.layout, node.file_id
-
-        try:  # inline: AES-GCM is fast and holds the GIL (see vault.py)
-            plain = crypto.open_blocks(
-                keys, layout, key, fid, ref.obj, idx, ref.length, m0, sealed, ref.pack_off
-            )
-        except crypto.AuthFailed as e:
-            if from_store or self.cache is None:
-                raise IntegrityError(name, str(e)) from None
-            # A damaged local cache is not a damaged store: forget it, ask the store.
-            log.warning("cached copy of %s fails authentication; refetching", cname)
-            self.cache.forget(cname)
-            return await self._open_blocks(node, idx, ref, m0, m1)
-        if from_store and self.cache is not None:
-            # Only once authenticated: a tampered answer must not outlive the tampering.
-            await self._cache_later(cname, m0, sealed)
-        return plain
+        keep = self._cache_later if self.cache is not None else None
+        return await self.content.open_blocks(
+            ref, node.file_key, node.file_id, idx, m0, m1, keep=keep
+        )
 
     async def _cache_later(self, cname: str, first_block: int, sealed: bytes) -> None:
         """Keep sealed blocks in the disk cache without making the reader wait
@@ -1761,7 +1698,6 @@ class Filesystem:
                     nursery.start_soon(self._upload_pack, job)
                 for kind, obj_id, payload in meta_jobs:
                     nursery.start_soon(self.vault.put_meta, kind, obj_id, payload)
-            await self.vault.store.sync()
             await self.vault.commit_root(self.root_for_commit)
         except BaseException:
             self._unsnapshot(snap, meta_jobs, garbage)
@@ -1849,7 +1785,7 @@ class Filesystem:
 
     async def _delete(self, garbage: list[bytes]) -> None:
         try:
-            failed = await self.vault.store.delete_many([obj_name(o) for o in garbage])
+            failed = await self.content.delete(garbage)
         except Exception as e:  # garbage is harmless: fsck collects it
             log.info("could not delete %d unreferenced objects: %s", len(garbage), e)
             return
@@ -1894,16 +1830,7 @@ class Filesystem:
     async def _upload_chunk(self, ref: ChunkRef, p: _Pending) -> None:
         node = p.inode
         assert node.file_key is not None and p.data is not None
-        keys, layout, key, fid, idx, data = (
-            self.vault.keys,
-            self.layout,
-            node.file_key,
-            node.file_id,
-            p.index,
-            p.data,
-        )
-        sealed = crypto.seal_chunk(keys, layout, key, fid, ref.obj, idx, data)
-        await self.vault.store.put(obj_name(ref.obj), sealed)
+        await self.content.put_chunk(ref, node.file_key, node.file_id, p.index, p.data)
 
     async def _upload_pack(self, job: _PackJob) -> None:
         """Seal every chunk of a pack at its offset and upload the pack object.
@@ -1914,19 +1841,11 @@ class Filesystem:
         async with self._pack_slots:
             if job.uploaded:
                 return
-            keys, layout = self.vault.keys, self.layout
-            sealed: list[bytes] = []
-            size = 0
+            parts = []
             for ref, p in job.parts:
                 assert p.inode.file_key is not None and p.data is not None
-                assert size == ref.off
-                part = crypto.seal_chunk(
-                    keys, layout, p.inode.file_key, p.inode.file_id, ref.obj, p.index, p.data,
-                    ref.off,
-                )
-                sealed.append(part)
-                size += len(part)
-            await self.vault.store.put(obj_name(job.obj), b"".join(sealed))
+                parts.append(PackPart(ref, p.inode.file_key, p.inode.file_id, p.index, p.data))
+            await self.content.put_pack(job.obj, parts)
             job.uploaded = True
             for _, p in job.parts:
                 p.uploaded = True
@@ -2073,3 +1992,24 @@ class Filesystem:
 
     def iter_loaded(self) -> Iterator[Inode]:
         return iter(self.inodes.values())
+
+
+#: Journal record codes and the operation each replays. The codes are part of
+#: the journal's format (docs/format.md section 12) and never change; the
+#: table names the methods themselves, so renaming one fails here, at import,
+#: rather than silently leaving old journals unreplayable.
+_REPLAY: dict[str, Callable[..., Coroutine[Any, Any, Any]]] = {
+    "sa": Filesystem._replay_setattr,
+    "mk": Filesystem.mkdir,
+    "cr": Filesystem.create,
+    "mn": Filesystem.mknod,
+    "sl": Filesystem.symlink,
+    "ln": Filesystem.link,
+    "ul": Filesystem.unlink,
+    "rd": Filesystem.rmdir,
+    "rn": Filesystem.rename,
+    "sx": Filesystem.setxattr,
+    "rx": Filesystem.removexattr,
+    "wr": Filesystem.write,
+    "tr": Filesystem.truncate,
+}

@@ -22,7 +22,7 @@ fetch once; :meth:`RadixIndex.snapshot` is synchronous.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import trio
@@ -222,6 +222,11 @@ class PackTable:
         if new:
             want.add(self.next_pack >> PAGE_BITS)
         return want - set(self.pages)
+
+    def loaded(self) -> Iterator[tuple[int, PackRecord]]:
+        """(pack number, record) of every pack on the pages loaded so far."""
+        for records in self.pages.values():
+            yield from records.items()
 
     def get(self, pno: int) -> PackRecord | None:
         """The record of a resident page's pack, None if it has none."""

@@ -27,7 +27,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -48,7 +48,7 @@ from .errors import (
     VaultExists,
 )
 from .stores import Store
-from .stores.base import MAX_OBJECT_SIZE, MAX_POINTER_SIZE
+from .stores.base import MAX_OBJECT_SIZE, MAX_POINTER_SIZE, Refused
 
 T = TypeVar("T")
 
@@ -428,6 +428,17 @@ class Vault:
             raise IntegrityError(name, "object is missing from the store") from None
         return self.open_meta(kind, obj_id, data)
 
+    def list_objects(
+        self, *, refused: list[Refused] | None = None
+    ) -> AsyncIterator[tuple[str, int]]:
+        """(name, size) of every object the store holds (for fsck); entries
+        that are not objects go to ``refused`` (see :meth:`Store.list`)."""
+        return self.store.list(refused=refused)
+
+    async def delete_object(self, name: str) -> None:
+        """Delete one object by name (fsck's repair of what nothing references)."""
+        await self.store.delete(name)
+
     # --- root pointer -----------------------------------------------------
 
     async def read_root(self) -> Root:
@@ -493,7 +504,8 @@ class Vault:
         return self._attempted
 
     async def commit_root(self, root: Root) -> None:
-        """Compare-and-swap the root. Raises CommitConflict if it moved meanwhile.
+        """Make every object stored so far durable, then compare-and-swap the
+        root. Raises CommitConflict if it moved meanwhile.
 
         ``root.generation`` must come from :meth:`next_generation`; ``prev``
         is set here to the digest of the root being replaced. A refused swap
@@ -502,6 +514,7 @@ class Vault:
         """
         if self._root_etag is None:
             raise CommitConflict("root was never read")
+        await self.store.sync()  # every object the new root names is durable first
         if root.generation <= self.state.generation:
             raise ValueError("root generation not from next_generation()")
         root.prev = self._root_digest

@@ -34,14 +34,15 @@ import trio
 
 from megafs import cli, errors, header
 from megafs.header import FIXED_LEN, SLOT_LEN_V3, format_recovery_key, parse_recovery_key
+from megafs.mount import MountConfig
 from megafs.stores import LocalStore
 from megafs.vault import Vault
 
 from .conftest import unique_prefix
+from .helpers import PASS
 from .seaweed import SeaweedFS
 
 KDF = ["--kdf-memory", "8192", "--kdf-iterations", "1"]
-PASS = "correct horse battery staple"
 NEW_PASS = "tr0ub4dor&3 and then some"
 TIMEOUT = 60.0
 
@@ -202,6 +203,18 @@ def test_init_bad_options_are_usage_errors(tmp_path: Path, run: Cli, opts: list[
     proc = run("init", str(tmp_path / "store"), *opts, env=pw())
     assert proc.returncode == 2, proc.stderr
     assert not (tmp_path / "store").exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "size"), [("1.5G", 3 << 29), ("512MiB", 1 << 29), ("256k", 1 << 18), ("0", 0)]
+)
+def test_cache_size_option_has_the_grammar_of_the_mount_option(text: str, size: int) -> None:
+    """``--cache-size`` and ``-o cache_size=`` read sizes with one parser."""
+    args = cli.build_parser().parse_args(["mount", "STORE", "MNT", "--cache-size", text])
+    assert args.cache_size == size
+    cfg = MountConfig("STORE", "/MNT")
+    cfg.apply_options(f"cache_size={text}")
+    assert cfg.cache_size == size
 
 
 def test_bad_store_url_is_usage_error(run: Cli) -> None:
@@ -472,6 +485,26 @@ async def test_info_shows_lease_and_stats(
     assert "files:           3" in proc.stdout
     assert "bytes:           5242880 (5 MiB)" in proc.stdout
     assert f"(pid {os.getpid()}) until " in proc.stdout
+
+
+async def test_new_passphrase_is_refused_if_the_header_changed_after_unlocking(
+    local: Vaulted, run: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """passwd's second half (:meth:`Vault.replace_passphrase`) never overwrites a
+    header that changed since its first half unlocked it."""
+    monkeypatch.setenv("MEGAFS_STATE_DIR", str(run.state_dir))
+    store = LocalStore(local.url)
+    try:
+        unlocked = await Vault.unlock(store, PASS)
+        stale = Vault(store, unlocked.header, unlocked.keys)
+        await unlocked.set_passphrase(NEW_PASS)  # another passwd got there first
+        with pytest.raises(errors.CommitConflict, match="changed while unlocking"):
+            await stale.replace_passphrase("a third passphrase")
+        fresh = await Vault.unlock(store, NEW_PASS)  # NEW_PASS still opens it
+        await fresh.replace_passphrase(PASS)
+        await Vault.unlock(store, PASS)
+    finally:
+        await store.aclose()
 
 
 # --- S3 failures ------------------------------------------------------------------------------

@@ -11,6 +11,8 @@ values in exactly one place (:mod:`megafs.fuse_ops`).
     ├── MountError                 mountpoint missing, busy, or mounting failed
     ├── PassphraseError            no passphrase could be obtained
     ├── LocalFolderError           an unsafe runtime folder, or another vault's cache folder
+    │   ├── LocalStateError        the local state file of a vault is damaged
+    │   └── CacheFull              the cache disk is full (the journal takes no record)
     ├── VaultError                 the vault itself
     │   ├── NotAVault              no header, or not a megafs header
     │   ├── UnsupportedVersion     header written by a newer megafs
@@ -60,6 +62,18 @@ class LocalFolderError(MegafsError):
     user controls, or holds a symlink where a file belongs; or the cache
     folder (journal, cached objects) belongs to another vault.
     """
+
+
+class LocalStateError(LocalFolderError):
+    """The client's local state of a vault (rollback protection: the newest
+    root seen) cannot be read: the file is damaged."""
+
+
+class CacheFull(LocalFolderError):
+    """The disk of the cache folder is full: the journal cannot take the record
+    of an operation, so the operation fails with nothing changed (ENOSPC)."""
+
+    errno = _errno.ENOSPC
 
 
 class VaultError(MegafsError):
@@ -166,12 +180,44 @@ class FsError(MegafsError):
         self.errno = errno
 
 
+def first_leaf(
+    exc: BaseException,
+    expected: type[BaseException] | tuple[type[BaseException], ...] = MegafsError,
+) -> BaseException:
+    """The one exception to report for ``exc``, which may be a (nested) exception group.
+
+    trio raises the failures of a nursery's tasks together as a group (a
+    commit's parallel uploads fail together), but a log line, an errno or an
+    exit code names one. Of the leaves, depth first, this is: a
+    KeyboardInterrupt if there is one (the user asked to stop); else the first
+    leaf that is not an instance of ``expected``, so that an unexpected error
+    is never hidden behind a foreseeable one; else the first leaf. An
+    exception that is not a group is its own only leaf.
+    """
+    leaves = _leaves(exc)
+    for leaf in leaves:
+        if isinstance(leaf, KeyboardInterrupt):
+            return leaf
+    for leaf in leaves:
+        if not isinstance(leaf, expected):
+            return leaf
+    return leaves[0]
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]
+
+
 __all__ = [
+    "CacheFull",
     "CommitConflict",
     "CorruptHeader",
     "FsError",
     "IntegrityError",
     "LocalFolderError",
+    "LocalStateError",
     "MegafsError",
     "MountError",
     "NoSuchBucket",
@@ -191,4 +237,5 @@ __all__ = [
     "VaultError",
     "VaultExists",
     "WrongPassphrase",
+    "first_leaf",
 ]

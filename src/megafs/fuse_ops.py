@@ -12,6 +12,10 @@ Lookup counts: ``lookup``, ``create``, ``mkdir``, ``mknod``, ``symlink``,
 ``Filesystem.incref``; ``forget`` drops them. "." and ".." are never returned
 by readdir, because the kernel does not count them.
 
+The kernel session (``pyfuse3.init``, ``main``, ``terminate``, ``close``)
+is :class:`FuseSession`, so that the mount lifecycle (:mod:`megafs.mount`)
+needs no pyfuse3 of its own.
+
 Kernel caching is used on purpose: this client is the vault's only writer
 (the lease guarantees it), so entry and attribute timeouts are long and
 ``keep_cache`` keeps page-cache contents across opens.
@@ -23,7 +27,7 @@ import errno
 import functools
 import logging
 import os
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
@@ -31,14 +35,17 @@ import pyfuse3
 from pyfuse3 import FileHandleT, FileInfo, FUSEError, InodeT
 
 from .errors import (
+    CacheFull,
     CommitConflict,
     FsError,
     IntegrityError,
     MegafsError,
+    MountError,
     StoreAuthError,
     StoreError,
     StoreFull,
     StoreReadOnly,
+    first_leaf,
 )
 from .model import Attr, Filesystem
 
@@ -56,25 +63,18 @@ ATTR_TIMEOUT = 60.0
 _ACL_XATTRS = frozenset({b"system.posix_acl_access", b"system.posix_acl_default"})
 
 
-def _leaves(e: BaseException) -> list[BaseException]:
-    if isinstance(e, BaseExceptionGroup):
-        return [leaf for sub in e.exceptions for leaf in _leaves(sub)]
-    return [e]
-
-
-def _reported(e: BaseException) -> BaseException:
-    """The one exception of a (nested) group to report: a commit's parallel uploads
-    fail together. An unexpected leaf wins, so that it is never hidden."""
-    leaves = _leaves(e)
-    unexpected = [x for x in leaves if not isinstance(x, MegafsError | OSError)]
-    return (unexpected or leaves)[0]
-
-
 def _errno_for(e: BaseException) -> int:
-    """The one place where exceptions become errno values."""
-    e = _reported(e)
+    """The one place where exceptions become errno values.
+
+    Of an exception group (a commit's parallel uploads fail together) one
+    leaf is mapped: an unexpected one if any, so that it is never hidden.
+    """
+    e = first_leaf(e, (MegafsError, OSError))
     if isinstance(e, FsError):
         return e.errno
+    if isinstance(e, CacheFull):
+        log.error("local I/O error: %s", e)
+        return errno.ENOSPC
     if isinstance(e, IntegrityError):
         log.error("%s", e)
         return errno.EIO
@@ -448,3 +448,42 @@ class Operations(pyfuse3.Operations):
         s.f_favail = st["ffree"]
         s.f_namemax = st["namemax"]
         return s
+
+
+class FuseSession:
+    """The kernel side of one mount: pyfuse3's ``init``, ``main``, ``terminate``
+    and ``close``, in that order. pyfuse3 serves one mount per process, so at
+    most one session is open at a time.
+
+    This touches no lock and no lookup count itself; :meth:`run` answers
+    kernel requests with the handlers of the :class:`Operations` given to
+    :meth:`open` (which take those locks and counts as they document).
+    """
+
+    def __init__(self, mountpoint: str) -> None:
+        self.mountpoint = mountpoint
+
+    @classmethod
+    def open(cls, ops: Operations, mountpoint: str, options: Iterable[str]) -> FuseSession:
+        """Mount ``ops`` at ``mountpoint`` with FUSE mount ``options``.
+
+        Raises MountError if the kernel refuses. Once this returns, the
+        session must be closed (:meth:`close`), whatever happens.
+        """
+        try:
+            pyfuse3.init(ops, mountpoint, set(options))
+        except RuntimeError as e:
+            raise MountError(f"could not mount {mountpoint}: {e}") from None
+        return cls(mountpoint)
+
+    async def run(self) -> None:
+        """Answer kernel requests until the kernel unmounts or :meth:`terminate`."""
+        await pyfuse3.main()
+
+    def terminate(self) -> None:
+        """Make :meth:`run` return (from a signal handler task, say)."""
+        pyfuse3.terminate()
+
+    def close(self) -> None:
+        """Unmount and end the session; call once :meth:`run` has returned or failed."""
+        pyfuse3.close(unmount=True)

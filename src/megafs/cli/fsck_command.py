@@ -1,0 +1,72 @@
+"""The ``fsck`` command: check a vault, list or remove garbage, draw the progress bar.
+
+Owns: what fsck prints (the counts, one line per problem, missing or refused
+object, the progress bar on a terminal's stderr) and its exit code (6 when
+something is damaged or missing).
+May not touch: how objects are checked (:mod:`megafs.fsck`), the vault's or
+the model's internals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import trio
+
+from ..errors import IntegrityError
+from .options import get_passphrase, passphrase_options, say, store_arg, unlocked_vault
+from .registry import command
+
+
+def fsck_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--repair",
+        action="store_true",
+        help="delete unreferenced objects (takes the writer lease while it runs)",
+    )
+
+
+@command(
+    "fsck",
+    "verify that every object authenticates and is reachable; list garbage",
+    store_arg,
+    fsck_options,
+    passphrase_options,
+)
+def cmd_fsck(args: argparse.Namespace) -> None:
+    from ..fsck import Report, check
+
+    secret = get_passphrase(args)
+    tty = sys.stderr.isatty() and not args.quiet
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if tty and total:
+            width = 30
+            filled = width * done // total
+            bar = "#" * filled + "." * (width - filled)
+            print(f"\r{stage:>9} [{bar}] {done}/{total}", end="", file=sys.stderr, flush=True)
+
+    async def run() -> Report:
+        async with unlocked_vault(args, secret) as vault:
+            return await check(vault, repair=args.repair, progress=progress)
+
+    report = trio.run(run)
+    if tty:
+        print(file=sys.stderr)
+    say(args, f"{report.inodes} inodes, {report.bytes} bytes, {report.objects} objects in store")
+    for line in report.problems:
+        print(f"problem: {line}")
+    for line in report.missing:
+        print(f"missing: {line}")
+    for entry in report.refused:
+        print(f"refused: {entry} (not a megafs object: left alone; remove it by hand "
+              "if it does not belong there)")
+    if report.orphans:
+        verb = "removed" if args.repair else "unreferenced (run with --repair to remove)"
+        say(args, f"{len(report.orphans)} objects {verb}")
+    if report.problems or report.missing:
+        raise IntegrityError(
+            "fsck", f"{len(report.problems)} problems, {len(report.missing)} missing objects"
+        )
+    say(args, "clean")

@@ -1,0 +1,174 @@
+"""The mount commands: ``mount`` (also ``megafs STORE MOUNTPOINT -o OPTS``, as
+mount.fuse3 calls it) and ``umount``.
+
+``mount`` checks the mountpoint and the runtime folder and opens the log
+before the passphrase is read, and every secret variable is out of the
+environment before the daemon starts
+(:func:`megafs.passphrase.scrub_environment`). The daemon logs to its log
+file only (:func:`_log_to`).
+
+Owns: the mount options on the command line, the daemon's logging, turning
+a daemon failure into the foreground's exit code and one line.
+May not touch: the runtime files, forking and serving themselves
+(:mod:`megafs.mount`), the vault, the filesystem, FUSE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable
+
+from .. import passphrase
+from ..errors import MountError
+from ..mount import (
+    MountConfig,
+    check_mountpoint,
+    daemonize,
+    log_path,
+    open_log,
+    runtime_dir,
+    umount,
+)
+from .exit_codes import exit_code, reason
+from .options import get_passphrase, passphrase_options, positive_float, size_arg, store_arg
+from .registry import command
+
+log = logging.getLogger("megafs")
+
+
+def mount_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing empty folder")
+    p.add_argument(
+        "-f", "--foreground", action="store_true", help="stay in the foreground, log to stderr"
+    )
+    p.add_argument(
+        "-o",
+        dest="options",
+        action="append",
+        default=[],
+        metavar="OPTS",
+        help="comma-separated mount options: ro, allow_other, default_permissions, uid=N, "
+        "gid=N, umask=OCTAL, cache_dir=DIR, cache_size=SIZE, store_timeout=SECONDS, "
+        "passfile=FILE, endpoint=URL",
+    )
+    p.add_argument("--cache-dir", metavar="DIR", help="default: $XDG_CACHE_HOME/megafs/<vault id>")
+    p.add_argument(
+        "--cache-size",
+        metavar="SIZE",
+        type=size_arg,
+        default=None,
+        help="default: 1G for S3, 0 for a local folder",
+    )
+    p.add_argument(
+        "--commit-interval",
+        metavar="SECONDS",
+        type=float,
+        default=5.0,
+        help="commit changes to the store this often (default 5)",
+    )
+    p.add_argument(
+        "--store-timeout",
+        metavar="SECONDS",
+        type=positive_float,
+        default=None,
+        help="how long a file operation waits for an unreachable store before it fails "
+        "with EIO (default 60)",
+    )
+    p.add_argument("--log-file", metavar="FILE", help="where the background daemon logs")
+
+
+def _log_to(log_fd: int, *, debug: bool) -> None:
+    """In the daemon: send every log record to ``log_fd`` alone."""
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    handler = logging.StreamHandler(os.fdopen(log_fd, "a", buffering=1))
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    # httpx logs every request at INFO: only with --debug, or the log grows without end.
+    logging.getLogger("httpx").setLevel(logging.DEBUG if debug else logging.WARNING)
+
+
+@command(
+    "mount",
+    "mount a vault as a folder (also: megafs STORE MOUNTPOINT -o OPTS, for mount.fuse3)",
+    store_arg,
+    mount_options,
+    passphrase_options,
+)
+def cmd_mount(args: argparse.Namespace) -> None:
+    """Mount; the runtime folder is checked (and the log opened) before the
+    passphrase is read, and every secret variable is out of the environment
+    before the daemon starts (:func:`megafs.passphrase.scrub_environment`)."""
+    from ..mount.serve import run_foreground  # loads the model and FUSE: only here
+
+    cfg = MountConfig(
+        args.store,
+        os.path.realpath(args.mountpoint),
+        endpoint=args.endpoint,
+        foreground=args.foreground,
+        debug=args.debug,
+        cache_dir=args.cache_dir,
+        commit_interval=args.commit_interval,
+        log_file=args.log_file,
+    )
+    for opts in args.options:
+        cfg.apply_options(opts)
+    if args.cache_size is not None:
+        cfg.cache_size = args.cache_size
+    if args.store_timeout is not None:
+        cfg.store_timeout = args.store_timeout
+    if cfg.extra.get("passfile") and not args.passfile:
+        args.passfile = cfg.extra["passfile"]
+    if cfg.extra.get("extpass") and not args.extpass:
+        args.extpass = cfg.extra["extpass"]
+    check_mountpoint(cfg.mountpoint)
+    runtime_dir()  # an unsafe runtime folder is refused before the passphrase is read
+    log_fd = None
+    if not cfg.foreground:
+        logfile = cfg.log_file or log_path(cfg.mountpoint)
+        log_fd = open_log(logfile, follow=cfg.log_file is not None)
+    try:
+        secret = get_passphrase(args)
+    finally:
+        passphrase.scrub_environment()
+    if log_fd is None:
+        run_foreground(cfg, secret, lambda: log.info("mounted %s", cfg.mountpoint))
+        return
+
+    def child(ready: Callable[[], None]) -> tuple[int, str]:
+        _log_to(log_fd, debug=args.debug)
+        try:
+            run_foreground(cfg, secret, ready)
+        except (Exception, KeyboardInterrupt, BaseExceptionGroup) as e:
+            log.error("%s", e, exc_info=True)
+            return exit_code(e), reason(e)
+        return 0, ""
+
+    code, why = daemonize(child)
+    os.close(log_fd)
+    if code:
+        print(f"megafs: {why}", file=sys.stderr)
+        raise SystemExit(code)
+
+
+def umount_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+
+
+@command(
+    "umount",
+    "flush, commit and unmount; returns when everything is in the store",
+    umount_options,
+)
+def cmd_umount(args: argparse.Namespace) -> None:
+    status = umount(args.mountpoint)
+    if status:
+        raise MountError(
+            f"unmounted, but the final commit failed (status {status}); the changes stay in "
+            f"the local journal for the next mount; see {log_path(args.mountpoint)}"
+        )

@@ -55,7 +55,7 @@ import msgpack
 
 from . import crypto
 from .crypto import Keys
-from .errors import LocalFolderError
+from .errors import CacheFull, LocalFolderError
 
 log = logging.getLogger(__name__)
 
@@ -253,7 +253,7 @@ class Journal:
         """Seal and append one record to the current segment: all of it or none.
 
         A full disk may take part of a record: that part is cut off again and
-        OSError(ENOSPC) raised, so a segment is always whole records numbered
+        CacheFull (errno ENOSPC) raised, so a segment is always whole records numbered
         without gaps (replay stops at the first one that fails).
         """
         if self._fd is None:
@@ -264,10 +264,15 @@ class Journal:
         plain = msgpack.packb(record, use_bin_type=True)
         sealed = crypto.seal(self.keys.cache, plain, self._aad(self.segment, self._recno))
         head = _LEN.pack(len(sealed))
-        written = os.writev(self._fd, [head, sealed])  # no copy of the record to frame it
+        try:
+            written = os.writev(self._fd, [head, sealed])  # no copy of the record to frame it
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise CacheFull(f"{e.strerror}: {self._path(self.segment)}") from None
+            raise
         if written != len(head) + len(sealed):
             os.ftruncate(self._fd, os.fstat(self._fd).st_size - written)
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self._path(self.segment))
+            raise CacheFull(f"{os.strerror(errno.ENOSPC)}: {self._path(self.segment)}")
         self._recno += 1
 
     def rotate(self) -> int:

@@ -1,7 +1,13 @@
 """The filesystem model: inodes, directories and file data over a vault.
 
 No FUSE here: the pyfuse3 adapter (:mod:`megafs.fuse_ops`) calls these
-methods directly, and tests do too. Errors are :class:`~megafs.errors.FsError`
+methods directly, and tests do too. The model is composed of objects that
+own their part: :class:`~megafs.records.RecordCodec` (inode records),
+:class:`~megafs.content.Content` (chunk and pack objects: the only road to
+the store for file bytes), :class:`~megafs.collector.Collector` (deleting
+garbage) and :class:`~megafs.inode.Inode`; it owns the inode table, the
+POSIX namespace, the read and write paths and commits, and touches the store
+only through the vault and those objects. Errors are :class:`~megafs.errors.FsError`
 with an errno; store and integrity failures propagate as their own classes
 for the adapter to map.
 
@@ -54,15 +60,18 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import cachetools
-import msgpack
 import trio
-from sortedcontainers import SortedDict  # type: ignore[import-untyped]
 
 from . import crypto
 from .cache import ContentCache
+from .collector import Collector
 from .content import ChunkRef, Content, PackPart
 from .errors import FsError, IntegrityError, MegafsError
+from .inode import ROOT_INO as ROOT_INO
+from .inode import Attr as Attr
+from .inode import Inode as Inode
 from .journal import Journal
+from .records import RecordCodec
 from .tables import MID_BITS as MID_BITS
 from .tables import PAGE_BITS, MetaJob, PackTable, RadixIndex
 from .vault import (
@@ -70,13 +79,11 @@ from .vault import (
     KIND_LEAF,
     Root,
     Vault,
-    expect_bytes,
     obj_name,
 )
 
 log = logging.getLogger(__name__)
 
-ROOT_INO = 1
 #: Full chunks uploaded in the background while writes go on (and at most
 #: this many chunk-sized buffers waiting for the store).
 EARLY_UPLOADS = 16
@@ -93,31 +100,10 @@ PACK_UPLOADS = 4
 MAX_RESIDENT_PAGES = 256
 NAME_MAX = 255
 INLINE_MAX = 2048  # files up to this size live inside their inode record
-BODY_INLINE_MAX = 8192  # bodies larger than this become objects of their own
 XATTR_CREATE = 1
 XATTR_REPLACE = 2
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
-
-
-@dataclass(frozen=True)
-class Attr:
-    """What getattr returns: a plain snapshot of an inode's attributes."""
-
-    ino: int
-    mode: int
-    nlink: int
-    uid: int
-    gid: int
-    rdev: int
-    size: int
-    atime_ns: int
-    mtime_ns: int
-    ctime_ns: int
-
-    @property
-    def blocks(self) -> int:
-        return (self.size + 511) // 512
 
 
 @dataclass
@@ -151,141 +137,6 @@ class _PackJob:
     obj: bytes
     parts: list[tuple[ChunkRef, _Pending]]
     uploaded: bool = False
-
-
-class Mutex:
-    """A trio lock whose uncontended acquisition does not yield to the scheduler.
-
-    ``async with trio.Lock()`` always passes through the scheduler, even when
-    nobody holds the lock: a run-loop iteration on every write. Contended,
-    this waits exactly as a trio.Lock does (fair, FIFO).
-    """
-
-    __slots__ = ("_lock",)
-
-    def __init__(self) -> None:
-        self._lock = trio.Lock()
-
-    def locked(self) -> bool:
-        return self._lock.locked()
-
-    async def __aenter__(self) -> None:
-        try:
-            self._lock.acquire_nowait()
-        except trio.WouldBlock:
-            await self._lock.acquire()
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._lock.release()
-
-
-class Inode:
-    """One inode in memory. Body fields are valid only when ``body_loaded``."""
-
-    __slots__ = (
-        "_lock",
-        "atime",
-        "body_dirty",
-        "body_loaded",
-        "body_ref",
-        "chunks",
-        "ctime",
-        "dirty",
-        "entries",
-        "file_id",
-        "file_key",
-        "gid",
-        "ino",
-        "mode",
-        "mtime",
-        "next_cookie",
-        "nlink",
-        "order",
-        "parent",
-        "rdev",
-        "size",
-        "small",
-        "target",
-        "uid",
-        "wrapped_key",
-        "xattrs",
-    )
-
-    def __init__(self, ino: int, mode: int, uid: int, gid: int, now: int = 0) -> None:
-        self.ino = ino
-        self.mode = mode
-        self.uid = uid
-        self.gid = gid
-        self.nlink = 1
-        self.size = 0
-        self.rdev = 0
-        self.atime = self.mtime = self.ctime = now
-        self.file_id = crypto.new_id()
-        self.file_key: bytes | None = None
-        #: ``file_key`` as wrapped in the inode record, kept so that a record
-        #: written again reuses it rather than sealing the key once more
-        self.wrapped_key: bytes | None = None
-        self.xattrs: dict[bytes, bytes] = {}
-        self.body_ref: bytes | None = None
-        self.body_loaded = True
-        self.body_dirty = True
-        self.chunks: dict[int, ChunkRef] = {}
-        self.dirty: dict[int, bytearray] = {}
-        self.small: bytes | None = None
-        self.entries: dict[bytes, tuple[int, int]] = {}
-        self.order: Any = None  # cookie -> name (a SortedDict), directories only
-        self.next_cookie = 3  # 1 and 2 are "." and ".."
-        self.parent = ROOT_INO
-        self.target = b""
-        self._lock: Mutex | None = None
-
-    @property
-    def locked(self) -> bool:
-        return self._lock is not None and self._lock.locked()
-
-    @property
-    def lock(self) -> Mutex:
-        """The lock of this file's data (made on first use: most inodes never need one)."""
-        if self._lock is None:
-            self._lock = Mutex()
-        return self._lock
-
-    @property
-    def is_dir(self) -> bool:
-        return stat.S_ISDIR(self.mode)
-
-    @property
-    def is_reg(self) -> bool:
-        return stat.S_ISREG(self.mode)
-
-    def attr(self) -> Attr:
-        return Attr(
-            self.ino,
-            self.mode,
-            self.nlink,
-            self.uid,
-            self.gid,
-            self.rdev,
-            self.size,
-            self.atime,
-            self.mtime,
-            self.ctime,
-        )
-
-    def add_entry(self, name: bytes, ino: int) -> None:
-        cookie = self.next_cookie
-        self.next_cookie += 1
-        self.entries[name] = (ino, cookie)
-        if self.order is None:
-            self.order = SortedDict()
-        self.order[cookie] = name
-        self.body_dirty = True
-
-    def remove_entry(self, name: bytes) -> int:
-        ino, cookie = self.entries.pop(name)
-        del self.order[cookie]
-        self.body_dirty = True
-        return ino
 
 
 F = TypeVar("F", bound=Callable[..., Coroutine[Any, Any, Any]])
@@ -362,16 +213,15 @@ class Filesystem:
         self.cache = cache
         #: chunk and pack objects go through here, never through the store directly
         self.content = Content(vault, cache)
+        #: deletes what no committed root references (the retention hook)
+        self.collector = Collector(self.content)
+        #: inode records to and from leaf pages
+        self.codec = RecordCodec(vault.keys, vault.layout, packed=vault.header.packs_small_chunks)
         self._read_end: dict[int, int] = {}  # ino -> end of the last read (readahead)
         self._nursery: trio.Nursery | None = None
         self._upload_slots = trio.Semaphore(EARLY_UPLOADS)
         self._cache_slots = trio.Semaphore(CACHE_WRITES)
         self._pack_slots = trio.Semaphore(PACK_UPLOADS)
-        self._gc_queue: list[bytes] = []  # garbage waiting for the collector
-        self._gc_wake = trio.Event()
-        self._gc_waiters: list[trio.Event] = []  # drain_garbage callers
-        self._gc_running = False
-        self._gc_stop = False
         self._inflight: dict[ChunkRef, trio.Event] = {}  # chunk -> prefetch running
         self._commit_lock = trio.Lock()
         #: Mutations logged so far, and how many of them the last successful
@@ -475,15 +325,13 @@ class Filesystem:
         deletion of garbage) in ``nursery``, which must outlive every operation.
         Without it, all of that happens in commits and reads themselves."""
         self._nursery = nursery
-        self._gc_stop = False
-        nursery.start_soon(self._collector)
+        self.collector.start(nursery)
 
     def stop_background(self) -> None:
         """No new background work; what runs finishes in its nursery (the
         garbage collector deletes what is queued, then ends)."""
         self._nursery = None
-        self._gc_stop = True
-        self._gc_wake.set()
+        self.collector.stop()
 
     def _make_root_dir(self) -> None:
         ino = Inode(ROOT_INO, stat.S_IFDIR | 0o755, os.getuid(), os.getgid(), self._now())
@@ -499,7 +347,7 @@ class Filesystem:
             self.meta_dirty = True
             await self.commit()
             self.writable = False
-        await self.drain_garbage()
+        await self.collector.drain()
 
     # --- loading ----------------------------------------------------------
 
@@ -532,7 +380,7 @@ class Filesystem:
                 for ino, rec in raw.items():
                     if not isinstance(ino, int) or ino >> PAGE_BITS != page:
                         raise IntegrityError(name, f"inode {ino!r} does not belong in page {page}")
-                    self.inodes[ino] = self._decode(ino, rec, name)
+                    self.inodes[ino] = self.codec.decode(ino, rec, name)
                     members.add(ino)
             self.page_members[page] = members
             self._page_lru[page] = None
@@ -603,153 +451,10 @@ class Filesystem:
                 return
             assert node.body_ref is not None
             body = await self.vault.get_meta(KIND_BODY, node.body_ref)
-            self._decode_body(node, body, obj_name(node.body_ref))
+            self.codec.decode_body(node, body, obj_name(node.body_ref))
             node.body_loaded = True
             node.body_dirty = False
         self._loaded("body", node.ino)
-
-    # --- record encoding ------------------------------------------------
-
-    def _decode(self, ino: int, rec: Any, name: str) -> Inode:
-        try:
-            node = Inode(ino, int(rec["m"]), int(rec["u"]), int(rec["g"]))
-            node.nlink = int(rec["n"])
-            node.size = int(rec["s"])
-            node.atime, node.mtime, node.ctime = (int(t) for t in rec["t"])
-            node.rdev = int(rec.get("r", 0))
-            node.file_id = expect_bytes(rec["f"])
-            node.xattrs = {expect_bytes(k): expect_bytes(v) for k, v in rec.get("x", {}).items()}
-            if "k" in rec:
-                node.wrapped_key = expect_bytes(rec["k"])
-                try:
-                    node.file_key = crypto.unwrap_file_key(
-                        self.vault.keys, node.file_id, node.wrapped_key
-                    )
-                except crypto.AuthFailed:
-                    raise IntegrityError(name, f"file key of inode {ino} fails") from None
-            node.body_dirty = False
-            if "B" in rec:
-                node.body_ref = expect_bytes(rec["B"])
-                node.body_loaded = False
-            else:
-                self._decode_body(node, rec["b"], name)
-            if node.is_reg and node.file_key is None:
-                raise ValueError("regular file without a file key")
-        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
-            raise IntegrityError(name, f"malformed inode {ino}: {e!r}") from None
-        return node
-
-    def _decode_body(self, node: Inode, body: Any, name: str) -> None:
-        try:
-            if node.is_dir:
-                node.parent = int(body["p"])
-                node.next_cookie = int(body["n"])
-                for ent_name, child, cookie in body["e"]:
-                    node.entries[expect_bytes(ent_name)] = (int(child), int(cookie))
-                    if node.order is None:
-                        node.order = SortedDict()
-                    node.order[int(cookie)] = expect_bytes(ent_name)
-            elif stat.S_ISLNK(node.mode):
-                node.target = expect_bytes(body["l"])
-            elif node.is_reg:
-                cs = self.layout.chunk_size
-                for entry in body.get("c", []):
-                    if len(entry) == 3:
-                        idx, obj, length = entry
-                        off, pno = 0, -1
-                    elif len(entry) == 5 and self.packs is not None:
-                        idx, obj, length, off, pno = entry
-                        if not (0 <= int(off) < 1 << 40 and 0 <= int(pno) < 1 << 62):
-                            raise ValueError(f"chunk {idx} pack {pno} offset {off} out of range")
-                    else:
-                        raise ValueError(f"chunk entry of {len(entry)} fields")
-                    if not (0 <= int(idx) < 1 << 44 and 0 < int(length) <= cs):
-                        raise ValueError(f"chunk {idx} length {length} out of range")
-                    node.chunks[int(idx)] = ChunkRef(
-                        expect_bytes(obj), int(length), int(off), int(pno)
-                    )
-                if "i" in body:
-                    if node.file_key is None:
-                        raise ValueError("inline data without a file key")
-                    sealed = expect_bytes(body["i"])
-                    try:
-                        node.small = crypto.open_for(
-                            self.vault.keys,
-                            node.file_key,
-                            sealed,
-                            crypto.inline_aad(self.vault.vault_id, node.file_id, len(sealed)),
-                        )
-                    except crypto.AuthFailed:
-                        raise IntegrityError(name, f"inline data of inode {node.ino}") from None
-        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
-            raise IntegrityError(name, f"malformed body of inode {node.ino}: {e!r}") from None
-
-    def _encode_body(self, node: Inode) -> Any:
-        if node.is_dir:
-            return {
-                "p": node.parent,
-                "n": node.next_cookie,
-                "e": [[n, i, c] for n, (i, c) in node.entries.items()],
-            }
-        if stat.S_ISLNK(node.mode):
-            return {"l": node.target}
-        if node.is_reg:
-            body: dict[str, Any] = {
-                "c": [
-                    [i, r.obj, r.length, r.off, r.pno] if r.packed else [i, r.obj, r.length]
-                    for i, r in sorted(node.chunks.items())
-                ]
-            }
-            if node.small is not None:
-                assert node.file_key is not None
-                sealed_len = len(node.small) + crypto.sealed_overhead(self.vault.keys)
-                body["i"] = crypto.seal_for(
-                    self.vault.keys,
-                    node.file_key,
-                    node.small,
-                    crypto.inline_aad(self.vault.vault_id, node.file_id, sealed_len),
-                )
-            return body
-        return {}
-
-    def _encode(self, node: Inode, uploads: list[MetaJob]) -> Any:
-        rec: dict[str, Any] = {
-            "m": node.mode,
-            "u": node.uid,
-            "g": node.gid,
-            "n": node.nlink,
-            "s": node.size,
-            "t": [node.atime, node.mtime, node.ctime],
-            "f": node.file_id,
-        }
-        if node.rdev:
-            rec["r"] = node.rdev
-        if node.xattrs:
-            rec["x"] = node.xattrs
-        if node.file_key is not None:
-            if node.wrapped_key is None:
-                node.wrapped_key = crypto.wrap_file_key(
-                    self.vault.keys, node.file_id, node.file_key
-                )
-            rec["k"] = node.wrapped_key
-        if not node.body_loaded or (not node.body_dirty and node.body_ref is not None):
-            rec["B"] = node.body_ref
-            return rec
-        body = self._encode_body(node)
-        packed = msgpack.packb(body, use_bin_type=True)
-        if len(packed) > BODY_INLINE_MAX:
-            if node.body_ref is not None:
-                self.garbage.append(node.body_ref)
-            node.body_ref = crypto.new_id()
-            uploads.append((KIND_BODY, node.body_ref, body))
-            rec["B"] = node.body_ref
-        else:
-            if node.body_ref is not None:
-                self.garbage.append(node.body_ref)
-                node.body_ref = None
-            rec["b"] = body
-        node.body_dirty = False
-        return rec
 
     # --- bookkeeping ----------------------------------------------------
 
@@ -1556,7 +1261,7 @@ class Filesystem:
         try:
             await self._ensure_uploaded(ref, pend)
             if ref not in self.pending:  # dropped meanwhile: nothing references it
-                await self._collect([ref.obj])
+                await self.collector.collect([ref.obj])
         except Exception as e:  # the next commit uploads it again
             log.warning("background upload of %s failed, will retry: %s", ref.cache_name, e)
         finally:
@@ -1717,7 +1422,7 @@ class Filesystem:
         mark = self.root_for_commit.journal
         if self.journal is not None and mark is not None:
             self.journal.committed(mark[1])
-        await self._collect(garbage)
+        await self.collector.collect(garbage)
         return True
 
     async def _load_pack_pages(self) -> None:
@@ -1764,68 +1469,9 @@ class Filesystem:
         self.garbage.extend(garbage)
         self.garbage.extend(new_meta)
 
-    async def _collect(self, garbage: list[bytes]) -> None:
-        """Delete objects that no committed root references any more.
-
-        With a background nursery they are queued for the collector task, so
-        a commit (and the fsync waiting on it) does not wait for deletions;
-        without one they are deleted now. Best effort either way: garbage
-        left behind (a failed delete, a crash) is harmless, and fsck lists it.
-        """
-        if not garbage:
-            return
-        if self.cache is not None:
-            for obj in garbage:
-                self.cache.forget(obj_name(obj))
-        if self._nursery is not None and not self._gc_stop:
-            self._gc_queue.extend(garbage)
-            self._gc_wake.set()
-            return
-        await self._delete(garbage)
-
-    async def _delete(self, garbage: list[bytes]) -> None:
-        try:
-            failed = await self.content.delete(garbage)
-        except Exception as e:  # garbage is harmless: fsck collects it
-            log.info("could not delete %d unreferenced objects: %s", len(garbage), e)
-            return
-        if failed:
-            log.info("could not delete %d unreferenced objects, e.g. %s", len(failed), failed[0])
-
-    async def _collector(self) -> None:
-        """The background task deleting queued garbage, in batches. Ends once
-        stopped and the queue is empty; wakes :meth:`drain_garbage` callers
-        whenever the queue runs dry."""
-        self._gc_running = True
-        try:
-            while True:
-                if not self._gc_queue:
-                    waiters, self._gc_waiters = self._gc_waiters, []
-                    for w in waiters:
-                        w.set()
-                    if self._gc_stop:
-                        return
-                    self._gc_wake = trio.Event()
-                    await self._gc_wake.wait()
-                    continue
-                batch, self._gc_queue = self._gc_queue[:1000], self._gc_queue[1000:]
-                await self._delete(batch)
-        finally:
-            self._gc_running = False
-            for w in self._gc_waiters:
-                w.set()
-
     async def drain_garbage(self) -> None:
         """Return once the garbage queued so far is deleted (or failed to be)."""
-        if not self._gc_running:
-            batch, self._gc_queue = self._gc_queue, []
-            if batch:
-                await self._delete(batch)
-            return
-        done = trio.Event()
-        self._gc_waiters.append(done)
-        self._gc_wake.set()
-        await done.wait()
+        await self.collector.drain()
 
     async def _upload_chunk(self, ref: ChunkRef, p: _Pending) -> None:
         node = p.inode
@@ -1915,7 +1561,10 @@ class Filesystem:
         snap = _Snap(set(self.dirty_pages))
         leaves = {
             page: (
-                {ino: self._encode(self.inodes[ino], meta_jobs) for ino in members}
+                {
+                    ino: self.codec.encode(self.inodes[ino], meta_jobs, self.garbage)
+                    for ino in members
+                }
                 if (members := self.page_members.get(page))
                 else None
             )

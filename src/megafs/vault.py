@@ -40,6 +40,7 @@ from .errors import (
     CommitConflict,
     CorruptHeader,
     IntegrityError,
+    LocalStateError,
     NotAVault,
     ObjectNotFound,
     PreconditionFailed,
@@ -142,7 +143,10 @@ class LocalState:
             st.save()
             return st
         except (ValueError, KeyError, TypeError, AttributeError) as e:
-            raise CorruptHeader(f"local vault state {path} is corrupt: {e}") from None
+            raise LocalStateError(
+                f"local state of this vault ({path}) is damaged: {e}; move it aside to start "
+                "afresh (this client then forgets the newest root it saw)"
+            ) from None
 
     def save(self) -> None:
         os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)

@@ -1,0 +1,114 @@
+"""The garbage collector: deletes objects no committed root references.
+
+Owns: the queue of garbage handed over by commits (and by background
+uploads that turned out to be unneeded), the background task that deletes
+it in batches, and the wake-ups of callers waiting for it to drain. It is
+also the one place a retention policy will hook in (keeping what old roots
+still need), so nothing else deletes objects of a vault being written.
+
+Knows nothing of inodes or commits: it gets object ids, and deletes them
+through :class:`~megafs.content.Content`. Best effort: garbage left behind
+(a failed delete, a crash) is harmless, and fsck lists it.
+
+Concurrency: trio, the caller's thread. :meth:`run` is the one long-lived
+task (in the mount's background nursery); without it, :meth:`collect`
+deletes at once and blocks on the store.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+
+from .content import Content
+from .vault import obj_name
+
+log = logging.getLogger(__name__)
+
+#: Objects per delete batch (one S3 DeleteObjects request).
+BATCH = 1000
+
+
+class Collector:
+    """Deletes unreferenced objects, in the background once :meth:`run` runs."""
+
+    def __init__(self, content: Content) -> None:
+        self.content = content
+        self._queue: list[bytes] = []
+        self._wake = trio.Event()
+        self._waiters: list[trio.Event] = []  # drain() callers
+        self._running = False
+        self._stopping = False
+        self._background = False
+
+    async def collect(self, garbage: list[bytes]) -> None:
+        """Delete ``garbage`` (object ids): queued for the background task if
+        it runs, so a commit (and the fsync waiting on it) does not wait for
+        deletions; else deleted now. Cached copies are forgotten at once."""
+        if not garbage:
+            return
+        if self.content.cache is not None:
+            for obj in garbage:
+                self.content.cache.forget(obj_name(obj))
+        if self._background and not self._stopping:
+            self._queue.extend(garbage)
+            self._wake.set()
+            return
+        await self._delete(garbage)
+
+    async def _delete(self, garbage: list[bytes]) -> None:
+        try:
+            failed = await self.content.delete(garbage)
+        except Exception as e:  # garbage is harmless: fsck collects it
+            log.info("could not delete %d unreferenced objects: %s", len(garbage), e)
+            return
+        if failed:
+            log.info("could not delete %d unreferenced objects, e.g. %s", len(failed), failed[0])
+
+    def start(self, nursery: trio.Nursery) -> None:
+        """Run :meth:`run` in ``nursery`` from now on."""
+        self._stopping = False
+        self._background = True
+        nursery.start_soon(self.run)
+
+    def stop(self) -> None:
+        """Queue no more; the task deletes what is queued, then ends."""
+        self._background = False
+        self._stopping = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        """The background task deleting queued garbage, in batches. Ends once
+        stopped and the queue is empty; wakes :meth:`drain` callers whenever
+        the queue runs dry."""
+        self._running = True
+        try:
+            while True:
+                if not self._queue:
+                    waiters, self._waiters = self._waiters, []
+                    for w in waiters:
+                        w.set()
+                    if self._stopping:
+                        return
+                    self._wake = trio.Event()
+                    await self._wake.wait()
+                    continue
+                batch, self._queue = self._queue[:BATCH], self._queue[BATCH:]
+                await self._delete(batch)
+        finally:
+            self._running = False
+            for w in self._waiters:
+                w.set()
+
+    async def drain(self) -> None:
+        """Return once the garbage queued so far is deleted (or failed to be)."""
+        if not self._running:
+            batch, self._queue = self._queue, []
+            if batch:
+                await self._delete(batch)
+            return
+        done = trio.Event()
+        self._waiters.append(done)
+        self._wake.set()
+        await done.wait()

@@ -1,0 +1,178 @@
+"""An inode in memory, and the attributes it reports.
+
+Owns: :class:`Inode` (one file, folder, symlink or special file as the
+filesystem model holds it: attributes, xattrs, its content key, and its body
+once loaded), :class:`Attr` (the plain snapshot getattr returns) and
+:class:`Mutex` (the per-inode lock). No I/O; never touches the store, the
+vault or other inodes (the filesystem model links them).
+"""
+
+from __future__ import annotations
+
+import stat
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+from sortedcontainers import SortedDict  # type: ignore[import-untyped]
+
+from . import crypto
+from .content import ChunkRef
+
+#: The root directory's inode number.
+ROOT_INO = 1
+
+
+@dataclass(frozen=True)
+class Attr:
+    """What getattr returns: a plain snapshot of an inode's attributes."""
+
+    ino: int
+    mode: int
+    nlink: int
+    uid: int
+    gid: int
+    rdev: int
+    size: int
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+
+    @property
+    def blocks(self) -> int:
+        return (self.size + 511) // 512
+
+
+class Mutex:
+    """A trio lock whose uncontended acquisition does not yield to the scheduler.
+
+    ``async with trio.Lock()`` always passes through the scheduler, even when
+    nobody holds the lock: a run-loop iteration on every write. Contended,
+    this waits exactly as a trio.Lock does (fair, FIFO).
+    """
+
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        self._lock = trio.Lock()
+
+    def locked(self) -> bool:
+        return self._lock.locked()
+
+    async def __aenter__(self) -> None:
+        try:
+            self._lock.acquire_nowait()
+        except trio.WouldBlock:
+            await self._lock.acquire()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
+class Inode:
+    """One inode in memory. Body fields are valid only when ``body_loaded``."""
+
+    __slots__ = (
+        "_lock",
+        "atime",
+        "body_dirty",
+        "body_loaded",
+        "body_ref",
+        "chunks",
+        "ctime",
+        "dirty",
+        "entries",
+        "file_id",
+        "file_key",
+        "gid",
+        "ino",
+        "mode",
+        "mtime",
+        "next_cookie",
+        "nlink",
+        "order",
+        "parent",
+        "rdev",
+        "size",
+        "small",
+        "target",
+        "uid",
+        "wrapped_key",
+        "xattrs",
+    )
+
+    def __init__(self, ino: int, mode: int, uid: int, gid: int, now: int = 0) -> None:
+        self.ino = ino
+        self.mode = mode
+        self.uid = uid
+        self.gid = gid
+        self.nlink = 1
+        self.size = 0
+        self.rdev = 0
+        self.atime = self.mtime = self.ctime = now
+        self.file_id = crypto.new_id()
+        self.file_key: bytes | None = None
+        #: ``file_key`` as wrapped in the inode record, kept so that a record
+        #: written again reuses it rather than sealing the key once more
+        self.wrapped_key: bytes | None = None
+        self.xattrs: dict[bytes, bytes] = {}
+        self.body_ref: bytes | None = None
+        self.body_loaded = True
+        self.body_dirty = True
+        self.chunks: dict[int, ChunkRef] = {}
+        self.dirty: dict[int, bytearray] = {}
+        self.small: bytes | None = None
+        self.entries: dict[bytes, tuple[int, int]] = {}
+        self.order: Any = None  # cookie -> name (a SortedDict), directories only
+        self.next_cookie = 3  # 1 and 2 are "." and ".."
+        self.parent = ROOT_INO
+        self.target = b""
+        self._lock: Mutex | None = None
+
+    @property
+    def locked(self) -> bool:
+        return self._lock is not None and self._lock.locked()
+
+    @property
+    def lock(self) -> Mutex:
+        """The lock of this file's data (made on first use: most inodes never need one)."""
+        if self._lock is None:
+            self._lock = Mutex()
+        return self._lock
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+    @property
+    def is_reg(self) -> bool:
+        return stat.S_ISREG(self.mode)
+
+    def attr(self) -> Attr:
+        return Attr(
+            self.ino,
+            self.mode,
+            self.nlink,
+            self.uid,
+            self.gid,
+            self.rdev,
+            self.size,
+            self.atime,
+            self.mtime,
+            self.ctime,
+        )
+
+    def add_entry(self, name: bytes, ino: int) -> None:
+        cookie = self.next_cookie
+        self.next_cookie += 1
+        self.entries[name] = (ino, cookie)
+        if self.order is None:
+            self.order = SortedDict()
+        self.order[cookie] = name
+        self.body_dirty = True
+
+    def remove_entry(self, name: bytes) -> int:
+        ino, cookie = self.entries.pop(name)
+        del self.order[cookie]
+        self.body_dirty = True
+        return ino

@@ -1,4 +1,12 @@
-"""Shared fixtures: a real SeaweedFS S3 server, and fresh stores of every kind.
+"""Shared fixtures: a private state folder, a real SeaweedFS S3 server, and
+fresh stores of every kind.
+
+The fast tier (no crash, soak or long fuzz runs; a few minutes) is
+``python3 -m pytest -m "not slow"``; CI runs everything.
+
+``_state_dir`` points ``MEGAFS_STATE_DIR`` at ``tmp_path/state`` for every
+test, so no test writes to the user's state folder. A test that needs another
+folder (a second client, a reader) sets the variable again itself.
 
 ``seaweedfs`` starts one ``weed mini`` for the whole session, bound to
 127.0.0.1 on free ports, with one S3 identity and one bucket. A missing
@@ -20,6 +28,14 @@ from megafs.stores import LocalStore, Store
 from megafs.stores.s3 import S3Store
 
 from .seaweed import AWS_VARS, SeaweedFS, SeaweedStartError
+
+
+@pytest.fixture(autouse=True)
+def _state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """This test's local state folder (``MEGAFS_STATE_DIR``); not created here."""
+    path = tmp_path / "state"
+    monkeypatch.setenv("MEGAFS_STATE_DIR", str(path))
+    return path
 
 
 @contextmanager

@@ -21,7 +21,8 @@ from megafs.model import ROOT_INO, Filesystem
 from megafs.stores import LocalStore
 from megafs.vault import Vault
 
-PASS = "crash test passphrase"
+from .helpers import PASS
+
 COUNTER_SIZE = 5000
 
 

@@ -28,16 +28,11 @@ from megafs.model import ROOT_INO, Filesystem
 from megafs.stores import LocalStore
 from megafs.vault import Vault
 
-from .crash_worker import PASS, content, counter_content, name
-from .helpers import FAST_KDF
+from .crash_worker import content, counter_content, name
+from .helpers import FAST_KDF, PASS
 
 REPO = Path(__file__).resolve().parent.parent
 READY_DEADLINE = 30.0
-
-
-@pytest.fixture(autouse=True)
-def _state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MEGAFS_STATE_DIR", str(tmp_path / "state"))
 
 
 def run_child(
@@ -142,6 +137,7 @@ def crash_loop(
     trio.run(check_vault, store, last, size, keep)
 
 
+@pytest.mark.slow
 def test_killed_writer_small_files(tmp_path: Path) -> None:
     """Small files (inline and one-chunk), every commit rewriting a leaf and the root."""
     crash_loop(

@@ -382,6 +382,7 @@ def crash_drive(tmp_path: Path, any_store_url: tuple[str, dict[str, str]]) -> It
         yield drive
 
 
+@pytest.mark.slow
 def test_killed_daemon_under_a_write_heavy_workload(crash_drive: Drive, tmp_path: Path) -> None:
     run = CrashRun(crash_drive, random.Random(20240605), tmp_path / "work")
     run.work.mkdir()

@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import trio
 
 from megafs.fsck import check
@@ -17,11 +16,6 @@ from megafs.stores import LocalStore
 from megafs.vault import Vault, obj_name
 
 from .helpers import PASS, new_vault
-
-
-@pytest.fixture(autouse=True)
-def _state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MEGAFS_STATE_DIR", str(tmp_path / "state"))
 
 
 async def build(tmp_path: Path) -> tuple[LocalStore, bytes]:

@@ -15,7 +15,7 @@ error", and a huge length taken from the data could exhaust memory).
 * metadata: leaf pages, index nodes and directory bodies, mutated before or
   after sealing, through the model's real loading code (``load_page``,
   ``_mid``, ``load_body``) and its decoders (``_decode``,
-  ``_decode_body``) -> only IntegrityError;
+  ``decode_body``) -> only IntegrityError;
 * content: ``crypto.open_blocks`` on random and mutated chunks, and
   ``open_sealed`` on random seals -> only AuthFailed;
 * the local journal: ``Journal._read`` on random and mutated segments returns
@@ -500,14 +500,14 @@ def inode_record(draw: st.DrawFn) -> Any:
 def check_decode(sample: Sample, ino: int, rec: Any) -> None:
     fs = fresh_fs(sample)
     try:
-        node = fs._decode(ino, rec, "leaf")
+        node = fs.codec.decode(ino, rec, "leaf")
     except IntegrityError:
         return
     assert isinstance(node, Inode)
     # an external body must decode safely too
     if isinstance(rec, dict) and "B" in rec:
         with contextlib.suppress(IntegrityError):
-            fs._decode_body(node, rec.get("b"), "body")
+            fs.codec.decode_body(node, rec.get("b"), "body")
 
 
 @FUZZ

@@ -12,48 +12,37 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 import trio
 import trio.lowlevel
 
-from megafs.crypto import KdfParams, Layout
+from megafs.crypto import Layout
 from megafs.model import ROOT_INO, Filesystem
 from megafs.stores import Pointer, Store, open_store
-from megafs.stores.base import MAX_OBJECT_SIZE, MAX_POINTER_SIZE, Refused
+from megafs.stores.base import MAX_POINTER_SIZE
 from megafs.vault import Vault
 
+from .helpers import FAST_KDF, PASS, ForwardingStore
 from .mounting import Drive, mounted_drive
 
-PASS = "group commit passphrase"
-FAST_KDF = KdfParams(memory_kib=8192, iterations=1, lanes=1)
 SMALL = Layout(chunk_size=16384, block_size=4096)
 WRITERS = 8
 ROUNDS = 5
 
 
-class SwapCounter(Store):
+class SwapCounter(ForwardingStore):
     """Passes everything to ``inner``; counts root compare-and-swaps, and holds
     deletions back until :meth:`release_deletes` (so every root committed
     meanwhile stays readable), and can serve a pinned root (:attr:`pinned`)."""
 
     def __init__(self, inner: Store) -> None:
-        self.inner = inner
-        self.url = inner.url
+        super().__init__(inner)
         self.root_swaps = 0
         self.held: list[str] = []
         self.pinned: bytes | None = None
-
-    async def put(self, name: str, data: bytes) -> None:
-        await self.inner.put(name, data)
-
-    async def get(self, name: str, max_size: int = MAX_OBJECT_SIZE) -> bytes:
-        return await self.inner.get(name, max_size)
-
-    async def get_range(self, name: str, offset: int, length: int) -> bytes:
-        return await self.inner.get_range(name, offset, length)
 
     async def delete(self, name: str) -> None:
         self.held.append(name)
@@ -66,12 +55,6 @@ class SwapCounter(Store):
         held, self.held = self.held, []
         assert not await self.inner.delete_many(held)
 
-    async def list(
-        self, prefix: str = "", *, refused: list[Refused] | None = None
-    ) -> AsyncIterator[tuple[str, int]]:
-        async for item in self.inner.list(prefix, refused=refused):
-            yield item
-
     async def read_pointer(self, name: str, max_size: int = MAX_POINTER_SIZE) -> Pointer | None:
         ptr = await self.inner.read_pointer(name, max_size)
         if name == "root" and self.pinned is not None and ptr is not None:
@@ -83,17 +66,6 @@ class SwapCounter(Store):
         if name == "root":
             self.root_swaps += 1
         return tag
-
-    async def sync(self) -> None:
-        await self.inner.sync()
-
-    async def check(self) -> None:
-        await self.inner.check()
-
-
-@pytest.fixture(autouse=True)
-def _state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MEGAFS_STATE_DIR", str(tmp_path / "state"))
 
 
 async def test_concurrent_fsyncs_share_root_swaps(
@@ -123,9 +95,10 @@ async def test_concurrent_fsyncs_share_root_swaps(
     swaps = store.root_swaps - swaps_before
     fsyncs = WRITERS * ROUNDS
     assert len(acked) == fsyncs
-    # One swap for most fsyncs before; now the writers share them.
+    # One swap for most fsyncs before (27 of 40 here); now the writers share
+    # them (about 9; the bound leaves room for a loaded machine).
     print(f"{swaps} root swaps for {fsyncs} fsyncs")
-    assert 1 <= swaps <= fsyncs // 4, f"{swaps} root swaps for {fsyncs} fsyncs"
+    assert 1 <= swaps <= fsyncs * 2 // 5, f"{swaps} root swaps for {fsyncs} fsyncs"
     # An fsync with nothing new of its own returns without a commit.
     before = store.root_swaps
     await fs.fsync()
@@ -194,8 +167,8 @@ def test_concurrent_fsyncs_through_the_mount_share_commits(
         assert not errors, errors
         assert len(contents) == 64
         commits = _root_generation(drive, tmp_path) - before
-        print(f"{commits} commits for 64 fsyncs")
-        assert 1 <= commits <= 64 // 3, f"{commits} commits for 64 fsyncs"
+        print(f"{commits} commits for 64 fsyncs")  # 50 before group commit, about 11 now
+        assert 1 <= commits <= 64 // 2, f"{commits} commits for 64 fsyncs"
         drive.umount()
         # From the store alone (no cache, no journal): every file is there.
         drive.mount(cache_dir=tmp_path / "fresh-cache")

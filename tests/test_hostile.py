@@ -308,6 +308,7 @@ def local_drive(tmp_path: Path) -> Iterator[Drive]:
         yield d
 
 
+@pytest.mark.slow
 def test_100000_entries_in_one_folder(local_drive: Drive) -> None:
     """Creating, listing and reloading one huge folder: the directory model and the
     kernel round trips, not the store (on SeaweedFS the same run takes about twice
@@ -417,6 +418,7 @@ def _storm(root: str, seed: int, moves: int, out: multiprocessing.queues.Queue[s
     out.put(f"ok {done} {raced}")
 
 
+@pytest.mark.slow
 def test_rename_storm_across_folders(drive: Drive) -> None:
     mp = drive.mountpoint
     root = mp / "storm"

@@ -15,11 +15,6 @@ from megafs.vault import Vault
 from .helpers import PASS, new_vault
 
 
-@pytest.fixture(autouse=True)
-def _state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MEGAFS_STATE_DIR", str(tmp_path / "state"))
-
-
 async def open_fs(store: Store, cache: Path) -> Filesystem:
     vault = await Vault.unlock(store, PASS)
     return await Filesystem.load(vault, journal=Journal(str(cache), vault.keys))

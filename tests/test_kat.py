@@ -48,10 +48,11 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
 from megafs import crypto, header
+from megafs.content import ChunkRef
 from megafs.crypto import KdfParams, Keys, Layout
 from megafs.errors import IntegrityError, WrongPassphrase
 from megafs.header import Header, Slot
-from megafs.model import ROOT_INO, ChunkRef, Filesystem, Inode
+from megafs.model import ROOT_INO, Filesystem, Inode
 from megafs.stores import LocalStore
 from megafs.tables import PackTable
 from megafs.vault import KIND_BODY, KIND_INDEX, KIND_LEAF, KIND_PACKS, Lease, Root, Vault
@@ -267,7 +268,7 @@ def compute_vectors(tmp: Path) -> dict[str, Any]:
     uploads: list[tuple[int, bytes, Any]] = []
     nodes = kat_inodes()
     with scripted_urandom([NONCES["wrap_a"], NONCES["inline_a"], NONCES["wrap_b"]]):
-        leaf = {n.ino: fs._encode(n, uploads) for n in nodes}
+        leaf = {n.ino: fs.codec.encode(n, uploads, []) for n in nodes}
     assert not uploads
     meta: list[tuple[str, int, bytes, Any]] = [
         ("leaf", KIND_LEAF, LEAF_OBJ, leaf),
@@ -361,7 +362,7 @@ def compute_vectors_v2(tmp: Path) -> dict[str, Any]:
     meta: list[tuple[str, int, bytes, Any]] = [
         ("packs_leaf", KIND_PACKS, PACKS_LEAF_OBJ,
          {PACK_NO: [PACK_OBJ, 2, len(sealed), len(sealed)]}),
-        ("body", KIND_BODY, _seq(0xD8, 16), fs._encode_body(node)),
+        ("body", KIND_BODY, _seq(0xD8, 16), fs.codec.encode_body(node)),
     ]
     for name, kind, obj, payload in meta:
         plain = msgpack.packb(payload, use_bin_type=True)
@@ -377,11 +378,6 @@ def compute_vectors_v2(tmp: Path) -> dict[str, Any]:
     }
     out["header"] = kat_header(version=2).encode(keys).hex()
     return out
-
-
-@pytest.fixture(autouse=True)
-def _state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MEGAFS_STATE_DIR", str(tmp_path / "state"))
 
 
 @pytest.fixture(scope="module")
@@ -509,7 +505,7 @@ def test_leaf_page_opens_and_decodes(frozen: dict[str, Any], tmp_path: Path) -> 
     payload = vault.open_meta(KIND_LEAF, LEAF_OBJ, h(frozen["leaf"]["sealed"]))
     assert payload == msgpack.unpackb(h(frozen["leaf"]["plaintext"]), strict_map_key=False)
     fs = Filesystem(vault, KAT_ROOT, writable=False)
-    nodes = {ino: fs._decode(ino, rec, LEAF_OBJ.hex()) for ino, rec in payload.items()}
+    nodes = {ino: fs.codec.decode(ino, rec, LEAF_OBJ.hex()) for ino, rec in payload.items()}
     a, b, d, lnk = (nodes[i] for i in (INO_A, INO_B, INO_DIR, INO_LINK))
     assert (a.mode, a.uid, a.gid, a.nlink, a.size) == (stat.S_IFREG | 0o644, 1000, 1000, 1, 5)
     assert [a.atime, a.mtime, a.ctime] == TIMES
@@ -521,7 +517,7 @@ def test_leaf_page_opens_and_decodes(frozen: dict[str, Any], tmp_path: Path) -> 
     assert lnk.target == b"a.txt"
     # An external body opens as KIND_BODY and decodes into the directory.
     body = vault.open_meta(KIND_BODY, BODY_OBJ, h(frozen["body"]["sealed"]))
-    fs._decode_body(d, body, BODY_OBJ.hex())
+    fs.codec.decode_body(d, body, BODY_OBJ.hex())
     assert d.parent == ROOT_INO and d.next_cookie == 5
     assert d.entries == {b"a.txt": (INO_A, 3), b"b.bin": (INO_B, 4)}
     index = vault.open_meta(KIND_INDEX, MID_OBJ, h(frozen["index"]["sealed"]))
@@ -621,12 +617,12 @@ def test_pack_table_page_and_chunk_map_decode(
     fs = Filesystem(vault, KAT_ROOT_V2, writable=False)
     node = Inode(304, stat.S_IFREG | 0o644, 1000, 1000)
     node.file_key = KEY_C
-    fs._decode_body(node, body, "body")
+    fs.codec.decode_body(node, body, "body")
     assert tuple(node.chunks[i] for i in (0, 1)) == packed_refs()
     # A format 1 vault knows no packed chunks.
     v1 = Filesystem(kat_vault(tmp_path), KAT_ROOT, writable=False)
     with pytest.raises(IntegrityError):
-        v1._decode_body(Inode(304, stat.S_IFREG | 0o644, 0, 0), body, "body")
+        v1.codec.decode_body(Inode(304, stat.S_IFREG | 0o644, 0, 0), body, "body")
 
 
 # --- the frozen vault ------------------------------------------------------------

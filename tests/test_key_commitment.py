@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import struct
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 from cryptography.exceptions import InvalidTag
@@ -33,16 +32,12 @@ from megafs.model import ROOT_INO, Filesystem
 from megafs.stores import Store
 from megafs.vault import Vault, obj_name
 
-FAST_KDF = KdfParams(memory_kib=8192, iterations=1, lanes=1)
+from .helpers import FAST_KDF
+
 SALT = bytes(range(16))
 NONCE = bytes(range(100, 112))
 XNONCE = bytes(range(100, 124))  # format 3's committing seal: 192 bits
 PASS_1, PASS_2, PASS_3 = "first passphrase", "second passphrase", "third passphrase"
-
-
-@pytest.fixture(autouse=True)
-def _state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MEGAFS_STATE_DIR", str(tmp_path / "state"))
 
 
 # --- a GCM multi-key collision (Len, Grubbs, Ristenpart 2021) -----------------

@@ -19,11 +19,6 @@ from megafs.vault import Vault
 from .helpers import PASS, new_vault, reopen
 
 
-@pytest.fixture(autouse=True)
-def _state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MEGAFS_STATE_DIR", str(tmp_path / "state"))
-
-
 @pytest.fixture
 async def store(tmp_path: Path) -> Store:
     s = LocalStore(str(tmp_path / "store"), create=True)

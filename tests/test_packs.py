@@ -27,11 +27,6 @@ from .helpers import PASS, new_vault, reopen
 DEFAULT = Layout()  # 1 MiB chunks: packs hold chunks up to 512 KiB
 
 
-@pytest.fixture(autouse=True)
-def _state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MEGAFS_STATE_DIR", str(tmp_path / "state"))
-
-
 async def objects(store: Store) -> dict[str, int]:
     return {name: size async for name, size in store.list()}
 

@@ -14,32 +14,30 @@ lying wrapper; the roots it serves are byte for byte what megafs sent.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
 
-from megafs.crypto import KdfParams, Layout
+from megafs.crypto import Layout
 from megafs.errors import CommitConflict, PreconditionFailed, RollbackError, StoreError
 from megafs.model import ROOT_INO, Filesystem
 from megafs.stores import Pointer, Store
-from megafs.stores.base import MAX_OBJECT_SIZE, MAX_POINTER_SIZE, Refused
+from megafs.stores.base import MAX_POINTER_SIZE
 from megafs.vault import Vault, root_digest
 
-PASS = "rollback test passphrase"
-FAST_KDF = KdfParams(memory_kib=8192, iterations=1, lanes=1)
+from .helpers import FAST_KDF, PASS, ForwardingStore
+
 SMALL = Layout(chunk_size=16384, block_size=4096)
 
 
-class LyingStore(Store):
+class LyingStore(ForwardingStore):
     """Passes everything to ``inner``, except that once :meth:`refuse_next_root`
-    is called it answers the next root write with PreconditionFailed while
-    keeping its bytes, and after :meth:`serve_kept` serves those bytes as the
-    root (without telling ``inner``)."""
+    is called it answers the next root write with a failure while keeping its
+    bytes, and after :meth:`serve_kept` serves those bytes as the root
+    (without telling ``inner``)."""
 
     def __init__(self, inner: Store) -> None:
-        self.inner = inner
-        self.url = inner.url
+        super().__init__(inner)
         self._refuse: str | None = None
         self.kept: bytes | None = None
         self.all_kept: list[bytes] = []
@@ -54,27 +52,6 @@ class LyingStore(Store):
     def serve_kept(self) -> None:
         assert self.kept is not None
         self._serve = True
-
-    async def put(self, name: str, data: bytes) -> None:
-        await self.inner.put(name, data)
-
-    async def get(self, name: str, max_size: int = MAX_OBJECT_SIZE) -> bytes:
-        return await self.inner.get(name, max_size)
-
-    async def get_range(self, name: str, offset: int, length: int) -> bytes:
-        return await self.inner.get_range(name, offset, length)
-
-    async def delete(self, name: str) -> None:
-        await self.inner.delete(name)
-
-    async def delete_many(self, names: Sequence[str]) -> list[str]:
-        return await self.inner.delete_many(names)
-
-    async def list(
-        self, prefix: str = "", *, refused: list[Refused] | None = None
-    ) -> AsyncIterator[tuple[str, int]]:
-        async for item in self.inner.list(prefix, refused=refused):
-            yield item
 
     async def read_pointer(self, name: str, max_size: int = MAX_POINTER_SIZE) -> Pointer | None:
         if name == "root" and self._serve:
@@ -94,20 +71,6 @@ class LyingStore(Store):
             raise StoreError("connection dropped (a lie: the bytes were kept)")
         return await self.inner.cas_pointer(name, data, expected)
 
-    async def sync(self) -> None:
-        await self.inner.sync()
-
-    async def check(self) -> None:
-        await self.inner.check()
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-
-@pytest.fixture(autouse=True)
-def _state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MEGAFS_STATE_DIR", str(tmp_path / "state"))
-
 
 async def _write(fs: Filesystem, name: bytes, data: bytes) -> None:
     try:
@@ -123,12 +86,19 @@ async def _read(fs: Filesystem, name: bytes) -> bytes:
     return await fs.read(attr.ino, 0, attr.size)
 
 
-async def test_a_kept_refused_root_is_never_accepted(any_store: Store) -> None:
+async def _vault_with_doc(any_store: Store) -> tuple[LyingStore, Vault, Filesystem]:
+    """A lying store over ``any_store``, a new vault on it, and a mounted-like
+    filesystem whose "doc" holds an fsynced "version 1"."""
     store = LyingStore(any_store)
     vault, _ = await Vault.init(store, PASS, FAST_KDF, SMALL)
     fs = await Filesystem.load(vault)
     await _write(fs, b"doc", b"version 1")
     await fs.fsync()
+    return store, vault, fs
+
+
+async def test_a_kept_refused_root_is_never_accepted(any_store: Store) -> None:
+    store, vault, fs = await _vault_with_doc(any_store)
     # The store refuses the commit of version 2, but keeps its root.
     store.refuse_next_root()
     await _write(fs, b"doc", b"version 2")
@@ -159,11 +129,7 @@ async def _open(store: Store) -> Filesystem:
 
 async def test_a_refused_root_served_next_is_refused(any_store: Store) -> None:
     """Even before any later commit: the store refused a write, then serves it."""
-    store = LyingStore(any_store)
-    vault, _ = await Vault.init(store, PASS, FAST_KDF, SMALL)
-    fs = await Filesystem.load(vault)
-    await _write(fs, b"doc", b"version 1")
-    await fs.fsync()
+    store, _, fs = await _vault_with_doc(any_store)
     store.refuse_next_root()
     await _write(fs, b"doc", b"version 2")
     with pytest.raises(CommitConflict):
@@ -239,11 +205,7 @@ async def test_kept_attempts_stay_older_than_what_follows_a_restart(
     store's root was, and, for refused writes, one old enough to have left
     the list of refused digests). Failed attempts are remembered across the
     restart, so the new commits are newer than every kept one."""
-    store = LyingStore(any_store)
-    vault, _ = await Vault.init(store, PASS, FAST_KDF, SMALL)
-    fs = await Filesystem.load(vault)
-    await _write(fs, b"doc", b"version 1")
-    await fs.fsync()
+    store, vault, fs = await _vault_with_doc(any_store)
     for i in range(attempts):
         store.refuse_next_root(how)
         await _write(fs, b"doc", b"version 2.%d" % i)

@@ -19,7 +19,7 @@ import os
 import pkgutil
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,12 +38,11 @@ from megafs.errors import (
     WrongPassphrase,
 )
 from megafs.model import ROOT_INO, Filesystem
-from megafs.stores import LocalStore, Pointer, Store
-from megafs.stores.base import MAX_OBJECT_SIZE, MAX_POINTER_SIZE, Refused
+from megafs.stores import LocalStore, Store
 from megafs.stores.s3 import S3Store
 from megafs.vault import KIND_BODY, KIND_INDEX, KIND_LEAF, Vault, obj_name
 
-from .helpers import FAST_KDF, PASS, SMALL, new_vault
+from .helpers import FAST_KDF, PASS, SMALL, ForwardingStore, new_vault
 from .seaweed import SeaweedFS, signed_request
 
 MARKER = "MEGAFS-MARKER-7f3a"
@@ -51,13 +50,6 @@ M = MARKER.encode()
 CS = SMALL.chunk_size
 BS = SMALL.block_size
 SB = SMALL.sealed_block
-
-
-@pytest.fixture(autouse=True)
-def _state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "state"
-    monkeypatch.setenv("MEGAFS_STATE_DIR", str(path))
-    return path
 
 
 @pytest.fixture
@@ -815,42 +807,20 @@ async def test_object_kind_is_bound(store: Store) -> None:
 # --- nonces and randomness ---------------------------------------------------------------
 
 
-class Recorder(Store):
+class Recorder(ForwardingStore):
     """Passes everything to ``inner`` and keeps every byte written."""
 
     def __init__(self, inner: Store) -> None:
-        self.inner = inner
-        self.url = inner.url
+        super().__init__(inner)
         self.puts: list[tuple[str, bytes]] = []
 
     async def put(self, name: str, data: bytes) -> None:
         self.puts.append((name, data))
         await self.inner.put(name, data)
 
-    async def get(self, name: str, max_size: int = MAX_OBJECT_SIZE) -> bytes:
-        return await self.inner.get(name, max_size)
-
-    async def get_range(self, name: str, offset: int, length: int) -> bytes:
-        return await self.inner.get_range(name, offset, length)
-
-    async def delete(self, name: str) -> None:
-        await self.inner.delete(name)
-
-    async def list(
-        self, prefix: str = "", *, refused: list[Refused] | None = None
-    ) -> AsyncIterator[tuple[str, int]]:
-        async for item in self.inner.list(prefix, refused=refused):
-            yield item
-
-    async def read_pointer(self, name: str, max_size: int = MAX_POINTER_SIZE) -> Pointer | None:
-        return await self.inner.read_pointer(name, max_size)
-
     async def cas_pointer(self, name: str, data: bytes, expected: str | None) -> str:
         self.puts.append(("pointer:" + name, data))
         return await self.inner.cas_pointer(name, data, expected)
-
-    async def check(self) -> None:
-        await self.inner.check()
 
 
 async def test_no_nonce_is_ever_used_twice(store: Store) -> None:

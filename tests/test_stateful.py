@@ -568,6 +568,7 @@ class MountMachine(Compared):
         self.drive.mount()
 
 
+@pytest.mark.slow
 def test_model_against_a_plain_folder(tmp_path: Path) -> None:
     ModelMachine.tmp = tmp_path
     with pytest.MonkeyPatch.context() as mp:
@@ -591,6 +592,7 @@ def small_chunk_drive(tmp_path: Path, any_store_url: tuple[str, dict[str, str]])
         yield drive
 
 
+@pytest.mark.slow
 @pytest.mark.fuse
 def test_mount_against_a_plain_folder(small_chunk_drive: Drive, tmp_path: Path) -> None:
     MountMachine.drive = small_chunk_drive

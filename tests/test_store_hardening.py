@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import functools
 import logging
@@ -43,7 +42,6 @@ from megafs.errors import (
 from megafs.fsck import check
 from megafs.model import ROOT_INO, Filesystem
 from megafs.stores import LocalStore, Store
-from megafs.stores import base as store_base
 from megafs.stores.base import MAX_POINTER_SIZE, Refused
 from megafs.stores.s3 import S3Store
 from megafs.vault import Vault
@@ -604,20 +602,6 @@ async def test_s3_plain_http_to_another_host_warns_once(caplog: pytest.LogCaptur
             with pytest.raises(StoreUnreachable):
                 await store.check()
     assert [r for r in caplog.records if r.name == "megafs.stores.s3"] == []
-
-
-def test_stores_do_not_import_random() -> None:
-    """Backoff jitter comes from ``os.urandom``: no store module imports ``random``."""
-    folder = Path(store_base.__file__).parent
-    for path in sorted(folder.glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                names = [node.module or ""]
-            else:
-                continue
-            assert "random" not in names, f"{path.name} imports random"
 
 
 def _listing_page(keys: list[str], token: str | None) -> bytes:

@@ -33,6 +33,7 @@ from pathlib import Path
 import pytest
 import trio
 
+import megafs
 from megafs import cli, errors
 from megafs.stores import LocalStore
 from megafs.vault import Vault
@@ -216,9 +217,16 @@ def test_fallback_runtime_folder_under_tmp(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MEGAFS_", "XDG_"))}
     env.update(MEGAFS_PASSPHRASE=PASS, MEGAFS_STATE_DIR="/tmp/state", HOME="/tmp/home")
 
+    # The real /tmp stays reachable as /tmp/realtmp: the code under test may
+    # itself live under /tmp (a CI clone), and must still import.
+    src = Path(megafs.__file__).resolve().parents[1]
+    if src.is_relative_to("/tmp"):
+        env["PYTHONPATH"] = str(Path("/tmp/realtmp") / src.relative_to("/tmp"))
+    (fake / "realtmp").mkdir()
+
     def megafs_with_private_tmp(*args: str) -> subprocess.CompletedProcess[str]:
         private_tmp = ["unshare", "--mount", "--propagation", "private", "sh", "-c"]
-        bind = 'mount --bind "$0" /tmp && exec "$@"'
+        bind = 'mount --bind /tmp "$0/realtmp" && mount --rbind "$0" /tmp && exec "$@"'
         return subprocess.run(
             [*private_tmp, bind, str(fake), sys.executable, "-m", "megafs", *args],
             env=env,

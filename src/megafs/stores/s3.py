@@ -186,27 +186,39 @@ async def _read_body(response: httpx.Response, expect: _Expect | None) -> bytes:
 
 
 async def _read_span(response: httpx.Response, skip: int, length: int) -> bytes:
-    """Bytes ``skip`` to ``skip + length`` of the raw body; reading stops there."""
+    """Bytes ``skip`` to ``skip + length`` of the raw body; reading stops there.
+
+    A body that ends exactly there (its declared Content-Length) is read to
+    its end, so that the connection goes back to the pool; one that goes on
+    is cut, and its connection closed.
+    """
     if response.is_stream_consumed:  # already in memory (a test's transport)
         return response.content[skip : skip + length]
+    declared = response.headers.get("content-length", "")
+    total = int(declared) if declared.isdigit() else None
     parts: list[bytes] = []
     got = 0
+    seen = 0
     chunks = response.aiter_raw()
     try:
         async for chunk in chunks:
+            seen += len(chunk)
             if skip >= len(chunk):
                 skip -= len(chunk)
                 continue
-            part = chunk[skip : skip + length - got]
+            if skip == 0 and len(chunk) <= length - got:
+                part = chunk  # the common case: no copy
+            else:
+                part = chunk[skip : skip + length - got]
             skip = 0
             parts.append(part)
             got += len(part)
-            if got >= length:
-                break
+            if got >= length and (total is None or seen < total):
+                break  # more is coming than wanted: do not read it
     finally:
         if isinstance(chunks, AsyncGenerator):  # stopped early: finish it now
             await chunks.aclose()
-    return b"".join(parts)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 # -- keeping secrets out of logs ---------------------------------------------------

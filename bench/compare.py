@@ -119,6 +119,9 @@ MEGAFS = ["megafs-s3", "megafs-local"]
 #: megafs mounted with ``-o readahead_kb=0`` (the kernel's default 128 KiB readahead
 #: instead of the 1 MiB megafs sets as root), in the sequential workloads only.
 RA_SUFFIX = "-ra128k"
+#: megafs mounted with ``-o fsync=local`` (fsync durable in the local journal),
+#: in the fsync group only.
+FL_SUFFIX = "-fsynclocal"
 #: (megafs system, other system) pairs shown in the markdown ratio table.
 PAIRS = [
     ("megafs-s3", "rclone"),
@@ -923,6 +926,8 @@ class Bench:
             for s in self.systems.values():
                 if s.name.endswith(RA_SUFFIX) and group != "seq":
                     continue
+                if s.name.endswith(FL_SUFFIX) and group != "fsync":
+                    continue
                 try:
                     fn(s, r)
                 except (KeyboardInterrupt, SystemExit):
@@ -1197,6 +1202,18 @@ def markdown(res: Results, summary: dict[str, Any]) -> str:
                 x, y = res.median(key, a), res.median(key, b)
                 cells += [fmt(x), fmt(y), fmt(x / y if x and y else None, "x")]
             out.append(f"| {key} | " + " | ".join(cells) + " |")
+    fl = [n for n in MEGAFS if res.median("fsync_1", n + FL_SUFFIX)]
+    if fl:
+        out.append("\nfsync durable in the store (default) and in the local journal "
+                   "(`-o fsync=local`), fsyncs/s:\n")
+        out.append("| workload | " + " | ".join(f"{n} | {n} fsync=local" for n in fl)
+                   + " | rclone |")
+        out.append("|---|" + "---|---|" * len(fl) + "---|")
+        for key in ("fsync_1", "fsync_32"):
+            cells = []
+            for n in fl:
+                cells += [fmt(res.median(key, n)), fmt(res.median(key, n + FL_SUFFIX))]
+            out.append(f"| {key} | " + " | ".join(cells) + f" | {fmt(res.median(key, 'rclone'))} |")
     out.append("\nPeak RSS of the daemon (VmHWM, MiB; max over runs):\n")
     daemons = [s for s in systems if s != "plain"]
     out.append("| workload | " + " | ".join(daemons) + " |")
@@ -1395,6 +1412,17 @@ def main(argv: list[str] | None = None) -> int:
                 url = s.url + RA_SUFFIX if s.url.startswith("s3://") else str(base / "store")
                 env = Megafs.make_env(base, pysrc, s3.env if s.url.startswith("s3://") else {})
                 v = Megafs(base, vname, url, env, ("-o", "readahead_kb=0"))
+                systems[vname] = v
+                v.setup()
+                v.mount()
+        for name in MEGAFS if "fsync" in p.groups else []:
+            s = systems.get(name)
+            if isinstance(s, Megafs):
+                vname = name + FL_SUFFIX
+                base = work / vname
+                url = s.url + FL_SUFFIX if s.url.startswith("s3://") else str(base / "store")
+                env = Megafs.make_env(base, pysrc, s3.env if s.url.startswith("s3://") else {})
+                v = Megafs(base, vname, url, env, ("-o", "fsync=local"))
                 systems[vname] = v
                 v.setup()
                 v.mount()

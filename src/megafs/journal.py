@@ -194,8 +194,30 @@ def _check_owner(cache_dir: str, record: bytes, keys: Keys) -> None:
     )
 
 
+def sync_files(folder: str, paths: list[str]) -> None:
+    """Make these journal segments (and their names in ``folder``) durable on
+    the local disk: fdatasync each, then fsync the folder. A segment deleted
+    meanwhile was committed, so it needs nothing. Blocks on the disk (run it
+    in a worker thread)."""
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue
+        try:
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class Journal:
-    """One client's journal for one vault. Synchronous file I/O (page cache only)."""
+    """One client's journal for one vault. Synchronous file I/O (page cache only,
+    until :func:`sync_files` makes segments durable for ``fsync=local``)."""
 
     def __init__(self, cache_dir: str, keys: Keys) -> None:
         self.dir = os.path.join(cache_dir, "journal")
@@ -204,6 +226,8 @@ class Journal:
         self._fd: int | None = None
         self._seq = 0
         self._recno = 0
+        #: segments appended to since the last :meth:`take_unsynced`
+        self._unsynced: set[int] = set()
         self.segment = max(self._segments(), default=0) + 1
         self.id = self._load_id()
 
@@ -274,6 +298,20 @@ class Journal:
             os.ftruncate(self._fd, os.fstat(self._fd).st_size - written)
             raise CacheFull(f"{os.strerror(errno.ENOSPC)}: {self._path(self.segment)}")
         self._recno += 1
+        self._unsynced.add(self.segment)
+
+    def take_unsynced(self) -> list[str]:
+        """The paths of the segments written since the last call (for
+        :func:`sync_files`); forgets them. No I/O."""
+        segs, self._unsynced = sorted(self._unsynced), set()
+        return [self._path(seg) for seg in segs]
+
+    def restore_unsynced(self, paths: list[str]) -> None:
+        """Give back what :meth:`take_unsynced` took, when syncing it failed."""
+        for path in paths:
+            name = os.path.basename(path)
+            if name.endswith(".log") and name[:-4].isdigit():
+                self._unsynced.add(int(name[:-4]))
 
     def rotate(self) -> int:
         """Close the current segment; return its number (the commit's journal mark)."""

@@ -70,7 +70,7 @@ from .errors import FsError, IntegrityError, MegafsError
 from .inode import ROOT_INO as ROOT_INO
 from .inode import Attr as Attr
 from .inode import Inode as Inode
-from .journal import Journal
+from .journal import Journal, sync_files
 from .records import RecordCodec
 from .tables import MID_BITS as MID_BITS
 from .tables import PAGE_BITS, MetaJob, PackTable, RadixIndex
@@ -173,12 +173,16 @@ class Filesystem:
         dirty_limit: int = 64 << 20,
         block_cache_bytes: int = 64 << 20,
         cache: ContentCache | None = None,
+        fsync_local: bool = False,
     ) -> None:
         self.vault = vault
         self.layout = vault.layout
         self.writable = writable
         self.root = root
         self.dirty_limit = dirty_limit
+        #: ``-o fsync=local``: fsync returns once the change is durable in the
+        #: local journal; the upload follows with the next periodic commit.
+        self.fsync_local = fsync_local
         self.inodes: dict[int, Inode] = {}
         self.page_members: dict[int, set[int]] = {}
         #: Resident pages, least recently used first (see :meth:`evict`).
@@ -1364,11 +1368,24 @@ class Filesystem:
         queue on the commit lock (FIFO); the first of them commits for all of
         them, and the rest find their mutations covered and return: one root
         swap acknowledges every fsync that waited for it.
+
+        With ``fsync_local`` (and a journal), it returns instead once the
+        journal segments written since the last such call are durable on the
+        local disk (fdatasync, in a worker thread); the store gets the change
+        with the next periodic commit, or at unmount.
         """
         if not self.writable:
             return
         want = self._mutations
         if self._durable_mutations >= want:
+            return
+        if self.fsync_local and self.journal is not None:
+            paths = self.journal.take_unsynced()
+            try:
+                await trio.to_thread.run_sync(sync_files, self.journal.dir, paths)
+            except BaseException:
+                self.journal.restore_unsynced(paths)
+                raise
             return
         async with self._commit_lock:
             if self._durable_mutations >= want:

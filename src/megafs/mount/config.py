@@ -48,6 +48,9 @@ class MountConfig:
     #: a copy of it, and the copy would double the disk traffic).
     cache_size: int | None = None
     commit_interval: float = 5.0
+    #: "store": fsync returns once the change is in the store (a commit);
+    #: "local": once it is durable in the local journal (docs: README).
+    fsync: str = "store"
     #: How long a file operation waits for an unreachable store before EIO.
     store_timeout: float = 60.0
     readahead_kb: int = 1024
@@ -82,6 +85,10 @@ class MountConfig:
                     self.endpoint = val
                 elif key in ("passfile", "extpass", "log"):
                     self.extra[key] = val
+                elif key == "fsync":
+                    if val not in ("store", "local"):
+                        raise ValueError(val)
+                    self.fsync = val
                 elif key == "commit_interval":
                     self.commit_interval = float(val)
                 elif key == "store_timeout":

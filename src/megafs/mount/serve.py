@@ -132,7 +132,11 @@ async def serve(cfg: MountConfig, passphrase: str, ready: Callable[[], None]) ->
         cache = ContentCache(cache_dir, cache_size, vault.layout.sealed_block)
         try:
             fs = await Filesystem.load(
-                vault, writable=not cfg.read_only, journal=journal, cache=cache
+                vault,
+                writable=not cfg.read_only,
+                journal=journal,
+                cache=cache,
+                fsync_local=cfg.fsync == "local",
             )
         except* (StoreReadOnly, StoreAuthError) as refused:
             # The header and root were read, so the store refuses writes only:

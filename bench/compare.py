@@ -1404,25 +1404,22 @@ def main(argv: list[str] | None = None) -> int:
             systems[name] = sysm
             sysm.setup()
             sysm.mount()
-        for name in MEGAFS if p.readahead_variants and "seq" in p.groups else []:
-            s = systems.get(name)
-            if isinstance(s, Megafs):
-                vname = name + RA_SUFFIX
+        # megafs mounted with other options, beside the default mounts
+        variants = []
+        if p.readahead_variants and "seq" in p.groups:
+            variants.append((RA_SUFFIX, ("-o", "readahead_kb=0")))
+        if "fsync" in p.groups:
+            variants.append((FL_SUFFIX, ("-o", "fsync=local")))
+        for suffix, options in variants:
+            for name in MEGAFS:
+                s = systems.get(name)
+                if not isinstance(s, Megafs):
+                    continue
+                vname = name + suffix
                 base = work / vname
-                url = s.url + RA_SUFFIX if s.url.startswith("s3://") else str(base / "store")
+                url = s.url + suffix if s.url.startswith("s3://") else str(base / "store")
                 env = Megafs.make_env(base, pysrc, s3.env if s.url.startswith("s3://") else {})
-                v = Megafs(base, vname, url, env, ("-o", "readahead_kb=0"))
-                systems[vname] = v
-                v.setup()
-                v.mount()
-        for name in MEGAFS if "fsync" in p.groups else []:
-            s = systems.get(name)
-            if isinstance(s, Megafs):
-                vname = name + FL_SUFFIX
-                base = work / vname
-                url = s.url + FL_SUFFIX if s.url.startswith("s3://") else str(base / "store")
-                env = Megafs.make_env(base, pysrc, s3.env if s.url.startswith("s3://") else {})
-                v = Megafs(base, vname, url, env, ("-o", "fsync=local"))
+                v = Megafs(base, vname, url, env, options)
                 systems[vname] = v
                 v.setup()
                 v.mount()

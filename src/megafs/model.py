@@ -232,6 +232,9 @@ class Filesystem:
         #: commit covered (group commit: see :meth:`fsync`).
         self._mutations = 0
         self._durable_mutations = 0
+        #: with ``fsync_local``: how many mutations the journal holds durably
+        self._journal_durable = 0
+        self._journal_sync_lock = trio.Lock()
         self.commits = 0
         self.root_for_commit = root
         self.journal: Journal | None = None
@@ -1380,12 +1383,19 @@ class Filesystem:
         if self._durable_mutations >= want:
             return
         if self.fsync_local and self.journal is not None:
-            paths = self.journal.take_unsynced()
-            try:
-                await trio.to_thread.run_sync(sync_files, self.journal.dir, paths)
-            except BaseException:
-                self.journal.restore_unsynced(paths)
-                raise
+            # One sync at a time: a later call must not return while the
+            # segments holding its records are still being synced by another.
+            async with self._journal_sync_lock:
+                if self._journal_durable >= want:
+                    return
+                upto = self._mutations  # every record so far is in what is taken now
+                paths = self.journal.take_unsynced()
+                try:
+                    await trio.to_thread.run_sync(sync_files, self.journal.dir, paths)
+                except BaseException:
+                    self.journal.restore_unsynced(paths)
+                    raise
+                self._journal_durable = max(self._journal_durable, upto)
             return
         async with self._commit_lock:
             if self._durable_mutations >= want:

@@ -1496,10 +1496,6 @@ class Filesystem:
         self.garbage.extend(garbage)
         self.garbage.extend(new_meta)
 
-    async def drain_garbage(self) -> None:
-        """Return once the garbage queued so far is deleted (or failed to be)."""
-        await self.collector.drain()
-
     async def _upload_chunk(self, ref: ChunkRef, p: _Pending) -> None:
         node = p.inode
         assert node.file_key is not None and p.data is not None

@@ -17,9 +17,9 @@ import sys
 import trio
 
 from megafs.errors import FsError
-from megafs.model import ROOT_INO, Filesystem
+from megafs.fs.filesystem import ROOT_INO, Filesystem
 from megafs.stores import LocalStore
-from megafs.vault import Vault
+from megafs.vault.vault import Vault
 
 from .helpers import PASS
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 
-from megafs.crypto import KdfParams, Layout
-from megafs.model import Filesystem
+from megafs.format.crypto import KdfParams, Layout
+from megafs.fs.filesystem import Filesystem
 from megafs.stores import Pointer, Store
 from megafs.stores.base import MAX_OBJECT_SIZE, MAX_POINTER_SIZE, Refused
-from megafs.vault import Vault
+from megafs.vault.vault import Vault
 
 FAST_KDF = KdfParams(memory_kib=8192, iterations=1, lanes=1)
 PASS = "correct horse battery staple"

@@ -32,11 +32,12 @@ from pathlib import Path
 import pytest
 import trio
 
-from megafs import cli, errors, header
-from megafs.header import FIXED_LEN, SLOT_LEN_V3, format_recovery_key, parse_recovery_key
+from megafs import cli, errors
+from megafs.format import header
+from megafs.format.header import FIXED_LEN, SLOT_LEN_V3, format_recovery_key, parse_recovery_key
 from megafs.mount import MountConfig
 from megafs.stores import LocalStore
-from megafs.vault import Vault
+from megafs.vault.vault import Vault
 
 from .conftest import unique_prefix
 from .helpers import PASS

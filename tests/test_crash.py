@@ -23,10 +23,10 @@ from pathlib import Path
 import pytest
 import trio
 
-from megafs.crypto import Layout
-from megafs.model import ROOT_INO, Filesystem
+from megafs.format.crypto import Layout
+from megafs.fs.filesystem import ROOT_INO, Filesystem
 from megafs.stores import LocalStore
-from megafs.vault import Vault
+from megafs.vault.vault import Vault
 
 from .crash_worker import content, counter_content, name
 from .helpers import FAST_KDF, PASS

@@ -50,11 +50,11 @@ from pathlib import Path
 
 import pytest
 
+from megafs.client.journal import Journal
 from megafs.errors import StoreError
-from megafs.journal import Journal
-from megafs.model import ROOT_INO, Filesystem
+from megafs.fs.filesystem import ROOT_INO, Filesystem
 from megafs.stores import LocalStore
-from megafs.vault import Vault
+from megafs.vault.vault import Vault
 
 from .crash_mount_worker import Step, Workload, apply_write, sha
 from .helpers import PASS, new_vault

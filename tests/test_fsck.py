@@ -10,10 +10,10 @@ from pathlib import Path
 
 import trio
 
-from megafs.fsck import check
-from megafs.model import ROOT_INO, Filesystem
+from megafs.fs.filesystem import ROOT_INO, Filesystem
+from megafs.fs.fsck import check
 from megafs.stores import LocalStore
-from megafs.vault import Vault, obj_name
+from megafs.vault.vault import Vault, obj_name
 
 from .helpers import PASS, new_vault
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from megafs.journal import Journal
-from megafs.model import ROOT_INO, Filesystem
+from megafs.client.journal import Journal
+from megafs.fs.filesystem import ROOT_INO, Filesystem
 from megafs.stores import Store
-from megafs.vault import Vault
+from megafs.vault.vault import Vault
 
 from .helpers import FAST_KDF, PASS, SMALL, ForwardingStore
 from .mounting import Drive

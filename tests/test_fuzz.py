@@ -44,8 +44,7 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from megafs import crypto, header
-from megafs.crypto import KdfParams, Keys
+from megafs.client.journal import Journal
 from megafs.errors import (
     CorruptHeader,
     IntegrityError,
@@ -53,11 +52,12 @@ from megafs.errors import (
     UnsupportedVersion,
     WrongPassphrase,
 )
-from megafs.journal import Journal
-from megafs.model import ROOT_INO, Filesystem, Inode
+from megafs.format import crypto, header
+from megafs.format.crypto import KdfParams, Keys
+from megafs.fs.filesystem import ROOT_INO, Filesystem, Inode
 from megafs.stores import LocalStore
-from megafs.tables import MID_BITS, PAGE_BITS
-from megafs.vault import KIND_BODY, KIND_INDEX, KIND_LEAF, Root, Vault, obj_name
+from megafs.vault.tables import MID_BITS, PAGE_BITS
+from megafs.vault.vault import KIND_BODY, KIND_INDEX, KIND_LEAF, Root, Vault, obj_name
 
 from .helpers import FAST_KDF, PASS, SMALL
 
@@ -282,7 +282,7 @@ def check_header(data: bytes, sample: Sample) -> None:
         pass
     else:
         assert hdr.vault_id == data[10:26]
-    with mock.patch("megafs.crypto.argon2id", _argon2id_unless_changed):
+    with mock.patch("megafs.format.crypto.argon2id", _argon2id_unless_changed):
         attempts: list[Callable[[], tuple[header.Header, Keys]]] = [
             lambda: header.unlock(data, PASS),
             lambda: header.unlock_recovery(data, sample.recovery),

@@ -19,11 +19,11 @@ import pytest
 import trio
 import trio.lowlevel
 
-from megafs.crypto import Layout
-from megafs.model import ROOT_INO, Filesystem
+from megafs.format.crypto import Layout
+from megafs.fs.filesystem import ROOT_INO, Filesystem
 from megafs.stores import Pointer, Store, open_store
 from megafs.stores.base import MAX_POINTER_SIZE
-from megafs.vault import Vault
+from megafs.vault.vault import Vault
 
 from .helpers import FAST_KDF, PASS, ForwardingStore
 from .mounting import Drive, mounted_drive

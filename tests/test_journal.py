@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from megafs.journal import Journal
-from megafs.model import RENAME_EXCHANGE, ROOT_INO, Filesystem
+from megafs.client.journal import Journal
+from megafs.fs.filesystem import RENAME_EXCHANGE, ROOT_INO, Filesystem
 from megafs.stores import LocalStore, Store
-from megafs.vault import Vault
+from megafs.vault.vault import Vault
 
 from .helpers import PASS, new_vault
 

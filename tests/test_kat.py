@@ -47,15 +47,15 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
-from megafs import crypto, header
-from megafs.content import ChunkRef
-from megafs.crypto import KdfParams, Keys, Layout
 from megafs.errors import IntegrityError, WrongPassphrase
-from megafs.header import Header, Slot
-from megafs.model import ROOT_INO, Filesystem, Inode
+from megafs.format import crypto, header
+from megafs.format.crypto import KdfParams, Keys, Layout
+from megafs.format.header import Header, Slot
+from megafs.fs.filesystem import ROOT_INO, Filesystem, Inode
 from megafs.stores import LocalStore
-from megafs.tables import PackTable
-from megafs.vault import KIND_BODY, KIND_INDEX, KIND_LEAF, KIND_PACKS, Lease, Root, Vault
+from megafs.vault.content import ChunkRef
+from megafs.vault.tables import PackTable
+from megafs.vault.vault import KIND_BODY, KIND_INDEX, KIND_LEAF, KIND_PACKS, Lease, Root, Vault
 
 VECTORS = Path(__file__).parent / "vectors"
 V1_JSON = VECTORS / "v1.json"

@@ -24,13 +24,13 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from megafs import crypto, header
-from megafs.crypto import KdfParams, Keys, Layout
 from megafs.errors import CorruptHeader, WrongPassphrase
-from megafs.header import Header, Slot
-from megafs.model import ROOT_INO, Filesystem
+from megafs.format import crypto, header
+from megafs.format.crypto import KdfParams, Keys, Layout
+from megafs.format.header import Header, Slot
+from megafs.fs.filesystem import ROOT_INO, Filesystem
 from megafs.stores import Store
-from megafs.vault import Vault, obj_name
+from megafs.vault.vault import Vault, obj_name
 
 from .helpers import FAST_KDF
 

@@ -36,7 +36,7 @@ import trio
 import megafs
 from megafs import cli, errors
 from megafs.stores import LocalStore
-from megafs.vault import Vault
+from megafs.vault.vault import Vault
 
 from .helpers import FAST_KDF
 from .mounting import (
@@ -399,7 +399,7 @@ def test_owner_record_is_bound_to_its_vault(tmp_path: Path) -> None:
     """The owner record names the vault and carries a tag under its cache key:
     one that names another vault is refused, and so is one edited to name this
     vault (a record copied from another folder), while the real one passes."""
-    from megafs.journal import OWNER_FILE, claim_cache_dir
+    from megafs.client.journal import OWNER_FILE, claim_cache_dir
 
     async def two_vaults() -> tuple[Vault, Vault]:
         out = []

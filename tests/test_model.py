@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from megafs.errors import FsError, VaultBusy
-from megafs.model import RENAME_EXCHANGE, RENAME_NOREPLACE, ROOT_INO, Filesystem
+from megafs.fs.filesystem import RENAME_EXCHANGE, RENAME_NOREPLACE, ROOT_INO, Filesystem
 from megafs.stores import LocalStore, Store
 from megafs.stores.base import MAX_OBJECT_SIZE
-from megafs.vault import Vault
+from megafs.vault.vault import Vault
 
 from .helpers import PASS, new_vault, reopen
 
@@ -281,7 +281,7 @@ class CountingStore(LocalStore):
 async def test_lazy_open_and_ranged_reads(tmp_path: Path) -> None:
     path = str(tmp_path / "lazy")
     store = LocalStore(path, create=True)
-    from megafs.crypto import Layout
+    from megafs.format.crypto import Layout
 
     vault = await new_vault(store, Layout())  # production geometry: 1 MiB / 64 KiB
     fs = await Filesystem.load(vault)

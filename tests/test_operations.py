@@ -1,4 +1,4 @@
-"""The pyfuse3 adapter (:class:`megafs.fuse_ops.Operations`) called directly, with no kernel.
+"""The pyfuse3 adapter (:class:`megafs.fuse.operations.Operations`) called directly, with no kernel.
 
 Each test builds the adapter over a real :class:`Filesystem` on a real local
 vault and awaits its handlers the way ``pyfuse3.main`` would. What is checked
@@ -30,8 +30,8 @@ import pytest
 from pyfuse3 import FileHandleT, FUSEError, InodeT
 
 from megafs.errors import IntegrityError, StoreAuthError, StoreFull, StoreReadOnly
-from megafs.fuse_ops import Operations, Options
-from megafs.model import RENAME_EXCHANGE, RENAME_NOREPLACE, ROOT_INO, Filesystem
+from megafs.fs.filesystem import RENAME_EXCHANGE, RENAME_NOREPLACE, ROOT_INO, Filesystem
+from megafs.fuse.operations import Operations, Options
 from megafs.stores import LocalStore
 
 from .helpers import new_vault, reopen
@@ -367,7 +367,7 @@ async def test_an_unexpected_exception_is_logged_as_an_internal_error(
 ) -> None:
     monkeypatch.setattr(fs, "write", _raiser(ZeroDivisionError("oops")))
     _, fh = await new_file(ops, b"f")
-    with caplog.at_level(logging.ERROR, logger="megafs.fuse_ops"):
+    with caplog.at_level(logging.ERROR, logger="megafs.fuse.operations"):
         assert await fuse_errno(ops.write(fh, 0, b"x")) == errno.EIO
     assert any(r.exc_info and r.exc_info[0] is ZeroDivisionError for r in caplog.records)
     # The adapter still serves requests afterwards.

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from megafs.crypto import Layout
 from megafs.errors import IntegrityError
-from megafs.fsck import check
-from megafs.model import PACK_TARGET, ROOT_INO, Filesystem
+from megafs.format.crypto import Layout
+from megafs.fs.filesystem import PACK_TARGET, ROOT_INO, Filesystem
+from megafs.fs.fsck import check
 from megafs.stores import Store
-from megafs.vault import Vault, obj_name
+from megafs.vault.vault import Vault, obj_name
 
 from .helpers import PASS, new_vault, reopen
 

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from megafs.crypto import Layout
 from megafs.errors import CommitConflict, PreconditionFailed, RollbackError, StoreError
-from megafs.model import ROOT_INO, Filesystem
+from megafs.format.crypto import Layout
+from megafs.fs.filesystem import ROOT_INO, Filesystem
 from megafs.stores import Pointer, Store
 from megafs.stores.base import MAX_POINTER_SIZE
-from megafs.vault import Vault, root_digest
+from megafs.vault.vault import Vault, root_digest
 
 from .helpers import FAST_KDF, PASS, ForwardingStore
 

@@ -28,7 +28,6 @@ import msgpack
 import pytest
 import trio
 
-from megafs import crypto, header
 from megafs.errors import (
     CorruptHeader,
     IntegrityError,
@@ -37,10 +36,11 @@ from megafs.errors import (
     UnsupportedVersion,
     WrongPassphrase,
 )
-from megafs.model import ROOT_INO, Filesystem
+from megafs.format import crypto, header
+from megafs.fs.filesystem import ROOT_INO, Filesystem
 from megafs.stores import LocalStore, Store
 from megafs.stores.s3 import S3Store
-from megafs.vault import KIND_BODY, KIND_INDEX, KIND_LEAF, Vault, obj_name
+from megafs.vault.vault import KIND_BODY, KIND_INDEX, KIND_LEAF, Vault, obj_name
 
 from .helpers import FAST_KDF, PASS, SMALL, ForwardingStore, new_vault
 from .seaweed import SeaweedFS, signed_request
@@ -958,7 +958,12 @@ def test_no_weak_randomness_anywhere_in_the_package() -> None:
     }
     on_disk = {m.rstrip(".") for m in on_disk}
     assert found == on_disk
-    for must in ("megafs.crypto", "megafs.vault", "megafs.stores.s3", "megafs.stores.local"):
+    for must in (
+        "megafs.format.crypto",
+        "megafs.vault.vault",
+        "megafs.stores.s3",
+        "megafs.stores.local",
+    ):
         assert must in found
     checked = 0
     for path in root.rglob("*.py"):

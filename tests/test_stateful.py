@@ -48,11 +48,11 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from megafs.client.journal import Journal
 from megafs.errors import FsError
-from megafs.journal import Journal
-from megafs.model import ROOT_INO, XATTR_CREATE, XATTR_REPLACE, Attr, Filesystem
+from megafs.fs.filesystem import ROOT_INO, XATTR_CREATE, XATTR_REPLACE, Attr, Filesystem
 from megafs.stores import LocalStore
-from megafs.vault import Vault
+from megafs.vault.vault import Vault
 
 from .helpers import PASS, new_vault
 from .mounting import Drive, mounted_drive

@@ -39,12 +39,12 @@ from megafs.errors import (
     StoreError,
     StoreUnreachable,
 )
-from megafs.fsck import check
-from megafs.model import ROOT_INO, Filesystem
+from megafs.fs.filesystem import ROOT_INO, Filesystem
+from megafs.fs.fsck import check
 from megafs.stores import LocalStore, Store
 from megafs.stores.base import MAX_POINTER_SIZE, Refused
 from megafs.stores.s3 import S3Store
-from megafs.vault import Vault
+from megafs.vault.vault import Vault
 
 from .conftest import unique_prefix
 from .helpers import PASS, new_vault

@@ -33,11 +33,11 @@ from typing import TypeVar
 import pytest
 import trio
 
-from megafs.content import ChunkRef
-from megafs.model import ROOT_INO, Filesystem
+from megafs.fs.filesystem import ROOT_INO, Filesystem
 from megafs.stores import Store, open_store
-from megafs.tables import MID_BITS, PAGE_BITS
-from megafs.vault import Vault, obj_name
+from megafs.vault.content import ChunkRef
+from megafs.vault.tables import MID_BITS, PAGE_BITS
+from megafs.vault.vault import Vault, obj_name
 
 from .mounting import PASS, Drive, one_error_line
 

@@ -2,7 +2,7 @@
 
 Every foreseeable failure is one of these classes. They are mapped to
 process exit codes in exactly one place (:mod:`megafs.cli`) and to errno
-values in exactly one place (:mod:`megafs.fuse_ops`).
+values in exactly one place (:mod:`megafs.fuse.operations`).
 
 ::
 

@@ -15,8 +15,8 @@ unless ``--debug``.
 
 Owns: the user's side of megafs: arguments, prompts, what is printed.
 May not touch: FUSE, the filesystem model, the vault's header or objects
-(it calls :class:`megafs.vault.Vault`, :mod:`megafs.mount` and
-:mod:`megafs.fsck`); nothing below imports this package.
+(it calls :class:`megafs.vault.vault.Vault`, :mod:`megafs.mount` and
+:mod:`megafs.fs.fsck`); nothing below imports this package.
 """
 
 from __future__ import annotations

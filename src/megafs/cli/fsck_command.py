@@ -3,7 +3,7 @@
 Owns: what fsck prints (the counts, one line per problem, missing or refused
 object, the progress bar on a terminal's stderr) and its exit code (6 when
 something is damaged or missing).
-May not touch: how objects are checked (:mod:`megafs.fsck`), the vault's or
+May not touch: how objects are checked (:mod:`megafs.fs.fsck`), the vault's or
 the model's internals.
 """
 
@@ -35,7 +35,7 @@ def fsck_options(p: argparse.ArgumentParser) -> None:
     passphrase_options,
 )
 def cmd_fsck(args: argparse.Namespace) -> None:
-    from ..fsck import Report, check
+    from ..fs.fsck import Report, check
 
     secret = get_passphrase(args)
     tty = sys.stderr.isatty() and not args.quiet

@@ -4,7 +4,7 @@ mount.fuse3 calls it) and ``umount``.
 ``mount`` checks the mountpoint and the runtime folder and opens the log
 before the passphrase is read, and every secret variable is out of the
 environment before the daemon starts
-(:func:`megafs.passphrase.scrub_environment`). The daemon logs to its log
+(:func:`megafs.client.passphrase.scrub_environment`). The daemon logs to its log
 file only (:func:`_log_to`).
 
 Owns: the mount options on the command line, the daemon's logging, turning
@@ -21,7 +21,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from .. import passphrase
+from ..client import passphrase
 from ..errors import MountError
 from ..mount import (
     MountConfig,
@@ -103,7 +103,7 @@ def _log_to(log_fd: int, *, debug: bool) -> None:
 def cmd_mount(args: argparse.Namespace) -> None:
     """Mount; the runtime folder is checked (and the log opened) before the
     passphrase is read, and every secret variable is out of the environment
-    before the daemon starts (:func:`megafs.passphrase.scrub_environment`)."""
+    before the daemon starts (:func:`megafs.client.passphrase.scrub_environment`)."""
     from ..mount.serve import run_foreground  # loads the model and FUSE: only here
 
     cfg = MountConfig(

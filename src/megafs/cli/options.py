@@ -9,7 +9,7 @@ stalls the event loop).
 Owns: option names, help texts, argument types (sizes use the one grammar,
 :func:`megafs.mount.config.parse_size`) and their checks.
 May not touch: the vault beyond unlocking it (header and slots are
-:class:`megafs.vault.Vault`'s), the filesystem, the mount lifecycle.
+:class:`megafs.vault.vault.Vault`'s), the filesystem, the mount lifecycle.
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from .. import passphrase
-from ..crypto import KdfParams, Layout
+from ..client import passphrase
 from ..errors import UsageError
+from ..format.crypto import KdfParams, Layout
 from ..mount.config import parse_size
 from ..stores import Store, open_store
-from ..vault import Vault
+from ..vault.vault import Vault
 
 
 def global_options(p: argparse.ArgumentParser, *, sub: bool) -> None:

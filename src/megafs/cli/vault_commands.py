@@ -2,7 +2,7 @@
 
 ``passwd`` and ``recover`` unlock in one trio run, then ask for the new
 passphrase, then write it in a second run through
-:meth:`megafs.vault.Vault.replace_passphrase`, which refuses a header that
+:meth:`megafs.vault.vault.Vault.replace_passphrase`, which refuses a header that
 changed in between: a wrong old secret is reported before the new one is
 typed.
 
@@ -21,11 +21,11 @@ from dataclasses import dataclass
 
 import trio
 
-from .. import passphrase
-from ..crypto import KdfParams, Keys
+from ..client import passphrase
 from ..errors import WrongPassphrase
-from ..header import SLOT_PASSPHRASE, Header, format_recovery_key, parse_recovery_key
-from ..vault import Root, Vault
+from ..format.crypto import KdfParams, Keys
+from ..format.header import SLOT_PASSPHRASE, Header, format_recovery_key, parse_recovery_key
+from ..vault.vault import Root, Vault
 from .options import (
     get_new_passphrase,
     get_passphrase,

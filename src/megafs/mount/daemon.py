@@ -25,9 +25,9 @@ import sys
 import time
 from collections.abc import Callable
 
+from ..client.passphrase import child_environment
 from ..errors import MountError
-from ..passphrase import child_environment
-from ..vault import pid_alive
+from ..vault.vault import pid_alive
 from .runtime import ident_path, is_mount_daemon, pid_path, read_runtime_file, status_path
 
 log = logging.getLogger("megafs.mount")

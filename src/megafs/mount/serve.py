@@ -2,7 +2,7 @@
 
 The single trio run owns one nursery holding every background task
 (periodic commits, signal handling, the readahead setting) and the kernel
-session (:class:`megafs.fuse_ops.FuseSession`). When the kernel unmounts
+session (:class:`megafs.fuse.operations.FuseSession`). When the kernel unmounts
 (``fusermount3 -u``, ``megafs umount``, SIGTERM, SIGINT) the nursery ends,
 then everything is committed and the writer lease released before the
 process exits 0. If the final commit fails, the changes are still in the
@@ -11,7 +11,7 @@ non-zero.
 
 Owns: the order of a mount's steps, the periodic commit loop, the signals
 that end a mount, and the pid, identity and status files while serving.
-May not touch: the FUSE library (only :mod:`megafs.fuse_ops` imports it), the
+May not touch: the FUSE library (only :mod:`megafs.fuse.operations` imports it), the
 model's state (it asks, e.g. :meth:`Filesystem.renew_lease`), the store's
 objects (the vault and the model read and write them).
 
@@ -30,13 +30,13 @@ from collections.abc import Callable
 
 import trio
 
-from ..cache import ContentCache
+from ..client.cache import ContentCache
+from ..client.journal import Journal, claim_cache_dir
 from ..errors import MegafsError, StoreAuthError, StoreReadOnly, first_leaf
-from ..fuse_ops import FuseSession, Operations, Options
-from ..journal import Journal, claim_cache_dir
-from ..model import Filesystem
+from ..fs.filesystem import Filesystem
+from ..fuse.operations import FuseSession, Operations, Options
 from ..stores import LocalStore, open_store
-from ..vault import Vault
+from ..vault.vault import Vault
 from .config import DEFAULT_CACHE_SIZE, MountConfig, default_cache_dir
 from .runtime import ident_path, pid_path, process_identity, status_path, write_runtime_file
 

@@ -16,7 +16,7 @@ is not trusted (a hostile server, a folder anyone can write to), so a few
 rules hold for every implementation:
 
 * **Names.** Only object names of the exact shape :data:`OBJECT_NAME` (32
-  lowercase hex characters, as :func:`megafs.vault.obj_name` makes them) and
+  lowercase hex characters, as :func:`megafs.vault.vault.obj_name` makes them) and
   the pointer names in :data:`POINTER_NAMES` are accepted; any other name is
   the caller's bug and raises ``ValueError`` before any I/O.
 * **Bounded reads.** Every read has a maximum size and never reads more than
@@ -45,7 +45,7 @@ from ..errors import StoreError
 #: The shape of every object name: 16 random bytes as lowercase hex.
 OBJECT_NAME = re.compile(r"[0-9a-f]{32}")
 
-#: The only pointer names (``megafs.vault.HEADER`` and ``ROOT``).
+#: The only pointer names (``megafs.vault.vault.HEADER`` and ``ROOT``).
 POINTER_NAMES = frozenset({"header", "root"})
 
 #: The absolute ceilings on what one read from a store may return (callers

@@ -37,9 +37,9 @@ import struct
 import unicodedata
 from dataclasses import dataclass, replace
 
+from ..errors import CorruptHeader, NotAVault, UnsupportedVersion, WrongPassphrase
 from . import crypto
 from .crypto import KdfParams, Keys, Layout
-from .errors import CorruptHeader, NotAVault, UnsupportedVersion, WrongPassphrase
 
 MAGIC = b"MEGAFS\x00\x1a"
 VERSION = 3

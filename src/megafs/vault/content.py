@@ -10,7 +10,7 @@ object for a check (:meth:`Content.read_object`), and deleting objects
 
 Knows nothing of inodes, pages or commits: callers hand it a chunk's
 reference, its file's id and key and its index. It does not touch metadata
-objects or the root (that is :class:`~megafs.vault.Vault`'s), and keeps no
+objects or the root (that is :class:`~megafs.vault.vault.Vault`'s), and keeps no
 state of its own besides the cache handle: a reader of one file (a share
 link) needs only a Vault, a Content and the file's chunk map.
 
@@ -25,9 +25,9 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from . import crypto
-from .cache import ContentCache
-from .errors import IntegrityError, ObjectNotFound
+from ..client.cache import ContentCache
+from ..errors import IntegrityError, ObjectNotFound
+from ..format import crypto
 from .vault import Vault, obj_name
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ also the one place a retention policy will hook in (keeping what old roots
 still need), so nothing else deletes objects of a vault being written.
 
 Knows nothing of inodes or commits: it gets object ids, and deletes them
-through :class:`~megafs.content.Content`. Best effort: garbage left behind
+through :class:`~megafs.vault.content.Content`. Best effort: garbage left behind
 (a failed delete, a crash) is harmless, and fsck lists it.
 
 Concurrency: trio, the caller's thread. :meth:`run` is the one long-lived
@@ -21,8 +21,8 @@ import logging
 
 import trio
 
-from .content import Content
-from .vault import obj_name
+from ..vault.content import Content
+from ..vault.vault import obj_name
 
 log = logging.getLogger(__name__)
 

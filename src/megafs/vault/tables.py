@@ -27,8 +27,8 @@ from typing import Any
 
 import trio
 
-from . import crypto
-from .errors import IntegrityError
+from ..errors import IntegrityError
+from ..format import crypto
 from .vault import KIND_INDEX, KIND_PACKS, Vault, expect_bytes, obj_name
 
 PAGE_BITS = 8

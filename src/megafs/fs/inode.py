@@ -16,8 +16,8 @@ from typing import Any
 import trio
 from sortedcontainers import SortedDict  # type: ignore[import-untyped]
 
-from . import crypto
-from .content import ChunkRef
+from ..format import crypto
+from ..vault.content import ChunkRef
 
 #: The root directory's inode number.
 ROOT_INO = 1

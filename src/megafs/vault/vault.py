@@ -34,9 +34,7 @@ from typing import Any, TypeVar
 import msgpack
 import trio
 
-from . import crypto, header
-from .crypto import KdfParams, Keys, Layout
-from .errors import (
+from ..errors import (
     CommitConflict,
     CorruptHeader,
     IntegrityError,
@@ -48,8 +46,10 @@ from .errors import (
     VaultBusy,
     VaultExists,
 )
-from .stores import Store
-from .stores.base import MAX_OBJECT_SIZE, MAX_POINTER_SIZE, Refused
+from ..format import crypto, header
+from ..format.crypto import KdfParams, Keys, Layout
+from ..stores import Store
+from ..stores.base import MAX_OBJECT_SIZE, MAX_POINTER_SIZE, Refused
 
 T = TypeVar("T")
 

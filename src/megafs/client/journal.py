@@ -53,9 +53,9 @@ from typing import Any
 
 import msgpack
 
-from . import crypto
-from .crypto import Keys
-from .errors import CacheFull, LocalFolderError
+from ..errors import CacheFull, LocalFolderError
+from ..format import crypto
+from ..format.crypto import Keys
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The pyfuse3 adapter: the only module that imports pyfuse3.
 
 Each handler translates kernel requests into calls on the filesystem model
-(:class:`megafs.model.Filesystem`) and nothing else. Errors are mapped to
+(:class:`megafs.fs.filesystem.Filesystem`) and nothing else. Errors are mapped to
 errno in exactly one place, :func:`_errno_for`: model errors carry their
 errno, store and integrity failures become EIO (or ENOSPC/EROFS/EACCES)
 with one log line naming the object. No other exception may escape a
@@ -34,7 +34,7 @@ from typing import Any, ParamSpec, TypeVar
 import pyfuse3
 from pyfuse3 import FileHandleT, FileInfo, FUSEError, InodeT
 
-from .errors import (
+from ..errors import (
     CacheFull,
     CommitConflict,
     FsError,
@@ -47,7 +47,7 @@ from .errors import (
     StoreReadOnly,
     first_leaf,
 )
-from .model import Attr, Filesystem
+from ..fs.filesystem import Attr, Filesystem
 
 log = logging.getLogger(__name__)
 

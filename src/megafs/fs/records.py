@@ -1,4 +1,4 @@
-"""The inode record codec: an :class:`~megafs.inode.Inode` to and from the
+"""The inode record codec: an :class:`~megafs.fs.inode.Inode` to and from the
 msgpack record of a leaf page (docs/format.md section 7). Pure: no I/O.
 
 Owns: the record's fields, the body (a folder's entries, a symlink's
@@ -18,13 +18,13 @@ from typing import Any
 import msgpack
 from sortedcontainers import SortedDict  # type: ignore[import-untyped]
 
-from . import crypto
-from .content import ChunkRef
-from .crypto import Keys, Layout
-from .errors import IntegrityError
+from ..errors import IntegrityError
+from ..format import crypto
+from ..format.crypto import Keys, Layout
+from ..vault.content import ChunkRef
+from ..vault.tables import MetaJob
+from ..vault.vault import KIND_BODY, expect_bytes
 from .inode import Inode
-from .tables import MetaJob
-from .vault import KIND_BODY, expect_bytes
 
 #: Bodies larger than this (msgpack bytes) become objects of their own.
 BODY_INLINE_MAX = 8192

@@ -1,11 +1,11 @@
 """The filesystem model: inodes, directories and file data over a vault.
 
-No FUSE here: the pyfuse3 adapter (:mod:`megafs.fuse_ops`) calls these
+No FUSE here: the pyfuse3 adapter (:mod:`megafs.fuse.operations`) calls these
 methods directly, and tests do too. The model is composed of objects that
-own their part: :class:`~megafs.records.RecordCodec` (inode records),
-:class:`~megafs.content.Content` (chunk and pack objects: the only road to
-the store for file bytes), :class:`~megafs.collector.Collector` (deleting
-garbage) and :class:`~megafs.inode.Inode`; it owns the inode table, the
+own their part: :class:`~megafs.fs.records.RecordCodec` (inode records),
+:class:`~megafs.vault.content.Content` (chunk and pack objects: the only road to
+the store for file bytes), :class:`~megafs.fs.collector.Collector` (deleting
+garbage) and :class:`~megafs.fs.inode.Inode`; it owns the inode table, the
 POSIX namespace, the read and write paths and commits, and touches the store
 only through the vault and those objects. Errors are :class:`~megafs.errors.FsError`
 with an errno; store and integrity failures propagate as their own classes
@@ -23,7 +23,7 @@ On-store shape (see docs/format.md):
 * file content: chunks of ``layout.chunk_size``, sealed in blocks; a chunk is
   an object of its own, or (format 2) a chunk of at most half a chunk
   shares a *pack* object with other small chunks of the same commit. The
-  pack table (:class:`~megafs.tables.PackTable`) counts each pack's chunks
+  pack table (:class:`~megafs.vault.tables.PackTable`) counts each pack's chunks
   still referenced; the pack is deleted when that reaches zero.
 
 Laziness: opening costs the root and the top index; a page, a mid index, a
@@ -62,25 +62,25 @@ from typing import Any, TypeVar
 import cachetools
 import trio
 
-from . import crypto
-from .cache import ContentCache
-from .collector import Collector
-from .content import ChunkRef, Content, PackPart
-from .errors import FsError, IntegrityError, MegafsError
-from .inode import ROOT_INO as ROOT_INO
-from .inode import Attr as Attr
-from .inode import Inode as Inode
-from .journal import Journal, sync_files
-from .records import RecordCodec
-from .tables import MID_BITS as MID_BITS
-from .tables import PAGE_BITS, MetaJob, PackTable, RadixIndex
-from .vault import (
+from ..client.cache import ContentCache
+from ..client.journal import Journal, sync_files
+from ..errors import FsError, IntegrityError, MegafsError
+from ..format import crypto
+from ..vault.content import ChunkRef, Content, PackPart
+from ..vault.tables import MID_BITS as MID_BITS
+from ..vault.tables import PAGE_BITS, MetaJob, PackTable, RadixIndex
+from ..vault.vault import (
     KIND_BODY,
     KIND_LEAF,
     Root,
     Vault,
     obj_name,
 )
+from .collector import Collector
+from .inode import ROOT_INO as ROOT_INO
+from .inode import Attr as Attr
+from .inode import Inode as Inode
+from .records import RecordCodec
 
 log = logging.getLogger(__name__)
 

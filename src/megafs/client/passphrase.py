@@ -31,7 +31,7 @@ import shlex
 import subprocess
 import sys
 
-from .errors import PassphraseError
+from ..errors import PassphraseError
 
 ENV_PASSPHRASE = "MEGAFS_PASSPHRASE"
 ENV_NEW_PASSPHRASE = "MEGAFS_NEW_PASSPHRASE"

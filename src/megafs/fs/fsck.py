@@ -30,13 +30,13 @@ from dataclasses import dataclass, field
 
 import trio
 
-from . import crypto
-from .content import ChunkRef
-from .errors import IntegrityError, MegafsError, ObjectNotFound, VaultBusy
-from .model import ROOT_INO, Filesystem
-from .stores.base import Refused
-from .tables import MID_BITS, PAGE_BITS, PackRecord, RadixIndex
-from .vault import Vault, obj_name
+from ..errors import IntegrityError, MegafsError, ObjectNotFound, VaultBusy
+from ..format import crypto
+from ..stores.base import Refused
+from ..vault.content import ChunkRef
+from ..vault.tables import MID_BITS, PAGE_BITS, PackRecord, RadixIndex
+from ..vault.vault import Vault, obj_name
+from .filesystem import ROOT_INO, Filesystem
 
 
 @dataclass

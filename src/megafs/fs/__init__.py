@@ -1,0 +1,7 @@
+"""The filesystem model over a vault, with no FUSE: inodes, the POSIX
+namespace, the data path, commits and garbage collection, each in an object
+of its own that :class:`.filesystem.Filesystem` composes; and the checker
+(:mod:`.fsck`).
+
+May import the vault, the client state and the format; never pyfuse3.
+"""

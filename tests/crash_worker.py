@@ -17,7 +17,8 @@ import sys
 import trio
 
 from megafs.errors import FsError
-from megafs.fs.filesystem import ROOT_INO, Filesystem
+from megafs.fs.filesystem import Filesystem
+from megafs.fs.inode import ROOT_INO
 from megafs.stores import LocalStore
 from megafs.vault.vault import Vault
 

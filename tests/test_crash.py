@@ -24,7 +24,8 @@ import pytest
 import trio
 
 from megafs.format.crypto import Layout
-from megafs.fs.filesystem import ROOT_INO, Filesystem
+from megafs.fs.filesystem import Filesystem
+from megafs.fs.inode import ROOT_INO
 from megafs.stores import LocalStore
 from megafs.vault.vault import Vault
 

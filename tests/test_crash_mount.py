@@ -52,7 +52,8 @@ import pytest
 
 from megafs.client.journal import Journal
 from megafs.errors import StoreError
-from megafs.fs.filesystem import ROOT_INO, Filesystem
+from megafs.fs.filesystem import Filesystem
+from megafs.fs.inode import ROOT_INO
 from megafs.stores import LocalStore
 from megafs.vault.vault import Vault
 

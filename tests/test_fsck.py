@@ -10,8 +10,9 @@ from pathlib import Path
 
 import trio
 
-from megafs.fs.filesystem import ROOT_INO, Filesystem
+from megafs.fs.filesystem import Filesystem
 from megafs.fs.fsck import check
+from megafs.fs.inode import ROOT_INO
 from megafs.stores import LocalStore
 from megafs.vault.vault import Vault, obj_name
 
@@ -29,7 +30,7 @@ async def build(tmp_path: Path) -> tuple[LocalStore, bytes]:
     await fs.write(f.ino, 0, os.urandom(200_000))
     await fs.link(f.ino, d.ino, b"hard")
     await fs.close()
-    node = fs.inodes[f.ino]
+    node = fs.table.inodes[f.ino]
     return store, node.chunks[1].obj
 
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from megafs.client.journal import Journal
-from megafs.fs.filesystem import ROOT_INO, Filesystem
+from megafs.fs.filesystem import Filesystem
+from megafs.fs.inode import ROOT_INO
 from megafs.stores import Store
 from megafs.vault.vault import Vault
 
@@ -68,7 +69,7 @@ async def test_local_fsync_makes_no_commit_and_survives_a_killed_writer(
     assert await fs2.read(attr.ino, 0, attr.size) == data
     assert b"doc" in await _names(any_store)  # the open after replay committed it
     # A regular commit still uploads, and a store-durable fsync still commits.
-    fs2.fsync_local = False
+    fs2.committer.fsync_local = False
     await fs2.write(attr.ino, 0, b"changed")
     swaps = store.root_swaps
     await fs2.fsync(attr.ino)

@@ -18,7 +18,7 @@ error", and a huge length taken from the data could exhaust memory).
   ``decode_body``) -> only IntegrityError;
 * content: ``crypto.open_blocks`` on random and mutated chunks, and
   ``open_sealed`` on random seals -> only AuthFailed;
-* the local journal: ``Journal._read`` on random and mutated segments returns
+* the local journal: ``Journal.read_segment`` on random and mutated segments returns
   exactly the records before the first damaged one, and never raises.
 
 Re-sealing garbage with the vault's own keys (which the store does not have)
@@ -29,6 +29,7 @@ AEAD, so that a bug in one version of megafs cannot crash another.
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import stat
 import struct
@@ -54,7 +55,8 @@ from megafs.errors import (
 )
 from megafs.format import crypto, header
 from megafs.format.crypto import KdfParams, Keys
-from megafs.fs.filesystem import ROOT_INO, Filesystem, Inode
+from megafs.fs.filesystem import Filesystem
+from megafs.fs.inode import ROOT_INO, Inode
 from megafs.stores import LocalStore
 from megafs.vault.tables import MID_BITS, PAGE_BITS
 from megafs.vault.vault import KIND_BODY, KIND_INDEX, KIND_LEAF, Root, Vault, obj_name
@@ -163,6 +165,8 @@ class Sample:
     header: bytes
     recovery: bytes
     root_sealed: bytes
+    #: the root as committed: what ``root_sealed`` must open to
+    root: Root
     #: (kind, object id, sealed bytes, decoded payload) of every metadata object
     meta: list[tuple[int, bytes, bytes, Any]]
     #: (file id, file key, object id, chunk index, length, sealed, plaintext,
@@ -199,8 +203,9 @@ async def _build(tmp: Path) -> Sample:
     await fs.link(small.ino, d.ino, b"hard")
     await fs.setxattr(small.ino, b"user.x", b"value")
     await fs.commit()
+    committed = copy.deepcopy(fs.root)
     chunks = []
-    big_node = fs.inodes[big.ino]
+    big_node = fs.table.inodes[big.ino]
     assert big_node.file_key is not None
     for idx, ref in sorted(big_node.chunks.items()):
         sealed = await store.get(obj_name(ref.obj))
@@ -218,8 +223,8 @@ async def _build(tmp: Path) -> Sample:
     await fs.mkdir(d.ino, b"sub", 0o700, 0, 0)
     assert fs.journal is not None
     seg = fs.journal.segment
-    journal_bytes = await trio.Path(fs.journal._path(seg)).read_bytes()
-    records, whole = fs.journal._read(seg)
+    journal_bytes = await trio.Path(fs.journal.segment_path(seg)).read_bytes()
+    records, whole = fs.journal.read_segment(seg)
     assert whole
     assert [r[0] for r in records] == ["wr", "rn", "mk"]
 
@@ -237,7 +242,7 @@ async def _build(tmp: Path) -> Sample:
         mid = await grab(KIND_INDEX, bytes(mid_obj))
         for leaf_obj in mid.values():
             await grab(KIND_LEAF, bytes(leaf_obj))
-    for node in fs.inodes.values():
+    for node in fs.table.inodes.values():
         if node.body_ref is not None:
             await grab(KIND_BODY, node.body_ref)
     assert {k for k, *_ in meta} == {KIND_INDEX, KIND_LEAF, KIND_BODY}
@@ -245,7 +250,8 @@ async def _build(tmp: Path) -> Sample:
     hptr = await store.read_pointer("header")
     assert ptr is not None and hptr is not None
     return Sample(
-        tmp, vault, hptr.data, recovery, ptr.data, meta, chunks, seg, journal_bytes, records
+        tmp, vault, hptr.data, recovery, ptr.data, committed, meta, chunks, seg, journal_bytes,
+        records,
     )
 
 
@@ -421,7 +427,7 @@ def load_page(sample: Sample, leaf: bytes, page: int) -> Filesystem:
     """Load leaf object ``leaf`` as page ``page`` with the model's own code."""
     fs = fresh_fs(sample)
     hi, lo = page >> MID_BITS, page & ((1 << MID_BITS) - 1)
-    fs.index.mids[hi] = {lo: leaf}
+    fs.table.index.mids[hi] = {lo: leaf}
     trio.run(fs.load_page, page)
     return fs
 
@@ -500,14 +506,14 @@ def inode_record(draw: st.DrawFn) -> Any:
 def check_decode(sample: Sample, ino: int, rec: Any) -> None:
     fs = fresh_fs(sample)
     try:
-        node = fs.codec.decode(ino, rec, "leaf")
+        node = fs.table.codec.decode(ino, rec, "leaf")
     except IntegrityError:
         return
     assert isinstance(node, Inode)
     # an external body must decode safely too
     if isinstance(rec, dict) and "B" in rec:
         with contextlib.suppress(IntegrityError):
-            fs.codec.decode_body(node, rec.get("b"), "body")
+            fs.table.codec.decode_body(node, rec.get("b"), "body")
 
 
 @FUZZ
@@ -538,8 +544,8 @@ def test_leaf_pages_mutated_then_resealed(sample: Sample, data: st.DataObject) -
         fs = load_page(sample, leaf, page)
     except IntegrityError:
         return
-    for ino in fs.page_members[page]:  # what did load can be used
-        node = fs.inodes[ino]
+    for ino in fs.table.page_members[page]:  # what did load can be used
+        node = fs.table.inodes[ino]
         if not node.body_loaded:
             try:
                 trio.run(fs.load_body, node)
@@ -572,8 +578,8 @@ def test_index_nodes_and_bodies_resealed(sample: Sample, data: st.DataObject) ->
     fs = fresh_fs(sample)
     try:
         if kind == KIND_INDEX:
-            fs.index.top = {0: obj}
-            mid = trio.run(fs.index.mid, 0)
+            fs.table.index.top = {0: obj}
+            mid = trio.run(fs.table.index.mid, 0)
             assert all(isinstance(k, int) and isinstance(v, bytes) for k, v in mid.items())
         else:
             node = Inode(5, stat.S_IFDIR | 0o755, 0, 0)
@@ -659,16 +665,16 @@ def test_open_sealed_and_file_keys_random(sample: Sample, sealed: bytes, aad: by
 
 
 def read_segment(sample: Sample, data: bytes) -> list[list[Any]]:
-    """``Journal._read`` of ``data`` stored as the sample's segment, in a scratch folder.
+    """``Journal.read_segment`` of ``data`` stored as the sample's segment, in a scratch folder.
 
     Also checks that the segment is called whole exactly when every byte of it
     was read as records (so that a replay stops after a damaged one).
     """
     scratch = sample.tmp / "scratch-journal"
     journal = Journal(str(scratch), sample.keys)
-    with open(journal._path(sample.journal_segment), "wb") as f:
+    with open(journal.segment_path(sample.journal_segment), "wb") as f:
         f.write(data)
-    records, whole = journal._read(sample.journal_segment)
+    records, whole = journal.read_segment(sample.journal_segment)
     used = sum(4 + len(r) for r in _sealed_lengths(data, len(records)))
     assert whole == (used == len(data))
     return records
@@ -711,7 +717,7 @@ def test_fuzz_sample_is_what_it_claims(sample: Sample) -> None:
     for page, _ in real_pages(sample):
         leaves = [o for o, _, p in sample.of_kind(KIND_LEAF) if min(p) >> PAGE_BITS == page]
         fs = load_page(sample, leaves[0], page)
-        assert fs.page_members[page]
+        assert fs.table.page_members[page]
     assert len(sample.chunks) == 3
     assert [c[7] is not None for c in sample.chunks] == [False, False, True]  # one packed
     assert read_segment(sample, sample.journal_bytes) == sample.journal_records

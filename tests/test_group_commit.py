@@ -20,7 +20,8 @@ import trio
 import trio.lowlevel
 
 from megafs.format.crypto import Layout
-from megafs.fs.filesystem import ROOT_INO, Filesystem
+from megafs.fs.filesystem import Filesystem
+from megafs.fs.inode import ROOT_INO
 from megafs.stores import Pointer, Store, open_store
 from megafs.stores.base import MAX_POINTER_SIZE
 from megafs.vault.vault import Vault

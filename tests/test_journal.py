@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from megafs.client.journal import Journal
-from megafs.fs.filesystem import RENAME_EXCHANGE, ROOT_INO, Filesystem
+from megafs.fs.filesystem import Filesystem
+from megafs.fs.inode import ROOT_INO
+from megafs.fs.namespace import RENAME_EXCHANGE
 from megafs.stores import LocalStore, Store
 from megafs.vault.vault import Vault
 

@@ -51,7 +51,8 @@ from megafs.errors import IntegrityError, WrongPassphrase
 from megafs.format import crypto, header
 from megafs.format.crypto import KdfParams, Keys, Layout
 from megafs.format.header import Header, Slot
-from megafs.fs.filesystem import ROOT_INO, Filesystem, Inode
+from megafs.fs.filesystem import Filesystem
+from megafs.fs.inode import ROOT_INO, Inode
 from megafs.stores import LocalStore
 from megafs.vault.content import ChunkRef
 from megafs.vault.tables import PackTable
@@ -268,7 +269,7 @@ def compute_vectors(tmp: Path) -> dict[str, Any]:
     uploads: list[tuple[int, bytes, Any]] = []
     nodes = kat_inodes()
     with scripted_urandom([NONCES["wrap_a"], NONCES["inline_a"], NONCES["wrap_b"]]):
-        leaf = {n.ino: fs.codec.encode(n, uploads, []) for n in nodes}
+        leaf = {n.ino: fs.table.codec.encode(n, uploads, []) for n in nodes}
     assert not uploads
     meta: list[tuple[str, int, bytes, Any]] = [
         ("leaf", KIND_LEAF, LEAF_OBJ, leaf),
@@ -362,7 +363,7 @@ def compute_vectors_v2(tmp: Path) -> dict[str, Any]:
     meta: list[tuple[str, int, bytes, Any]] = [
         ("packs_leaf", KIND_PACKS, PACKS_LEAF_OBJ,
          {PACK_NO: [PACK_OBJ, 2, len(sealed), len(sealed)]}),
-        ("body", KIND_BODY, _seq(0xD8, 16), fs.codec.encode_body(node)),
+        ("body", KIND_BODY, _seq(0xD8, 16), fs.table.codec.encode_body(node)),
     ]
     for name, kind, obj, payload in meta:
         plain = msgpack.packb(payload, use_bin_type=True)
@@ -505,7 +506,7 @@ def test_leaf_page_opens_and_decodes(frozen: dict[str, Any], tmp_path: Path) -> 
     payload = vault.open_meta(KIND_LEAF, LEAF_OBJ, h(frozen["leaf"]["sealed"]))
     assert payload == msgpack.unpackb(h(frozen["leaf"]["plaintext"]), strict_map_key=False)
     fs = Filesystem(vault, KAT_ROOT, writable=False)
-    nodes = {ino: fs.codec.decode(ino, rec, LEAF_OBJ.hex()) for ino, rec in payload.items()}
+    nodes = {ino: fs.table.codec.decode(ino, rec, LEAF_OBJ.hex()) for ino, rec in payload.items()}
     a, b, d, lnk = (nodes[i] for i in (INO_A, INO_B, INO_DIR, INO_LINK))
     assert (a.mode, a.uid, a.gid, a.nlink, a.size) == (stat.S_IFREG | 0o644, 1000, 1000, 1, 5)
     assert [a.atime, a.mtime, a.ctime] == TIMES
@@ -517,7 +518,7 @@ def test_leaf_page_opens_and_decodes(frozen: dict[str, Any], tmp_path: Path) -> 
     assert lnk.target == b"a.txt"
     # An external body opens as KIND_BODY and decodes into the directory.
     body = vault.open_meta(KIND_BODY, BODY_OBJ, h(frozen["body"]["sealed"]))
-    fs.codec.decode_body(d, body, BODY_OBJ.hex())
+    fs.table.codec.decode_body(d, body, BODY_OBJ.hex())
     assert d.parent == ROOT_INO and d.next_cookie == 5
     assert d.entries == {b"a.txt": (INO_A, 3), b"b.bin": (INO_B, 4)}
     index = vault.open_meta(KIND_INDEX, MID_OBJ, h(frozen["index"]["sealed"]))
@@ -608,7 +609,7 @@ def test_pack_table_page_and_chunk_map_decode(
     keys = Keys(MASTER, VAULT_ID)
     vault = Vault(LocalStore(str(tmp_path / "unused")), kat_header(version=2), keys)
     raw = vault.open_meta(KIND_PACKS, PACKS_LEAF_OBJ, h(frozen_v2["packs_leaf"]["sealed"]))
-    recs = PackTable._decode(raw, 0, PACKS_LEAF_OBJ.hex())
+    recs = PackTable.decode_page(raw, 0, PACKS_LEAF_OBJ.hex())
     assert [(n, r.obj, r.live, r.size, r.live_bytes) for n, r in recs.items()] == [
         (PACK_NO, PACK_OBJ, 2, 7280, 7280)
     ]
@@ -617,12 +618,12 @@ def test_pack_table_page_and_chunk_map_decode(
     fs = Filesystem(vault, KAT_ROOT_V2, writable=False)
     node = Inode(304, stat.S_IFREG | 0o644, 1000, 1000)
     node.file_key = KEY_C
-    fs.codec.decode_body(node, body, "body")
+    fs.table.codec.decode_body(node, body, "body")
     assert tuple(node.chunks[i] for i in (0, 1)) == packed_refs()
     # A format 1 vault knows no packed chunks.
     v1 = Filesystem(kat_vault(tmp_path), KAT_ROOT, writable=False)
     with pytest.raises(IntegrityError):
-        v1.codec.decode_body(Inode(304, stat.S_IFREG | 0o644, 0, 0), body, "body")
+        v1.table.codec.decode_body(Inode(304, stat.S_IFREG | 0o644, 0, 0), body, "body")
 
 
 # --- the frozen vault ------------------------------------------------------------
@@ -1033,7 +1034,7 @@ async def test_frozen_vault_opens_and_matches(
     assert vault.layout == FROZEN_LAYOUT and vault.header.version == version
     fs = await Filesystem.load(vault, writable=False)
     await check_tree(fs, tree)
-    packed = [r for n in fs.inodes.values() for r in n.chunks.values() if r.packed]
+    packed = [r for n in fs.table.inodes.values() for r in n.chunks.values() if r.packed]
     assert len({r.obj for r in packed}) == (1 if version >= 2 else 0)
     assert len(packed) == (4 if version >= 2 else 0)
     # The recovery slot opens it too.

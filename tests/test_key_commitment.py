@@ -28,7 +28,8 @@ from megafs.errors import CorruptHeader, WrongPassphrase
 from megafs.format import crypto, header
 from megafs.format.crypto import KdfParams, Keys, Layout
 from megafs.format.header import Header, Slot
-from megafs.fs.filesystem import ROOT_INO, Filesystem
+from megafs.fs.filesystem import Filesystem
+from megafs.fs.inode import ROOT_INO
 from megafs.stores import Store
 from megafs.vault.vault import Vault, obj_name
 
@@ -238,7 +239,7 @@ async def test_blocks_are_sealed_under_a_key_per_object(any_store: Store) -> Non
     data = bytes(range(256)) * 160  # 40,960 bytes: chunks of 16 KiB, 16 KiB, 8 KiB
     await fs.write(ino, 0, data)
     await fs.fsync()
-    node = fs.inodes[ino]
+    node = fs.table.inodes[ino]
     assert node.file_key is not None
     whole = [r for r in node.chunks.values() if not r.packed]
     assert len(whole) == 2

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from megafs.errors import FsError, VaultBusy
-from megafs.fs.filesystem import RENAME_EXCHANGE, RENAME_NOREPLACE, ROOT_INO, Filesystem
+from megafs.fs.filesystem import Filesystem
+from megafs.fs.inode import ROOT_INO
+from megafs.fs.namespace import RENAME_EXCHANGE, RENAME_NOREPLACE
 from megafs.stores import LocalStore, Store
 from megafs.stores.base import MAX_OBJECT_SIZE
 from megafs.vault.vault import Vault
@@ -318,7 +320,7 @@ async def test_empty_small_file_grown_far(fs: Filesystem, store: Store) -> None:
 async def test_clean_pages_are_evicted_and_load_again(fs: Filesystem, store: Store) -> None:
     """Memory stays bounded however many inodes are walked: clean inode pages
     beyond the limit are forgotten and read back from the store when needed."""
-    fs.max_pages = 4
+    fs.table.max_pages = 4
     dirs = []
     for d in range(3):
         ino = (await fs.mkdir(ROOT_INO, b"d%d" % d, 0o755, 0, 0)).ino
@@ -328,9 +330,9 @@ async def test_clean_pages_are_evicted_and_load_again(fs: Filesystem, store: Sto
     f = await mkfile(fs, dirs[0], b"data", b"kept while evicted" * 100)
     assert fs.evict() == 0, "nothing is evicted while changes are uncommitted"
     await fs.commit()
-    assert len(fs.page_members) > 4
+    assert len(fs.table.page_members) > 4
     assert fs.evict() > 0
-    assert len(fs.page_members) <= 4
+    assert len(fs.table.page_members) <= 4
     # Everything is still there, and walking it keeps memory bounded.
     for d in dirs:
         after, names = 0, 0
@@ -338,7 +340,7 @@ async def test_clean_pages_are_evicted_and_load_again(fs: Filesystem, store: Sto
             names += len(batch)
             after = batch[-1][2]
             fs.evict()
-            assert len(fs.page_members) <= 4 + 2
+            assert len(fs.table.page_members) <= 4 + 2
         assert names == 700 + (1 if d == dirs[0] else 0)
     assert await fs.read(f, 0, 20) == b"kept while evictedke"
     # An open file's page stays; changes after an eviction are kept.
@@ -349,7 +351,7 @@ async def test_clean_pages_are_evicted_and_load_again(fs: Filesystem, store: Sto
         await fs.lookup(d, b"f0000")
         await fs.lookup(d, b"f0699")
     fs.evict()
-    assert f in fs.inodes
+    assert f in fs.table.inodes
     await fs.release(f)
     await fs.setattr(dirs[2], mode=0o700)
     await fs.close()

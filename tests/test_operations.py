@@ -30,7 +30,9 @@ import pytest
 from pyfuse3 import FileHandleT, FUSEError, InodeT
 
 from megafs.errors import IntegrityError, StoreAuthError, StoreFull, StoreReadOnly
-from megafs.fs.filesystem import RENAME_EXCHANGE, RENAME_NOREPLACE, ROOT_INO, Filesystem
+from megafs.fs.filesystem import Filesystem
+from megafs.fs.inode import ROOT_INO
+from megafs.fs.namespace import RENAME_EXCHANGE, RENAME_NOREPLACE
 from megafs.fuse.operations import Operations, Options
 from megafs.stores import LocalStore
 
@@ -394,14 +396,14 @@ async def test_eviction_runs_after_the_last_handler_and_never_raises(
 
 async def test_lookup_adds_one_reference_each_time(ops: Operations, fs: Filesystem) -> None:
     f, _ = await new_file(ops, b"f")
-    assert fs.refs[f] == 1  # create
+    assert fs.table.refs[f] == 1  # create
     await ops.lookup(ROOT, b"f", CTX)
     await ops.lookup(ROOT, b"f", CTX)
-    assert fs.refs[f] == 3
+    assert fs.table.refs[f] == 3
     await ops.forget([(f, 2)])
-    assert fs.refs[f] == 1
+    assert fs.table.refs[f] == 1
     await ops.forget([(f, 1)])
-    assert f not in fs.refs
+    assert f not in fs.table.refs
 
 
 async def test_every_entry_maker_adds_one_reference(ops: Operations, fs: Filesystem) -> None:
@@ -412,27 +414,27 @@ async def test_every_entry_maker_adds_one_reference(ops: Operations, fs: Filesys
         (await ops.symlink(ROOT, b"s", b"f", CTX)).st_ino,
         (await ops.mknod(ROOT, b"p", stat.S_IFIFO | 0o644, 0, CTX)).st_ino,
     ]
-    assert [fs.refs[i] for i in made] == [1, 1, 1, 1]
+    assert [fs.table.refs[i] for i in made] == [1, 1, 1, 1]
     await ops.link(f, ROOT, b"hard", CTX)
-    assert fs.refs[f] == 2
+    assert fs.table.refs[f] == 2
 
 
 async def test_dot_and_dotdot_lookups_are_counted(ops: Operations, fs: Filesystem) -> None:
     d = await new_dir(ops, b"d")
     assert (await ops.lookup(d, b".", CTX)).st_ino == d
     assert (await ops.lookup(d, b"..", CTX)).st_ino == ROOT
-    assert fs.refs[d] == 2
-    assert fs.refs[ROOT] == 1
+    assert fs.table.refs[d] == 2
+    assert fs.table.refs[ROOT] == 1
 
 
 async def test_failures_add_no_reference(ops: Operations, fs: Filesystem) -> None:
     f, _ = await new_file(ops, b"f")
-    before = dict(fs.refs)
+    before = dict(fs.table.refs)
     await ops.lookup(ROOT, b"missing", CTX)
     await fuse_errno(ops.create(ROOT, b"f", 0o644, os.O_RDWR, CTX))
     await fuse_errno(ops.mkdir(ROOT, b"f", 0o755, CTX))
     await fuse_errno(ops.lookup(f, b"x", CTX))
-    assert fs.refs == before
+    assert fs.table.refs == before
 
 
 async def test_an_unlinked_open_file_lives_until_forgotten_and_released(
@@ -445,10 +447,10 @@ async def test_an_unlinked_open_file_lives_until_forgotten_and_released(
     await ops.forget([(f, 1)])  # count 0, but still open
     assert (await ops.getattr(f, CTX)).st_nlink == 0
     assert await ops.read(fh, 0, 100) == b"still here"
-    assert f in fs.orphans
+    assert f in fs.namespace.orphans
     await ops.release(fh)
     assert await fuse_errno(ops.getattr(f, CTX)) == errno.ENOENT
-    assert f not in fs.orphans
+    assert f not in fs.namespace.orphans
 
 
 async def test_a_released_unlinked_file_lives_until_its_count_is_zero(
@@ -477,10 +479,10 @@ async def test_a_file_replaced_by_rename_lives_while_open(ops: Operations) -> No
 async def test_a_double_release_closes_one_handle_only(ops: Operations, fs: Filesystem) -> None:
     f, fh = await new_file(ops, b"f", b"data")
     second = (await ops.open(f, os.O_RDONLY, CTX)).fh
-    assert fs.opens[f] == 2
+    assert fs.table.opens[f] == 2
     await ops.release(fh)
     await ops.release(fh)
-    assert fs.opens[f] == 1
+    assert fs.table.opens[f] == 1
     await ops.unlink(ROOT, b"f", CTX)
     await ops.forget([(f, 1)])
     assert await ops.read(second, 0, 10) == b"data"
@@ -507,7 +509,7 @@ async def test_each_accepted_readdir_entry_adds_one_reference(
     inos = [(await new_file(ops, n))[0] for n in (b"a", b"b", b"c")]
     listing.room = 2  # the kernel's buffer fills after two entries
     assert await listing.read(ops, ROOT) == [b"a", b"b"]
-    assert [fs.refs[i] for i in inos] == [2, 2, 1]  # the refused entry is not counted
+    assert [fs.table.refs[i] for i in inos] == [2, 2, 1]  # the refused entry is not counted
 
 
 async def test_readdir_resumes_at_its_cookie_while_entries_change(

@@ -17,8 +17,10 @@ import pytest
 
 from megafs.errors import IntegrityError
 from megafs.format.crypto import Layout
-from megafs.fs.filesystem import PACK_TARGET, ROOT_INO, Filesystem
+from megafs.fs.data import PACK_TARGET
+from megafs.fs.filesystem import Filesystem
 from megafs.fs.fsck import check
+from megafs.fs.inode import ROOT_INO
 from megafs.stores import Store
 from megafs.vault.vault import Vault, obj_name
 
@@ -71,7 +73,7 @@ async def test_packs_are_deleted_with_their_last_chunk(any_store: Store) -> None
     fs = await Filesystem.load(await new_vault(any_store, DEFAULT))
     await write_files(fs, [3000, 100_000, 300_000, 524_288, 600_000, 2 << 20], b"a")
     await fs.commit()
-    a = {i: fs.inodes[(await fs.lookup(ROOT_INO, b"a%05d" % i)).ino] for i in range(6)}
+    a = {i: fs.table.inodes[(await fs.lookup(ROOT_INO, b"a%05d" % i)).ino] for i in range(6)}
     packed = [r for node in a.values() for r in node.chunks.values() if r.packed]
     whole = [r for node in a.values() for r in node.chunks.values() if not r.packed]
     # 3000, 100 000, 300 000 and 524 288 bytes: packed; 600 000 and 2 MiB: objects.
@@ -84,7 +86,7 @@ async def test_packs_are_deleted_with_their_last_chunk(any_store: Store) -> None
     # A second commit's small files go to a pack of their own.
     await write_files(fs, [4000, 5000], b"b")
     await fs.commit()
-    b0 = fs.inodes[(await fs.lookup(ROOT_INO, b"b00000")).ino]
+    b0 = fs.table.inodes[(await fs.lookup(ROOT_INO, b"b00000")).ino]
     pack_b = b0.chunks[0].obj
     assert pack_b != pack
 
@@ -95,14 +97,14 @@ async def test_packs_are_deleted_with_their_last_chunk(any_store: Store) -> None
     await fs.commit()
     assert obj_name(pack) in await objects(any_store)
     await assert_fsck_clean(any_store)
-    assert fs.packs is not None
-    rec = fs.packs.get(packed[0].pno)
+    assert fs.committer.packs is not None
+    rec = fs.committer.packs.get(packed[0].pno)
     assert rec is not None and rec.live == 1 and rec.live_bytes < rec.size
     await fs.unlink(ROOT_INO, b"a00003")
     await fs.commit()
     names = await objects(any_store)
     assert obj_name(pack) not in names and obj_name(pack_b) in names
-    assert fs.packs.get(packed[0].pno) is None
+    assert fs.committer.packs.get(packed[0].pno) is None
     await assert_fsck_clean(any_store)
 
     # All gone after removing the rest, and the vault is clean.
@@ -145,9 +147,9 @@ async def test_the_pack_table_is_authenticated(any_store: Store) -> None:
     files = await write_files(fs, [5000] * 3)
     await fs.close()
     fs = await reopen(any_store, writable=False)
-    assert fs.packs is not None and fs.root.ptab is not None
-    await fs.packs.load(0)
-    leaf = obj_name(fs.packs.index.mids[0][0])
+    assert fs.committer.packs is not None and fs.root.ptab is not None
+    await fs.committer.packs.load(0)
+    leaf = obj_name(fs.committer.packs.index.mids[0][0])
     good = await any_store.get(leaf)
     bad = bytearray(good)
     bad[len(bad) // 2] ^= 1
@@ -175,7 +177,7 @@ async def test_format_1_vaults_do_not_pack(any_store: Store, tmp_path: Path) -> 
         vault.header.vault_id, vault.header.layout, vault.header.slots, version=1
     )
     fs = await Filesystem.load(vault)
-    assert fs.packs is None
+    assert fs.committer.packs is None
     await write_files(fs, [5000] * 10)
     await fs.close()
     sizes = sorted((await objects(any_store)).values())

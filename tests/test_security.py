@@ -37,7 +37,8 @@ from megafs.errors import (
     WrongPassphrase,
 )
 from megafs.format import crypto, header
-from megafs.fs.filesystem import ROOT_INO, Filesystem
+from megafs.fs.filesystem import Filesystem
+from megafs.fs.inode import ROOT_INO
 from megafs.stores import LocalStore, Store
 from megafs.stores.s3 import S3Store
 from megafs.vault.vault import KIND_BODY, KIND_INDEX, KIND_LEAF, Vault, obj_name
@@ -126,25 +127,25 @@ async def resolve(fs: Filesystem, path: bytes) -> int:
 async def find_roles(store: Store) -> dict[str, str]:
     """Name the object that plays each role, by walking the vault's own structure."""
     fs = await open_ro(store)
-    big = fs.inodes[await resolve(fs, BIG_FILE)]
-    other = fs.inodes[await resolve(fs, OTHER_FILE)]
-    bigdir = fs.inodes[await resolve(fs, BIGDIR)]
+    big = fs.table.inodes[await resolve(fs, BIG_FILE)]
+    other = fs.table.inodes[await resolve(fs, OTHER_FILE)]
+    bigdir = fs.table.inodes[await resolve(fs, BIGDIR)]
     assert fs.root.itab is not None and bigdir.body_ref is not None
-    assert list(fs.index.top) == [0] and list(fs.index.mids[0]) == [0]
+    assert list(fs.table.index.top) == [0] and list(fs.table.index.mids[0]) == [0]
     assert sorted(big.chunks) == [0, 1, 2, 3] and sorted(other.chunks) == [0, 1]
     assert big.chunks[3].packed and not any(r.packed for r in other.chunks.values())
-    assert fs.packs is not None and fs.root.ptab is not None
-    await fs.packs.load(0)
+    assert fs.committer.packs is not None and fs.root.ptab is not None
+    await fs.committer.packs.load(0)
     roles = {
         "top": obj_name(fs.root.itab),
-        "mid": obj_name(fs.index.top[0]),
-        "leaf": obj_name(fs.index.mids[0][0]),  # also holds the inline files
+        "mid": obj_name(fs.table.index.top[0]),
+        "leaf": obj_name(fs.table.index.mids[0][0]),  # also holds the inline files
         "body": obj_name(bigdir.body_ref),
         **{f"big{i}": obj_name(r.obj) for i, r in big.chunks.items()},  # big3: a pack
         **{f"other{i}": obj_name(r.obj) for i, r in other.chunks.items()},
         "ptab": obj_name(fs.root.ptab),  # the pack table: top index, mid index, page
-        "ptab_mid": obj_name(fs.packs.index.top[0]),
-        "ptab_leaf": obj_name(fs.packs.index.mids[0][0]),
+        "ptab_mid": obj_name(fs.committer.packs.index.top[0]),
+        "ptab_leaf": obj_name(fs.committer.packs.index.mids[0][0]),
     }
     names = {n async for n, _ in store.list()}
     assert set(roles.values()) == names, "every object has a known role"
@@ -256,7 +257,7 @@ async def test_store_never_sees_names_contents_or_keys(
     fs = await open_ro(store)
     file_keys = []
     for path in s.files:
-        node = fs.inodes[await resolve(fs, path)]
+        node = fs.table.inodes[await resolve(fs, path)]
         assert node.file_key is not None
         file_keys.append(node.file_key)
     slot = vault.header.slots[0]
@@ -455,7 +456,7 @@ async def test_inline_data_lives_inside_the_authenticated_leaf(store: Store) -> 
     )
     fs = await open_ro(store)
     ino = await resolve(fs, SMALL_FILE)
-    node = fs.inodes[ino]
+    node = fs.table.inodes[ino]
     assert node.small == s.files[SMALL_FILE] and not node.chunks
     inline = bytes(msgpack.unpackb(plain, strict_map_key=False)[ino]["b"]["i"])
     at = plain.index(inline)
@@ -527,7 +528,7 @@ async def test_older_version_of_a_chunk_replayed(store: Store) -> None:
     data[100:103] = b"NEW"
     s.files[BIG_FILE] = bytes(data)
     await exercise(s)
-    new_name = obj_name(fs.inodes[ino].chunks[0].obj)
+    new_name = obj_name(fs.table.inodes[ino].chunks[0].obj)
     assert new_name != old_name
     assert len(await store.get(new_name)) == len(old)
     await store.put(new_name, old)  # the old version under the new name
@@ -726,7 +727,7 @@ async def test_file_id_is_bound_into_every_block(store: Store) -> None:
     s = await make_sample(store)
     vault = await Vault.unlock(store, PASS)
     fs = await open_ro(store)
-    a = fs.inodes[await resolve(fs, BIG_FILE)]
+    a = fs.table.inodes[await resolve(fs, BIG_FILE)]
     b = await resolve(fs, OTHER_FILE)
     assert a.file_key is not None
 
@@ -748,7 +749,7 @@ async def test_file_id_is_bound_into_inline_data(store: Store) -> None:
     s = await make_sample(store)
     vault = await Vault.unlock(store, PASS)
     fs = await open_ro(store)
-    a = fs.inodes[await resolve(fs, SMALL_FILE)]
+    a = fs.table.inodes[await resolve(fs, SMALL_FILE)]
     b = await resolve(fs, TINY_FILE)
 
     def graft(p: Any) -> Any:
@@ -842,7 +843,7 @@ async def test_no_nonce_is_ever_used_twice(store: Store) -> None:
         await fs.write(big, 0, data)
         await fs.write(small, 0, b"same small content")
         await fs.commit()
-        chunk_objs |= {r.obj for r in fs.inodes[big].chunks.values()}
+        chunk_objs |= {r.obj for r in fs.table.inodes[big].chunks.values()}
     await fs.close()
     await vault.set_passphrase("another passphrase", FAST_KDF)
     # Each: nonce || ... ; blocks have 96-bit nonces, every other seal of
@@ -911,7 +912,7 @@ async def test_all_randomness_comes_from_the_os(
     await fs.write(ino, 0, os.urandom(CS + 100))
     await fs.close()
     monkeypatch.setattr(os, "urandom", real)
-    node = fs.inodes[ino]
+    node = fs.table.inodes[ino]
     assert node.file_key is not None and fs.root.itab is not None
     produced = [
         vault.vault_id,
@@ -922,8 +923,8 @@ async def test_all_randomness_comes_from_the_os(
         node.file_id,
         node.file_key,
         fs.root.itab,
-        *fs.index.top.values(),
-        *fs.index.mids[0].values(),
+        *fs.table.index.top.values(),
+        *fs.table.index.mids[0].values(),
     ]
     for ref in node.chunks.values():
         produced.append(ref.obj)

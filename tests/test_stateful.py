@@ -50,7 +50,9 @@ from hypothesis.stateful import (
 
 from megafs.client.journal import Journal
 from megafs.errors import FsError
-from megafs.fs.filesystem import ROOT_INO, XATTR_CREATE, XATTR_REPLACE, Attr, Filesystem
+from megafs.fs.filesystem import Filesystem
+from megafs.fs.inode import ROOT_INO, Attr
+from megafs.fs.namespace import XATTR_CREATE, XATTR_REPLACE
 from megafs.stores import LocalStore
 from megafs.vault.vault import Vault
 

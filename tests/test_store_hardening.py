@@ -39,8 +39,9 @@ from megafs.errors import (
     StoreError,
     StoreUnreachable,
 )
-from megafs.fs.filesystem import ROOT_INO, Filesystem
+from megafs.fs.filesystem import Filesystem
 from megafs.fs.fsck import check
+from megafs.fs.inode import ROOT_INO
 from megafs.stores import LocalStore, Store
 from megafs.stores.base import MAX_POINTER_SIZE, Refused
 from megafs.stores.s3 import S3Store

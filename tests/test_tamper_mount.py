@@ -33,7 +33,8 @@ from typing import TypeVar
 import pytest
 import trio
 
-from megafs.fs.filesystem import ROOT_INO, Filesystem
+from megafs.fs.filesystem import Filesystem
+from megafs.fs.inode import ROOT_INO
 from megafs.stores import Store, open_store
 from megafs.vault.content import ChunkRef
 from megafs.vault.tables import MID_BITS, PAGE_BITS
@@ -111,14 +112,15 @@ async def _locate(drive: Drive) -> Objects:
         out = Objects()
         for name in (*VICTIMS, *PACKED):
             ino = (await fs.lookup(ROOT_INO, name.encode())).ino
-            node = fs.inodes[ino]
+            node = fs.table.inodes[ino]
             out.refs[name] = [node.chunks[i] for i in sorted(node.chunks)]
             out.chunks[name] = [obj_name(r.obj) for r in out.refs[name]]
         many = (await fs.lookup(ROOT_INO, b"many")).ino
         late = (await fs.lookup(many, b"late")).ino
         page = late >> PAGE_BITS
         assert page > 0, "many/late should be in another leaf page than the root"
-        out.late_leaf = obj_name(fs.index.mids[page >> MID_BITS][page & ((1 << MID_BITS) - 1)])
+        mid = fs.table.index.mids[page >> MID_BITS]
+        out.late_leaf = obj_name(mid[page & ((1 << MID_BITS) - 1)])
         return out
 
 

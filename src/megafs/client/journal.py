@@ -267,7 +267,8 @@ class Journal:
     def _segments(self) -> list[int]:
         return _segments(self.dir)
 
-    def _path(self, seg: int) -> str:
+    def segment_path(self, seg: int) -> str:
+        """The file of segment ``seg`` (it need not exist)."""
         return os.path.join(self.dir, f"{seg:012d}.log")
 
     def _aad(self, seg: int, recno: int) -> bytes:
@@ -282,7 +283,7 @@ class Journal:
         """
         if self._fd is None:
             self._fd = os.open(
-                self._path(self.segment), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600
+                self.segment_path(self.segment), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600
             )
             self._recno = 0
         plain = msgpack.packb(record, use_bin_type=True)
@@ -292,11 +293,11 @@ class Journal:
             written = os.writev(self._fd, [head, sealed])  # no copy of the record to frame it
         except OSError as e:
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise CacheFull(f"{e.strerror}: {self._path(self.segment)}") from None
+                raise CacheFull(f"{e.strerror}: {self.segment_path(self.segment)}") from None
             raise
         if written != len(head) + len(sealed):
             os.ftruncate(self._fd, os.fstat(self._fd).st_size - written)
-            raise CacheFull(f"{os.strerror(errno.ENOSPC)}: {self._path(self.segment)}")
+            raise CacheFull(f"{os.strerror(errno.ENOSPC)}: {self.segment_path(self.segment)}")
         self._recno += 1
         self._unsynced.add(self.segment)
 
@@ -304,7 +305,7 @@ class Journal:
         """The paths of the segments written since the last call (for
         :func:`sync_files`); forgets them. No I/O."""
         segs, self._unsynced = sorted(self._unsynced), set()
-        return [self._path(seg) for seg in segs]
+        return [self.segment_path(seg) for seg in segs]
 
     def restore_unsynced(self, paths: list[str]) -> None:
         """Give back what :meth:`take_unsynced` took, when syncing it failed."""
@@ -327,17 +328,17 @@ class Journal:
         for seg in self._segments():
             if seg <= mark and seg != self.segment:
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self._path(seg))
+                    os.unlink(self.segment_path(seg))
 
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
 
-    def _read(self, seg: int) -> tuple[list[list[Any]], bool]:
+    def read_segment(self, seg: int) -> tuple[list[list[Any]], bool]:
         """The records of segment ``seg`` before the first torn or unauthentic one,
         and whether the segment was whole (no such record)."""
-        with open(self._path(seg), "rb") as f:
+        with open(self.segment_path(seg), "rb") as f:
             data = f.read()
         out: list[list[Any]] = []
         pos = 0
@@ -382,7 +383,7 @@ class Journal:
         if mark_client is not None and mark_client != self.id:
             for seg in segs:
                 if seg > 0:
-                    os.rename(self._path(seg), self._path(seg) + ".stale")
+                    os.rename(self.segment_path(seg), self.segment_path(seg) + ".stale")
             log.warning(
                 "the vault was committed by another client (or with another cache folder) "
                 "since this journal's last run; "
@@ -394,10 +395,10 @@ class Journal:
         cut: int | None = None  # a segment that is not whole: nothing after it applies
         for seg in segs:
             if seg <= mark:
-                os.unlink(self._path(seg))
+                os.unlink(self.segment_path(seg))
                 continue
             if cut is not None:
-                os.rename(self._path(seg), self._path(seg) + ".stale")
+                os.rename(self.segment_path(seg), self.segment_path(seg) + ".stale")
                 log.warning(
                     "journal segment %d not applied: segment %d before it is cut short "
                     "(a crashed machine?); kept in %s",
@@ -406,7 +407,7 @@ class Journal:
                     self.dir,
                 )
                 continue
-            records, whole = self._read(seg)
+            records, whole = self.read_segment(seg)
             yield from records
             if not whole:
                 cut = seg

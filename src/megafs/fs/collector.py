@@ -1,14 +1,17 @@
 """The garbage collector: deletes objects no committed root references.
 
-Owns: the queue of garbage handed over by commits (and by background
+Owns: what the model *retired* since the last snapshot (objects, and shares
+of packs, that the committed root still references and the next one will
+not), the queue of garbage handed over by commits (and by background
 uploads that turned out to be unneeded), the background task that deletes
 it in batches, and the wake-ups of callers waiting for it to drain. It is
 also the one place a retention policy will hook in (keeping what old roots
 still need), so nothing else deletes objects of a vault being written.
 
-Knows nothing of inodes or commits: it gets object ids, and deletes them
-through :class:`~megafs.vault.content.Content`. Best effort: garbage left behind
-(a failed delete, a crash) is harmless, and fsck lists it.
+Knows nothing of inodes or commits: it gets object ids and chunk
+references, and deletes through :class:`~megafs.vault.content.Content`.
+Best effort: garbage left behind (a failed delete, a crash) is harmless,
+and fsck lists it.
 
 Concurrency: trio, the caller's thread. :meth:`run` is the one long-lived
 task (in the mount's background nursery); without it, :meth:`collect`
@@ -21,7 +24,7 @@ import logging
 
 import trio
 
-from ..vault.content import Content
+from ..vault.content import ChunkRef, Content
 from ..vault.vault import obj_name
 
 log = logging.getLogger(__name__)
@@ -41,6 +44,43 @@ class Collector:
         self._running = False
         self._stopping = False
         self._background = False
+        #: Retired since the last snapshot: whole objects, and packed chunks
+        #: (the committer updates the pack table with those).
+        self._retired: list[bytes] = []
+        self.pack_drops: list[ChunkRef] = []
+
+    # --- retiring (before a commit) ----------------------------------------
+
+    def retire(self, obj: bytes) -> None:
+        """``obj`` is garbage once the next commit is in. No await."""
+        self._retired.append(obj)
+
+    def retire_chunk(self, ref: ChunkRef) -> None:
+        """No chunk map references ``ref`` any more: its object (or its share
+        of a pack) is garbage once the next commit is in. No await."""
+        if ref.packed:
+            self.pack_drops.append(ref)
+        else:
+            self._retired.append(ref.obj)
+
+    def take_retired(self) -> list[bytes]:
+        """What was retired so far, for the snapshot being taken. No await."""
+        out, self._retired = self._retired, []
+        return out
+
+    def take_pack_drops(self) -> list[ChunkRef]:
+        out, self.pack_drops = self.pack_drops, []
+        return out
+
+    def return_pack_drops(self, drops: list[ChunkRef]) -> None:
+        """Drops a snapshot could not apply: they stay first in line."""
+        self.pack_drops = drops + self.pack_drops
+
+    def unretire(self, objs: list[bytes]) -> None:
+        """A commit failed: what its snapshot retired (and made) waits for the next."""
+        self._retired.extend(objs)
+
+    # --- deleting (after a commit) -----------------------------------------
 
     async def collect(self, garbage: list[bytes]) -> None:
         """Delete ``garbage`` (object ids): queued for the background task if

@@ -36,7 +36,8 @@ from ..stores.base import Refused
 from ..vault.content import ChunkRef
 from ..vault.tables import MID_BITS, PAGE_BITS, PackRecord, RadixIndex
 from ..vault.vault import Vault, obj_name
-from .filesystem import ROOT_INO, Filesystem
+from .filesystem import Filesystem
+from .inode import ROOT_INO
 
 
 @dataclass
@@ -76,6 +77,8 @@ async def check(vault: Vault, *, repair: bool = False, progress: Progress | None
 
 async def _check(fs: Filesystem, report: Report, repair: bool, progress: Progress | None) -> None:
     vault = fs.vault
+    table = fs.table
+    pack_table = fs.committer.packs
     reachable: set[bytes] = set()
     if fs.root.itab is not None:
         reachable.add(fs.root.itab)
@@ -104,7 +107,7 @@ async def _check(fs: Filesystem, report: Report, repair: bool, progress: Progres
         return pages
 
     # index and leaf pages
-    pages = await walk(fs.index)
+    pages = await walk(table.index)
     for i, page in enumerate(pages):
         if progress:
             progress("pages", i, len(pages))
@@ -112,27 +115,27 @@ async def _check(fs: Filesystem, report: Report, repair: bool, progress: Progres
 
     # the pack table (format 2)
     packs: dict[int, PackRecord] = {}
-    if fs.packs is not None and fs.root.ptab is not None:
+    if pack_table is not None and fs.root.ptab is not None:
         reachable.add(fs.root.ptab)
         try:
-            await fs.packs.load(fs.packs.next_pack >> PAGE_BITS)  # fetches the top index
+            await pack_table.load(pack_table.next_pack >> PAGE_BITS)  # fetches the top index
         except (ObjectNotFound, IntegrityError) as e:
             report.problems.append(f"pack table: {e}")
-        for page in await walk(fs.packs.index):
-            await guarded(f"pack table page {page}", fs.packs.load(page))
-        packs.update(fs.packs.loaded())
+        for page in await walk(pack_table.index):
+            await guarded(f"pack table page {page}", pack_table.load(page))
+        packs.update(pack_table.loaded())
         for pno, rec in packs.items():
             reachable.add(rec.obj)
-            if pno >= fs.packs.next_pack:
+            if pno >= pack_table.next_pack:
                 report.problems.append(f"pack {pno} is beyond the next pack number")
 
     # inodes, bodies, directory structure
     links: dict[int, int] = {}
     chunks: list[tuple[int, int, ChunkRef]] = []
     pack_refs: dict[int, list[ChunkRef]] = {}
-    inodes = sorted(fs.inodes)
+    inodes = sorted(table.inodes)
     for ino in inodes:
-        node = fs.inodes[ino]
+        node = table.inodes[ino]
         report.inodes += 1
         if node.body_ref is not None:
             reachable.add(node.body_ref)
@@ -143,7 +146,7 @@ async def _check(fs: Filesystem, report: Report, repair: bool, progress: Progres
         if node.is_dir:
             for name, (child, _) in node.entries.items():
                 links[child] = links.get(child, 0) + 1
-                if child not in fs.inodes:
+                if child not in table.inodes:
                     report.problems.append(
                         f"directory {ino} entry {name!r} names missing inode {child}"
                     )
@@ -174,7 +177,7 @@ async def _check(fs: Filesystem, report: Report, repair: bool, progress: Progres
                 f"{rec.live_bytes} bytes, but {len(refs)} of {live_bytes} bytes name it"
             )
     for ino in inodes:
-        node = fs.inodes[ino]
+        node = table.inodes[ino]
         if ino == ROOT_INO or not node.body_loaded:
             continue
         expected = links.get(ino, 0)
@@ -183,15 +186,15 @@ async def _check(fs: Filesystem, report: Report, repair: bool, progress: Progres
             if expected != 1:
                 report.problems.append(f"directory inode {ino} has {expected} names")
             subdirs = sum(
-                1 for c, _ in node.entries.values() if c in fs.inodes and fs.inodes[c].is_dir
+                1 for c, _ in node.entries.values() if c in table.inodes and table.inodes[c].is_dir
             )
             if got and node.nlink != 2 + subdirs:
                 report.problems.append(
                     f"directory inode {ino} link count {node.nlink} != {2 + subdirs}"
                 )
-        elif node.nlink != expected and ino not in fs.orphans:
+        elif node.nlink != expected and ino not in fs.namespace.orphans:
             report.problems.append(f"inode {ino} link count {node.nlink}, but {expected} names")
-        if stat.S_ISREG(node.mode) and node.nlink == 0 and ino not in fs.orphans:
+        if stat.S_ISREG(node.mode) and node.nlink == 0 and ino not in fs.namespace.orphans:
             report.problems.append(f"inode {ino} has no names and is not an orphan")
 
     # chunk and pack objects: fetch each once and open every block in it
@@ -220,7 +223,7 @@ async def _check(fs: Filesystem, report: Report, repair: bool, progress: Progres
                 report.problems.append(str(e))
                 return
             for ino, idx, ref in items:
-                node = fs.inodes[ino]
+                node = table.inodes[ino]
                 want = vault.layout.sealed_len(ref.length)
                 if ref.packed:
                     rec = packs.get(ref.pno)

@@ -47,7 +47,8 @@ from ..errors import (
     StoreReadOnly,
     first_leaf,
 )
-from ..fs.filesystem import Attr, Filesystem
+from ..fs.filesystem import Filesystem
+from ..fs.inode import Attr
 
 log = logging.getLogger(__name__)
 

@@ -197,11 +197,13 @@ class PackTable:
             obj = await self.index.leaf_id(page)
             if obj is not None:
                 raw = await self.vault.get_meta(KIND_PACKS, obj)
-                records = self._decode(raw, page, obj_name(obj))
+                records = self.decode_page(raw, page, obj_name(obj))
             self.pages[page] = records
 
     @staticmethod
-    def _decode(raw: Any, page: int, name: str) -> dict[int, PackRecord]:
+    def decode_page(raw: Any, page: int, name: str) -> dict[int, PackRecord]:
+        """Validate a decoded pack table page ``page`` of object ``name``;
+        raises IntegrityError naming it. Pure."""
         if not isinstance(raw, dict):
             raise IntegrityError(name, "malformed pack table page")
         out: dict[int, PackRecord] = {}

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import os
 import stat
 import struct
@@ -165,7 +166,8 @@ class Sample:
     header: bytes
     recovery: bytes
     root_sealed: bytes
-    #: the root as committed: what ``root_sealed`` must open to
+    #: what ``root_sealed`` opens to: the model's committed root, and the
+    #: digest of the root it replaced (``prev``, which only the sealed copy has)
     root: Root
     #: (kind, object id, sealed bytes, decoded payload) of every metadata object
     meta: list[tuple[int, bytes, bytes, Any]]
@@ -249,8 +251,10 @@ async def _build(tmp: Path) -> Sample:
     ptr = await store.read_pointer("root")
     hptr = await store.read_pointer("header")
     assert ptr is not None and hptr is not None
+    root = vault.open_root(ptr.data)
+    assert root.prev is not None and dataclasses.replace(root, prev=None) == committed
     return Sample(
-        tmp, vault, hptr.data, recovery, ptr.data, committed, meta, chunks, seg, journal_bytes,
+        tmp, vault, hptr.data, recovery, ptr.data, root, meta, chunks, seg, journal_bytes,
         records,
     )
 
@@ -280,8 +284,22 @@ def _argon2id_unless_changed(passphrase: bytes, salt: bytes, params: KdfParams) 
     return crypto.hkdf(passphrase + salt, b"", b"fuzz stand-in for Argon2id")
 
 
+def check_header_opens(sample: Sample) -> None:
+    """The positive control of the header tests: the unmodified header parses
+    and opens with both secrets, so a parser that refused everything fails."""
+    hdr, _, _ = header.parse(sample.header)
+    assert hdr.vault_id == sample.vault.vault_id
+    for _, keys in (
+        header.unlock(sample.header, PASS),
+        header.unlock_recovery(sample.header, sample.recovery),
+    ):
+        assert keys.master == sample.keys.master
+
+
 def check_header(data: bytes, sample: Sample) -> None:
-    """Every header entry point: the allowed errors, or the unmodified header."""
+    """Every header entry point: the allowed errors, or the unmodified header
+    (which must open: :func:`check_header_opens`)."""
+    check_header_opens(sample)
     try:
         hdr, _, _ = header.parse(data)
     except HEADER_ERRORS:
@@ -345,7 +363,8 @@ def test_header_built_from_random_fields(sample: Sample, data: bytes) -> None:
 def check_root_decode(plain: bytes) -> None:
     try:
         root = Root.decode(plain)
-    except IntegrityError:
+    except IntegrityError as e:
+        assert e.obj == "root", e
         return
     assert isinstance(root.generation, int) and isinstance(root.next_ino, int)
     assert root.itab is None or isinstance(root.itab, bytes)
@@ -355,10 +374,13 @@ def check_root_decode(plain: bytes) -> None:
 @FUZZ
 @given(data=st.data())
 def test_sealed_root_mutations(sample: Sample, data: st.DataObject) -> None:
+    # the positive control: the unmodified pointer opens to the committed root
+    assert sample.vault.open_root(sample.root_sealed) == sample.root
     sealed = data.draw(st.one_of(mutated(sample.root_sealed), st.binary(max_size=300)))
     try:
         root = sample.vault.open_root(sealed)
-    except IntegrityError:
+    except IntegrityError as e:
+        assert e.obj == "root", e
         return
     assert sealed == sample.root_sealed
     assert root.itab is not None
@@ -397,12 +419,25 @@ def root_like(draw: st.DrawFn) -> Any:
 @FUZZ
 @given(value=st.one_of(root_like(), garbage), raw=st.binary(max_size=200))
 def test_root_decode_garbage(sample: Sample, value: Any, raw: bytes) -> None:
+    # the positive controls: a real root record decodes, and sealed the way
+    # this vault's format seals (committing in format 3) it opens
+    assert Root.decode(sample.root.encode()) == sample.root
+    assert sample.vault.open_root(reseal_root(sample, sample.root.encode())) == sample.root
     check_root_decode(raw)
     check_root_decode(pack(value))
     # and the same behind a valid seal, through Vault.open_root
-    sealed = crypto.seal(sample.keys.root, pack(value), crypto.root_aad(sample.vault.vault_id))
-    with contextlib.suppress(IntegrityError):
+    sealed = reseal_root(sample, pack(value))
+    try:
         sample.vault.open_root(sealed)
+    except IntegrityError as e:
+        assert e.obj == "root", e
+
+
+def reseal_root(sample: Sample, plain: bytes) -> bytes:
+    """``plain`` sealed as a root pointer with the vault's own keys."""
+    return crypto.seal_for(
+        sample.keys, sample.keys.root, plain, crypto.root_aad(sample.vault.vault_id)
+    )
 
 
 # --- metadata objects through the model -------------------------------------------------
@@ -414,10 +449,17 @@ def fresh_fs(sample: Sample) -> Filesystem:
 
 
 def plant(sample: Sample, kind: int, payload_bytes: bytes) -> bytes:
-    """Seal ``payload_bytes`` as a metadata object of ``kind`` under a new name; return the id."""
+    """Seal ``payload_bytes`` as a metadata object of ``kind`` under a new name; return the id.
+
+    It is sealed the way the vault's format seals (committing in format 3), so
+    that it opens and the bytes reach the decoders behind the AEAD.
+    """
     obj = crypto.new_id()
-    sealed = crypto.seal(
-        sample.keys.meta, payload_bytes, crypto.meta_aad(sample.vault.vault_id, kind, obj)
+    sealed = crypto.seal_for(
+        sample.keys,
+        sample.keys.meta,
+        payload_bytes,
+        crypto.meta_aad(sample.vault.vault_id, kind, obj),
     )
     trio.run(sample.vault.store.put, obj_name(obj), sealed)
     return obj
@@ -507,18 +549,32 @@ def check_decode(sample: Sample, ino: int, rec: Any) -> None:
     fs = fresh_fs(sample)
     try:
         node = fs.table.codec.decode(ino, rec, "leaf")
-    except IntegrityError:
+    except IntegrityError as e:
+        assert e.obj == "leaf", e
         return
     assert isinstance(node, Inode)
     # an external body must decode safely too
     if isinstance(rec, dict) and "B" in rec:
-        with contextlib.suppress(IntegrityError):
+        try:
             fs.table.codec.decode_body(node, rec.get("b"), "body")
+        except IntegrityError as e:
+            assert e.obj == "body", e
+
+
+def check_real_record_decodes(sample: Sample, ino: int, rec: Any) -> None:
+    """The positive control of the record tests: the unmodified record ``rec``
+    decodes to the inode it describes, so a decoder that refused everything fails."""
+    node = fresh_fs(sample).table.codec.decode(ino, rec, "leaf")
+    assert (node.ino, node.mode, node.uid, node.gid) == (ino, rec["m"], rec["u"], rec["g"])
+    assert (node.nlink, node.size, node.file_id) == (rec["n"], rec["s"], rec["f"])
 
 
 @FUZZ
 @given(rec=st.one_of(inode_record(), garbage))
 def test_decode_synthetic_records(sample: Sample, rec: Any) -> None:
+    _, payload = real_pages(sample)[0]
+    ino = min(payload)
+    check_real_record_decodes(sample, int(ino), payload[ino])
     check_decode(sample, 300, rec)
 
 
@@ -527,6 +583,7 @@ def test_decode_synthetic_records(sample: Sample, rec: Any) -> None:
 def test_decode_mutated_real_records(sample: Sample, data: st.DataObject) -> None:
     _, payload = data.draw(st.sampled_from(real_pages(sample)))
     ino = data.draw(st.sampled_from(sorted(payload)))
+    check_real_record_decodes(sample, int(ino), payload[ino])
     check_decode(sample, int(ino), data.draw(deep_mutation(payload[ino])))
 
 
@@ -535,6 +592,13 @@ def test_decode_mutated_real_records(sample: Sample, data: st.DataObject) -> Non
 def test_leaf_pages_mutated_then_resealed(sample: Sample, data: st.DataObject) -> None:
     """Mutated msgpack bytes, or mutated structures, of real leaves, through ``load_page``."""
     page, payload = data.draw(st.sampled_from(real_pages(sample)))
+    # the positive control: the unmodified page, planted the same way, loads whole
+    fs = load_page(sample, plant(sample, KIND_LEAF, pack(payload)), page)
+    assert fs.table.page_members[page] == {int(ino) for ino in payload}
+    for ino in fs.table.page_members[page]:
+        node = fs.table.inodes[ino]
+        if not node.body_loaded:
+            trio.run(fs.load_body, node)
     if data.draw(st.booleans()):
         raw = data.draw(mutated(pack(payload)))
     else:
@@ -542,14 +606,16 @@ def test_leaf_pages_mutated_then_resealed(sample: Sample, data: st.DataObject) -
     leaf = plant(sample, KIND_LEAF, raw)
     try:
         fs = load_page(sample, leaf, page)
-    except IntegrityError:
+    except IntegrityError as e:
+        assert e.obj == obj_name(leaf), e
         return
     for ino in fs.table.page_members[page]:  # what did load can be used
         node = fs.table.inodes[ino]
         if not node.body_loaded:
             try:
                 trio.run(fs.load_body, node)
-            except IntegrityError:
+            except IntegrityError as e:
+                assert node.body_ref is not None and e.obj == obj_name(node.body_ref), e
                 continue
 
 
@@ -557,12 +623,14 @@ def test_leaf_pages_mutated_then_resealed(sample: Sample, data: st.DataObject) -
 @given(data=st.data())
 def test_stored_metadata_mutated(sample: Sample, data: st.DataObject) -> None:
     """Mutated sealed objects (the store's only power) fail authentication, always."""
-    kind, obj, sealed, _ = data.draw(st.sampled_from(sample.meta))
+    kind, obj, sealed, payload = data.draw(st.sampled_from(sample.meta))
+    assert sample.vault.open_meta(kind, obj, sealed) == payload  # the positive control
     bad = data.draw(mutated(sealed))
     try:
         sample.vault.open_meta(kind, obj, bad)
-    except IntegrityError:
+    except IntegrityError as e:
         assert bad != sealed
+        assert e.obj == obj_name(obj), e
     else:
         assert bad == sealed
 
@@ -573,20 +641,36 @@ def test_index_nodes_and_bodies_resealed(sample: Sample, data: st.DataObject) ->
     """Mid indexes through ``RadixIndex.mid``, directory bodies through ``load_body``."""
     kind = data.draw(st.sampled_from([KIND_INDEX, KIND_BODY]))
     _, _, payload = data.draw(st.sampled_from(sample.of_kind(kind)))
+    # the positive control: the unmodified object, planted the same way, loads as itself
+    loaded = load_planted(sample, kind, plant(sample, kind, pack(payload)))
+    if kind == KIND_INDEX:
+        assert loaded == payload
+    else:
+        assert isinstance(loaded, Inode) and loaded.body_loaded
+        assert (loaded.parent, loaded.next_cookie) == (payload["p"], payload["n"])
+        assert loaded.entries == {name: (ino, cookie) for name, ino, cookie in payload["e"]}
     raw = pack(data.draw(st.one_of(deep_mutation(payload), garbage)))
     obj = plant(sample, kind, raw)
-    fs = fresh_fs(sample)
     try:
-        if kind == KIND_INDEX:
-            fs.table.index.top = {0: obj}
-            mid = trio.run(fs.table.index.mid, 0)
-            assert all(isinstance(k, int) and isinstance(v, bytes) for k, v in mid.items())
-        else:
-            node = Inode(5, stat.S_IFDIR | 0o755, 0, 0)
-            node.body_ref, node.body_loaded = obj, False
-            trio.run(fs.load_body, node)
-    except IntegrityError:
-        pass
+        load_planted(sample, kind, obj)
+    except IntegrityError as e:
+        assert e.obj == obj_name(obj), e
+
+
+def load_planted(sample: Sample, kind: int, obj: bytes) -> Any:
+    """Load the planted object ``obj`` with the model's own code: a mid index
+    (``KIND_INDEX``) through ``RadixIndex.mid``, returning it, or a directory
+    body through ``load_body``, returning the directory."""
+    fs = fresh_fs(sample)
+    if kind == KIND_INDEX:
+        fs.table.index.top = {0: obj}
+        mid = trio.run(fs.table.index.mid, 0)
+        assert all(isinstance(k, int) and isinstance(v, bytes) for k, v in mid.items())
+        return mid
+    node = Inode(5, stat.S_IFDIR | 0o755, 0, 0)
+    node.body_ref, node.body_loaded = obj, False
+    trio.run(fs.load_body, node)
+    return node
 
 
 @FUZZ
@@ -594,16 +678,29 @@ def test_index_nodes_and_bodies_resealed(sample: Sample, data: st.DataObject) ->
 def test_vault_open_with_a_resealed_top_index(sample: Sample, data: st.DataObject) -> None:
     """A whole ``Filesystem.load`` whose top index is garbage behind a valid seal."""
     top = sample.of_kind(KIND_INDEX)[0][2]  # the first object grabbed is the top index
-    raw = pack(data.draw(st.one_of(deep_mutation(top), garbage)))
-    itab = plant(sample, KIND_INDEX, raw)
 
-    async def attempt() -> None:
+    async def open_with_top(itab: bytes) -> Filesystem:
         vault = sample.vault
         root = await vault.read_root()
         root.generation += 1
         root.itab = itab
         await vault.commit_root(root)
-        await Filesystem.load(vault, writable=False)
+        return await Filesystem.load(vault, writable=False)
+
+    # the positive control: the unmodified top index, planted the same way,
+    # opens the committed tree
+    good = plant(sample, KIND_INDEX, pack(top))
+
+    async def names_in_root() -> set[bytes]:
+        fs = await open_with_top(good)
+        return {name for name, _, _ in await fs.readdir(ROOT_INO, 0)}
+
+    assert trio.run(names_in_root) == {b"dir", b"small", b"link"}
+    raw = pack(data.draw(st.one_of(deep_mutation(top), garbage)))
+    itab = plant(sample, KIND_INDEX, raw)
+
+    async def attempt() -> None:
+        await open_with_top(itab)
 
     with contextlib.suppress(IntegrityError):
         trio.run(attempt)
@@ -616,7 +713,10 @@ def test_vault_open_with_a_resealed_top_index(sample: Sample, data: st.DataObjec
 @given(data=st.data())
 def test_open_blocks_random_input(sample: Sample, data: st.DataObject) -> None:
     layout = SMALL
-    fid, key, obj, _, _, _, _, _ = sample.chunks[0]
+    fid, key, obj, real_idx, real_len, real_sealed, real_plain, real_off = sample.chunks[0]
+    # the positive control: the real chunk opens to its plaintext
+    real = (real_idx, real_len, 0, real_sealed, real_off)
+    assert b"".join(crypto.open_blocks(sample.keys, layout, key, fid, obj, *real)) == real_plain
     chunk_len = data.draw(st.integers(1, layout.chunk_size))
     first = data.draw(st.integers(0, -(-chunk_len // layout.block_size) - 1))
     sealed = data.draw(st.binary(max_size=2 * layout.sealed_block + 100))
@@ -637,6 +737,9 @@ def test_open_blocks_mutated_chunk(sample: Sample, data: st.DataObject) -> None:
     first = data.draw(st.integers(0, nblocks - 1))
     last = data.draw(st.integers(first + 1, nblocks))
     part = sealed[first * sb : min(len(sealed), last * sb)]
+    # the positive control: the unmodified blocks open to their plaintext
+    got = crypto.open_blocks(sample.keys, SMALL, key, fid, obj, idx, length, first, part, off)
+    assert b"".join(got) == plain[first * bs : min(len(plain), last * bs)]
     bad = data.draw(mutated(part, max_edits=2))
     try:
         out = b"".join(
@@ -655,6 +758,12 @@ def test_open_blocks_mutated_chunk(sample: Sample, data: st.DataObject) -> None:
 @FUZZ
 @given(sealed=st.binary(max_size=200), aad=st.binary(max_size=40))
 def test_open_sealed_and_file_keys_random(sample: Sample, sealed: bytes, aad: bytes) -> None:
+    # the positive controls: a real seal and a real wrapped key open
+    fid, file_key = sample.chunks[0][:2]
+    control = crypto.seal(sample.keys.meta, b"control", aad)
+    assert crypto.open_sealed(sample.keys.meta, control, aad) == b"control"
+    wrapped = crypto.wrap_file_key(sample.keys, fid, file_key)
+    assert crypto.unwrap_file_key(sample.keys, fid, wrapped) == file_key
     with pytest.raises(crypto.AuthFailed):
         crypto.open_sealed(sample.keys.meta, sealed, aad)
     with pytest.raises(crypto.AuthFailed):

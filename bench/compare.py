@@ -63,7 +63,7 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path.insert(0, str(REPO))
 
-from tests.seaweed import AWS_VARS, SeaweedFS, free_ports, script_binary  # noqa: E402
+from tests.support.seaweed import AWS_VARS, SeaweedFS, free_ports, script_binary  # noqa: E402
 
 MiB = 1 << 20
 TARBALL_SPEC = "Django==5.1.4"

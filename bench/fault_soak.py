@@ -5,7 +5,7 @@
                                [--keep DIR]
 
 Starts SeaweedFS on 127.0.0.1 and puts the fault proxy of
-``tests/faultproxy.py`` in front of it (every kind of fault, ``--rate`` of
+``tests/support/faultproxy.py`` in front of it (every kind of fault, ``--rate`` of
 all requests). Then, round after round, it mounts the vault through the
 proxy with a fresh cache, runs random operations (create, overwrite,
 append, truncate, rename, delete, fsync, read back and compare) against an
@@ -41,10 +41,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.conftest import unique_prefix  # noqa: E402
-from tests.faultproxy import ALL_FAULTS, FaultProxy  # noqa: E402
-from tests.mounting import Drive, walk  # noqa: E402
-from tests.seaweed import SeaweedFS  # noqa: E402
+from tests.support.faultproxy import ALL_FAULTS, FaultProxy  # noqa: E402
+from tests.support.helpers import unique_prefix  # noqa: E402
+from tests.support.mounting import Drive, walk  # noqa: E402
+from tests.support.seaweed import SeaweedFS  # noqa: E402
 
 MiB = 1 << 20
 

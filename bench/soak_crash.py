@@ -4,7 +4,7 @@
                                [--batch 25] [--max-delay 1.5] [--power 0.33]
                                [--seed N] [--keep DIR]
 
-Runs the trials of ``tests/test_crash_mount.py`` (read its docstring for what
+Runs the trials of ``tests/mount/test_crash_mount.py`` (read its docstring for what
 each trial checks) in batches: each batch is a fresh vault on which
 ``--batch`` trials run one after the other, each in its own folder, every
 earlier folder re-checked on every mount; a batch ends with a clean unmount,
@@ -42,9 +42,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.mounting import Drive  # noqa: E402
-from tests.seaweed import SeaweedFS  # noqa: E402
-from tests.test_crash_mount import ALLOWED, CrashRun  # noqa: E402
+from tests.mount.test_crash_mount import ALLOWED, CrashRun  # noqa: E402
+from tests.support.mounting import Drive  # noqa: E402
+from tests.support.seaweed import SeaweedFS  # noqa: E402
 
 
 def classify(e: AssertionError) -> str:

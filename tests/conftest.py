@@ -1,8 +1,24 @@
 """Shared fixtures: a private state folder, a real SeaweedFS S3 server, and
 fresh stores of every kind.
 
+The tests are laid out by what they need:
+
+- ``unit/``: no FUSE kernel: the formats and frozen vectors, the filesystem
+  model, the journal, packs, fsck, crash and fuzz runs of the model, and the
+  FUSE adapter driven without a kernel (``test_operations.py``); tests over
+  ``any_store`` also run against SeaweedFS;
+- ``store/``: the stores and what a hostile or lying store can do, on a local
+  folder and on SeaweedFS;
+- ``mount/``: real FUSE mounts through the ``megafs`` command: the CLI, the
+  mount lifecycle, crashes, faults and tampering under a running mount;
+- ``support/``: helpers shared by all of them (no tests): the one way to run
+  ``megafs`` (``run_megafs``), mounted drives, the SeaweedFS server, the
+  fault proxy and the crash workers;
+- ``vectors/``: the frozen vectors and vaults of every format.
+
 The fast tier (no crash, soak or long fuzz runs; a few minutes) is
-``python3 -m pytest -m "not slow"``; CI runs everything.
+``python3 -m pytest -m "not slow"``; ``python3 -m pytest tests/unit`` needs no
+kernel. CI runs everything.
 
 ``_state_dir`` points ``MEGAFS_STATE_DIR`` at ``tmp_path/state`` for every
 test, so no test writes to the user's state folder. A test that needs another
@@ -16,9 +32,7 @@ never skipped.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +41,8 @@ import pytest
 from megafs.stores import LocalStore, Store
 from megafs.stores.s3 import S3Store
 
-from .seaweed import AWS_VARS, SeaweedFS, SeaweedStartError
+from .support.helpers import running_seaweedfs, unique_prefix
+from .support.seaweed import AWS_VARS, SeaweedFS
 
 
 @pytest.fixture(autouse=True)
@@ -38,25 +53,11 @@ def _state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
-@contextmanager
-def running_seaweedfs(base: Path, bucket: str, user: str) -> Iterator[SeaweedFS]:
-    """A started :class:`SeaweedFS`, stopped on leaving; failing to start fails the test."""
-    server = SeaweedFS(base, bucket, user=user)
-    try:
-        server.start()
-    except SeaweedStartError as e:
-        pytest.fail(str(e), pytrace=False)
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 @pytest.fixture(scope="session")
 def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
     """One ``weed mini`` (master, volume, filer, S3, admin) for the whole session.
 
-    Started by tests/seaweed.py: every listener on a free port of 127.0.0.1,
+    Started by tests/support/seaweed.py: every listener on a free port of 127.0.0.1,
     credentials from an ``-s3.config`` identities file, so the server rejects
     any other key (checked before the first test). Its whole process group is
     terminated in teardown; its log is kept in the temp dir and its tail is
@@ -79,10 +80,6 @@ def s3_env(seaweedfs: SeaweedFS, monkeypatch: pytest.MonkeyPatch) -> dict[str, s
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     return env
-
-
-def unique_prefix() -> str:
-    return "t-" + secrets.token_hex(8)
 
 
 @dataclass(frozen=True)

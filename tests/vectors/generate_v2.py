@@ -6,7 +6,7 @@ Run once, when format 2 (packs of small chunks) was fixed::
 
 Like ``generate_v1.py`` it refuses to overwrite existing vectors: they are
 the record of what vaults written by megafs in format 2 look like, and
-``tests/test_kat.py`` checks that every later megafs still reads them.
+``tests/unit/test_kat.py`` checks that every later megafs still reads them.
 Never regenerate them to make a test pass; a format 3 gets new files.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent.parent))
 
-from tests.test_kat import FROZEN_TREE_V2, V2_JSON, V2_VAULT, compute_vectors_v2, write_frozen  # noqa: E402
+from tests.unit.test_kat import FROZEN_TREE_V2, V2_JSON, V2_VAULT, compute_vectors_v2, write_frozen  # noqa: E402
 
 if __name__ == "__main__":
     raise SystemExit(write_frozen(V2_JSON, V2_VAULT, compute_vectors_v2, FROZEN_TREE_V2))

@@ -1,0 +1,1 @@
+"""Real FUSE mounts through the megafs command."""

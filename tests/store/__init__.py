@@ -1,0 +1,1 @@
+"""The stores, on a local folder and on SeaweedFS, and hostile stores."""

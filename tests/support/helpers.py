@@ -1,0 +1,125 @@
+"""Shared helpers for tests (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from megafs.format.crypto import KdfParams, Layout
+from megafs.fs.filesystem import Filesystem
+from megafs.stores import Pointer, Store
+from megafs.stores.base import MAX_OBJECT_SIZE, MAX_POINTER_SIZE, Refused
+from megafs.vault.vault import Vault
+
+from .seaweed import SeaweedFS, SeaweedStartError
+
+FAST_KDF = KdfParams(memory_kib=8192, iterations=1, lanes=1)
+PASS = "correct horse battery staple"
+#: Small geometry so tests cross chunk and block boundaries with little data.
+SMALL = Layout(chunk_size=64 * 1024, block_size=4096)
+#: ``megafs init`` flags for the same fast KDF.
+KDF_ARGS = ("--kdf-memory", "8192", "--kdf-iterations", "1")
+#: The command that runs this checkout's megafs: every test runs it this way.
+MEGAFS = (sys.executable, "-m", "megafs")
+#: How long a CLI command or tool may take in a test.
+COMMAND_TIMEOUT = 120.0
+
+
+def run_megafs(
+    *args: str | Path,
+    env: Mapping[str, str],
+    timeout: float = COMMAND_TIMEOUT,
+    cwd: Path | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``megafs ARGS`` with exactly ``env``, no stdin, output captured as
+    text; the exit code is the caller's to check."""
+    return subprocess.run(
+        [*MEGAFS, *map(str, args)],
+        env=dict(env),
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+async def new_vault(store: Store, layout: Layout | None = SMALL) -> Vault:
+    vault, _ = await Vault.init(store, PASS, FAST_KDF, layout)
+    return vault
+
+
+async def reopen(store: Store, *, writable: bool = True) -> Filesystem:
+    vault = await Vault.unlock(store, PASS)
+    return await Filesystem.load(vault, writable=writable)
+
+
+class ForwardingStore(Store):
+    """A store that passes every call to ``inner``: the base of the tests'
+    hostile or watching stores, which override only what they change."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.url = inner.url
+
+    async def put(self, name: str, data: bytes) -> None:
+        await self.inner.put(name, data)
+
+    async def get(self, name: str, max_size: int = MAX_OBJECT_SIZE) -> bytes:
+        return await self.inner.get(name, max_size)
+
+    async def get_range(self, name: str, offset: int, length: int) -> bytes:
+        return await self.inner.get_range(name, offset, length)
+
+    async def delete(self, name: str) -> None:
+        await self.inner.delete(name)
+
+    async def delete_many(self, names: Sequence[str]) -> list[str]:
+        return await self.inner.delete_many(names)
+
+    async def list(
+        self, prefix: str = "", *, refused: list[Refused] | None = None
+    ) -> AsyncIterator[tuple[str, int]]:
+        async for item in self.inner.list(prefix, refused=refused):
+            yield item
+
+    async def read_pointer(self, name: str, max_size: int = MAX_POINTER_SIZE) -> Pointer | None:
+        return await self.inner.read_pointer(name, max_size)
+
+    async def cas_pointer(self, name: str, data: bytes, expected: str | None) -> str:
+        return await self.inner.cas_pointer(name, data, expected)
+
+    async def sync(self) -> None:
+        await self.inner.sync()
+
+    async def check(self) -> None:
+        await self.inner.check()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def unique_prefix() -> str:
+    """A fresh S3 key prefix, so tests sharing the session's bucket never meet."""
+    return "t-" + secrets.token_hex(8)
+
+
+@contextmanager
+def running_seaweedfs(base: Path, bucket: str, user: str) -> Iterator[SeaweedFS]:
+    """A started :class:`SeaweedFS`, stopped on leaving; failing to start fails the test."""
+    server = SeaweedFS(base, bucket, user=user)
+    try:
+        server.start()
+    except SeaweedStartError as e:
+        pytest.fail(str(e), pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,4 +1,7 @@
-"""``python -m megafs``: the same as the ``megafs`` console script."""
+"""``python -m megafs``: the same as the ``megafs`` console script.
+
+May not touch: anything but :func:`megafs.cli.main`.
+"""
 
 import sys
 

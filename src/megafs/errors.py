@@ -4,6 +4,9 @@ Every foreseeable failure is one of these classes. They are mapped to
 process exit codes in exactly one place (:mod:`megafs.cli`) and to errno
 values in exactly one place (:mod:`megafs.fuse.operations`).
 
+May not touch: any other megafs module (it imports only :mod:`errno`, and
+every layer imports it), I/O, or pyfuse3.
+
 ::
 
     MegafsError

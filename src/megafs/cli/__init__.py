@@ -14,8 +14,9 @@ exits with its code from :data:`~.exit_codes.EXIT_CODES`; never a traceback
 unless ``--debug``.
 
 Owns: the user's side of megafs: arguments, prompts, what is printed.
-May not touch: FUSE, the filesystem model, the vault's header or objects
-(it calls :class:`megafs.vault.vault.Vault`, :mod:`megafs.mount` and
+May not touch: FUSE, the filesystem model, the vault's objects or the header's
+bytes (it opens a store only to hand it to :class:`megafs.vault.vault.Vault`,
+reads the parsed header, and calls Vault, :mod:`megafs.mount` and
 :mod:`megafs.fs.fsck`); nothing below imports this package.
 """
 

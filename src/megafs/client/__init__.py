@@ -2,6 +2,7 @@
 the disk cache of sealed blocks (:mod:`.cache`) and the passphrase sources
 (:mod:`.passphrase`).
 
-Knows nothing of the filesystem model: the journal yields records, and the
-model replays them.
+May not import: the stores, the vault, the filesystem model, fuse, mount or
+cli; only :mod:`megafs.errors` and :mod:`megafs.format`. The journal yields
+records, and the model replays them.
 """

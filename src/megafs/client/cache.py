@@ -10,6 +10,11 @@ mount, and stale files are removed then).
 
 Bounded by ``max_bytes`` (``--cache-size``): when over, the least recently
 used objects are deleted. File I/O runs in worker threads.
+
+May not touch: the store, the vault, keys or crypto (it never seals, opens or
+authenticates a byte: :mod:`megafs.vault.content` does), the journal, the
+filesystem model, or any file outside ``<cache dir>/objects/``; it imports
+nothing from megafs.
 """
 
 from __future__ import annotations

@@ -19,6 +19,10 @@ whichever source wins, and its bytes in the environment block the process
 started with are zeroed, so neither a child (``--extpass``, ``fusermount3``)
 nor a fork (the mount daemon) nor ``/proc/<pid>/environ`` shows it. The
 ``--extpass`` command never gets any of :data:`SECRET_ENV`.
+
+May not touch: trio, keys or crypto (it returns the secret; unlocking is the
+vault's), the header, the store, the vault, the journal or cache, the
+filesystem model; of megafs it imports only :mod:`megafs.errors`.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """Pure format code, no I/O: the cryptographic primitives and key schedule
 (:mod:`.crypto`) and the vault header with its key slots (:mod:`.header`).
 
-May import only :mod:`megafs.errors`; everything above builds on it.
+May not touch: any megafs module but :mod:`megafs.errors` (no store, vault or
+client state), or any file or network I/O; everything above builds on it.
 """

@@ -8,10 +8,13 @@ it in batches, and the wake-ups of callers waiting for it to drain. It is
 also the one place a retention policy will hook in (keeping what old roots
 still need), so nothing else deletes objects of a vault being written.
 
-Knows nothing of inodes or commits: it gets object ids and chunk
-references, and deletes through :class:`~megafs.vault.content.Content`.
-Best effort: garbage left behind (a failed delete, a crash) is harmless,
-and fsck lists it.
+It gets object ids and chunk references, and deletes through
+:class:`~megafs.vault.content.Content`. Best effort: garbage left behind (a
+failed delete, a crash) is harmless, and fsck lists it.
+
+May not touch: the store or :class:`~megafs.vault.vault.Vault` (only through
+Content, whose cache it tells to forget deleted objects), inodes, the inode
+table, commits, the journal.
 
 Concurrency: trio, the caller's thread. :meth:`run` is the one long-lived
 task (in the mount's background nursery); without it, :meth:`collect`

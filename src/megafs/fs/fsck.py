@@ -20,6 +20,13 @@ megafs's to remove. It is not a problem of the vault (a synced folder often
 holds such files), so it alone does not fail the check.
 
 This reads the whole vault: its cost grows with the vault, unlike a mount.
+
+May not touch: the store directly (it lists and deletes through
+:class:`~megafs.vault.vault.Vault` and reads through the model's
+:class:`~megafs.vault.content.Content`; of :mod:`megafs.stores` only the
+:class:`~megafs.stores.base.Refused` record), the journal, pyfuse3,
+:mod:`megafs.mount` or :mod:`megafs.cli`; it reads the model's inodes and
+never changes one.
 """
 
 from __future__ import annotations

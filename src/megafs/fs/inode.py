@@ -3,8 +3,11 @@
 Owns: :class:`Inode` (one file, folder, symlink or special file as the
 filesystem model holds it: attributes, xattrs, its content key, and its body
 once loaded), :class:`Attr` (the plain snapshot getattr returns) and
-:class:`Mutex` (the per-inode lock). No I/O; never touches the store, the
-vault or other inodes (the filesystem model links them).
+:class:`Mutex` (the per-inode lock). No I/O.
+
+May not touch: the store, the vault, Content, the journal, or other inodes
+(the filesystem model links them); of the vault it knows only
+:class:`~megafs.vault.content.ChunkRef`.
 """
 
 from __future__ import annotations

@@ -4,9 +4,11 @@ journalled before it is applied.
 Owns: whether mutations are accepted at all (a read-only mount, or after
 close), the operation's clock (the journalled time during replay), the count of
 mutations logged so far (what group commit compares against), the journal
-the records go to, and the inode number a replayed create must reuse. It
-never reads the journal back (:mod:`.replay` drives that) and knows nothing
-of inodes, pages or commits.
+the records go to, and the inode number a replayed create must reuse.
+
+May not touch: the vault, the store, Content or the cache, inodes, pages,
+commits; of the journal only :meth:`Journal.append` (it never reads the
+journal back: :mod:`.replay` drives that).
 
 Contract with the components that mutate (:class:`~.namespace.Namespace`,
 :class:`~.data.DataPath`): an operation is a method decorated with

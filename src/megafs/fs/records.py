@@ -6,8 +6,11 @@ target, a file's chunk map and inline content), the wrapped content key,
 and whether a body goes inline or into an object of its own. Decoding
 validates every field and raises only IntegrityError naming the object;
 encoding hands new body objects to the caller (``uploads``) and replaced
-ones to ``garbage``. It does not load or store anything, and knows nothing
-of pages, locks or commits.
+ones to ``garbage``.
+
+May not touch: the store, :class:`~megafs.vault.vault.Vault` or Content (it
+loads and stores nothing; of the vault layer it uses only pure helpers and
+types), the inode table, pages, locks, commits.
 """
 
 from __future__ import annotations

@@ -19,6 +19,11 @@ needs no pyfuse3 of its own.
 Kernel caching is used on purpose: this client is the vault's only writer
 (the lease guarantees it), so entry and attribute timeouts are long and
 ``keep_cache`` keeps page-cache contents across opens.
+
+May not touch: the vault, Content, the stores, the journal or cache, the
+model's components (table, namespace, data path, committer): only
+``Filesystem``'s public methods and :class:`~megafs.fs.inode.Attr`; nor
+:mod:`megafs.mount` or :mod:`megafs.cli`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""Stores: where the vault's opaque objects live. See :mod:`.base` for the contract."""
+"""Stores: where the vault's opaque objects live. See :mod:`.base` for the contract.
+
+May not import: the format, the vault or any layer above; of megafs only
+:mod:`megafs.errors`.
+"""
 
 from __future__ import annotations
 

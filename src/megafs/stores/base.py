@@ -29,6 +29,9 @@ rules hold for every implementation:
 * **Validated listings.** :meth:`Store.list` yields only entries of the exact
   object-name shape in their proper place; everything else is *refused*: not
   yielded (so never deleted as garbage), and reported as a :class:`Refused`.
+
+May not touch: the format (keys, crypto, the header), the vault, or any layer
+above; of megafs it imports only :mod:`megafs.errors`.
 """
 
 from __future__ import annotations

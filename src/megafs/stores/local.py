@@ -23,6 +23,10 @@ pointer is the SHA-256 of its content.
 
 File I/O runs in worker threads (``trio.to_thread``) so it never blocks the
 trio loop.
+
+May not touch: the format or the vault (objects are opaque bytes: no keys, no
+crypto), any layer above the stores, or anything outside the store's own
+folder; of megafs it imports only :mod:`megafs.errors` and :mod:`.base`.
 """
 
 from __future__ import annotations

@@ -18,6 +18,11 @@ last of them is dropped. Pages load lazily, like inode pages.
 Concurrency: trio, one thread. Methods that fetch from the store are async
 and hold a per-page (or per-mid) lock while they do, so concurrent callers
 fetch once; :meth:`RadixIndex.snapshot` is synchronous.
+
+May not touch: the store (it reads index and table pages only through
+:meth:`Vault.get_meta`, and writes nothing: new objects go back to the caller
+as meta jobs), Content or the bytes of pack objects, inodes, the journal, the
+filesystem model.
 """
 
 from __future__ import annotations

@@ -15,6 +15,9 @@ One concern a module, the arrows pointing one way (``store`` uses
 - :mod:`.scrub`: keeping credentials out of log lines and error messages.
 
 Every module logs to the one logger ``megafs.stores.s3``.
+
+May not import: the format, the vault or any layer above the stores; of megafs
+only :mod:`megafs.errors` and :mod:`megafs.stores.base`.
 """
 
 from __future__ import annotations

@@ -488,7 +488,7 @@ async def test_new_passphrase_is_refused_if_the_header_changed_after_unlocking(
     try:
         unlocked = await Vault.unlock(store, PASS)
         stale = Vault(store, unlocked.header, unlocked.keys)
-        await unlocked.set_passphrase(NEW_PASS)  # another passwd got there first
+        await unlocked.replace_passphrase(NEW_PASS)  # another passwd got there first
         with pytest.raises(errors.CommitConflict, match="changed while unlocking"):
             await stale.replace_passphrase("a third passphrase")
         fresh = await Vault.unlock(store, NEW_PASS)  # NEW_PASS still opens it

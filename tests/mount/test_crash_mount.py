@@ -403,13 +403,12 @@ def test_killed_daemon_under_a_write_heavy_workload(crash_drive: Drive, tmp_path
 
 
 async def test_replay_stops_at_a_torn_segment_even_if_later_ones_are_whole(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
     """Page-cache writeback keeps no order: a crashed machine may keep a later
     journal segment whole and lose the tail of an earlier one. Replaying the
     later one on top of the cut one would build a state that never existed;
     the replay must stop at the cut."""
-    monkeypatch.setenv("MEGAFS_STATE_DIR", str(tmp_path / "state"))
     store_dir = tmp_path / "store"
     store = LocalStore(str(store_dir), create=True)
     await new_vault(store)

@@ -40,13 +40,6 @@ MiB = 1 << 20
 SPAWN = multiprocessing.get_context("spawn")
 
 
-@pytest.fixture
-def drive(tmp_path: Path, any_store_url: tuple[str, dict[str, str]]) -> Iterator[Drive]:
-    url, env = any_store_url
-    with mounted_drive(url, tmp_path, env) as d:
-        yield d
-
-
 def fsck_clean(drive: Drive) -> str:
     """Unmount, then ``megafs fsck``: exit 0, no problem, nothing missing."""
     drive.umount()

@@ -26,7 +26,6 @@ import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
@@ -40,7 +39,6 @@ from ..support.mounting import (
     assert_same_tree,
     make_tree,
     marker_forms,
-    mounted_drive,
     mounts_of,
     one_error_line,
     process_gone,
@@ -53,14 +51,6 @@ pytestmark = pytest.mark.fuse
 
 MiB = 1 << 20
 GiB = 1 << 30
-
-
-@pytest.fixture
-def drive(tmp_path: Path, any_store_url: tuple[str, dict[str, str]]) -> Iterator[Drive]:
-    """A fresh vault on every kind of store, mounted at ``drive.mountpoint``."""
-    url, env = any_store_url
-    with mounted_drive(url, tmp_path, env) as d:
-        yield d
 
 
 # --- renameat2 -------------------------------------------------------------------

@@ -845,7 +845,7 @@ async def test_no_nonce_is_ever_used_twice(store: Store) -> None:
         await fs.commit()
         chunk_objs |= {r.obj for r in fs.table.inodes[big].chunks.values()}
     await fs.close()
-    await vault.set_passphrase("another passphrase", FAST_KDF)
+    await vault.replace_passphrase("another passphrase", FAST_KDF)
     # Each: nonce || ... ; blocks have 96-bit nonces, every other seal of
     # format 3 (slots, roots, metadata, wrapped keys, inline data) 192-bit ones.
     seals: list[tuple[bytes, bytes]] = []
@@ -993,7 +993,7 @@ async def test_passwd_replaces_the_slot_but_an_old_header_still_opens(store: Sto
     await fs.create(ROOT_INO, b"f", 0o644, 0, 0)
     await fs.close()
     old_header = await read_any(store, "header")
-    await vault.set_passphrase("new passphrase", FAST_KDF)
+    await vault.replace_passphrase("new passphrase", FAST_KDF)
     new_header = await read_any(store, "header")
     assert len(new_header) == len(old_header) == 333
     # Only the passphrase slot and the MAC changed; the recovery slot is kept.

@@ -78,9 +78,8 @@ def run_fsck(root: Path, tmp_path: Path, *args: str) -> subprocess.CompletedProc
 
 
 async def test_fsck_repair_leaves_files_behind_a_planted_fanout_symlink_alone(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
-    monkeypatch.setenv("MEGAFS_STATE_DIR", str(tmp_path / "state"))
     root = tmp_path / "store"
     store = LocalStore(str(root), create=True)
     await store.check()

@@ -14,7 +14,7 @@ error", and a huge length taken from the data could exhaust memory).
   -> only IntegrityError;
 * metadata: leaf pages, index nodes and directory bodies, mutated before or
   after sealing, through the model's real loading code (``load_page``,
-  ``_mid``, ``load_body``) and its decoders (``_decode``,
+  ``RadixIndex.mid``, ``load_body``) and its decoders (``RecordCodec.decode``,
   ``decode_body``) -> only IntegrityError;
 * content: ``crypto.open_blocks`` on random and mutated chunks, and
   ``open_sealed`` on random seals -> only AuthFailed;

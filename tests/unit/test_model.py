@@ -21,19 +21,6 @@ from megafs.vault.vault import Vault
 from ..support.helpers import PASS, new_vault, reopen
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> Store:
-    s = LocalStore(str(tmp_path / "store"), create=True)
-    await s.check()
-    return s
-
-
-@pytest.fixture
-async def fs(store: Store) -> Filesystem:
-    vault = await new_vault(store)
-    return await Filesystem.load(vault)
-
-
 async def mkfile(fs: Filesystem, parent: int, name: bytes, data: bytes = b"") -> int:
     attr = await fs.create(parent, name, 0o644, 0, 0)
     if data:

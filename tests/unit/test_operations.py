@@ -19,9 +19,8 @@ import logging
 import os
 import stat
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -36,23 +35,10 @@ from megafs.fs.namespace import RENAME_EXCHANGE, RENAME_NOREPLACE
 from megafs.fuse.operations import Operations, Options
 from megafs.stores import LocalStore
 
-from ..support.helpers import new_vault, reopen
+from ..support.helpers import reopen
 
 ROOT = InodeT(ROOT_INO)
 CTX = pyfuse3.RequestContext()  # uid 0, gid 0: the handlers only pass them on
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[LocalStore]:
-    s = LocalStore(str(tmp_path / "store"), create=True)
-    await s.check()
-    yield s
-    await s.aclose()
-
-
-@pytest.fixture
-async def fs(store: LocalStore) -> Filesystem:
-    return await Filesystem.load(await new_vault(store))
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ import trio
 
 from ..client import passphrase
 from ..errors import UsageError
-from ..format.crypto import KdfParams, Layout
+from ..format.crypto import MAX_CHUNK_SIZE, MIN_BLOCK_SIZE, KdfParams, Layout
 from ..mount.config import parse_size
 from ..stores import Store, open_store
 from ..vault.vault import Vault
@@ -140,10 +140,6 @@ def size_arg(text: str) -> int:
 
 # --- values from the options ----------------------------------------------------
 
-_MAX_CHUNK = 64 * 1024 * 1024
-_MIN_BLOCK = 4096
-
-
 def kdf_from_args(args: argparse.Namespace, base: KdfParams) -> KdfParams:
     """``base`` with the ``--kdf-*`` options applied; UsageError if out of range."""
     kdf = KdfParams(
@@ -163,12 +159,16 @@ def layout_from_args(args: argparse.Namespace) -> Layout:
     default = Layout()
     chunk = args.chunk_size or default.chunk_size
     block = min(default.block_size, chunk)
-    if not (_MIN_BLOCK <= chunk <= _MAX_CHUNK) or chunk % block:
+    try:
+        layout = Layout(chunk_size=chunk, block_size=block)
+        layout.check()
+    except ValueError:
         raise UsageError(
-            f"chunk size {chunk} is invalid: it must be between {_MIN_BLOCK} and {_MAX_CHUNK} "
-            f"bytes and a multiple of {default.block_size} when larger than that"
-        )
-    return Layout(chunk_size=chunk, block_size=block)
+            f"chunk size {chunk} is invalid: it must be between {MIN_BLOCK_SIZE} and "
+            f"{MAX_CHUNK_SIZE} bytes and a multiple of {default.block_size} when larger "
+            "than that"
+        ) from None
+    return layout
 
 
 def get_passphrase(args: argparse.Namespace, prompt_text: str = "Passphrase: ") -> str:

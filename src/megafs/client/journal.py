@@ -215,6 +215,15 @@ def sync_files(folder: str, paths: list[str]) -> None:
         os.close(fd)
 
 
+def _full(e: OSError, path: str) -> CacheFull | OSError:
+    """What a failed write to the cache folder raises: CacheFull (errno
+    ENOSPC) for a full disk or quota, else the OSError itself, whose errno
+    the FUSE adapter passes on."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return CacheFull(f"{e.strerror}: {path}")
+    return e
+
+
 class Journal:
     """One client's journal for one vault. Synchronous file I/O (page cache only,
     until :func:`sync_files` makes segments durable for ``fsync=local``)."""
@@ -257,11 +266,16 @@ class Journal:
                 jid = data
         jid = jid or crypto.new_id()
         tmp = f"{path}.tmp.{os.getpid()}"
-        with open(tmp, "wb") as f:
-            f.write(vault_id + jid)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(vault_id + jid)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as e:
+            raise LocalFolderError(
+                f"cannot write the journal's id file {path}: {e.strerror or e}"
+            ) from None
         return jid
 
     def _segments(self) -> list[int]:
@@ -281,10 +295,12 @@ class Journal:
         CacheFull (errno ENOSPC) raised, so a segment is always whole records numbered
         without gaps (replay stops at the first one that fails).
         """
+        path = self.segment_path(self.segment)
         if self._fd is None:
-            self._fd = os.open(
-                self.segment_path(self.segment), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600
-            )
+            try:
+                self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            except OSError as e:
+                raise _full(e, path) from None
             self._recno = 0
         plain = msgpack.packb(record, use_bin_type=True)
         sealed = crypto.seal(self.keys.cache, plain, self._aad(self.segment, self._recno))
@@ -292,9 +308,7 @@ class Journal:
         try:
             written = os.writev(self._fd, [head, sealed])  # no copy of the record to frame it
         except OSError as e:
-            if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise CacheFull(f"{e.strerror}: {self.segment_path(self.segment)}") from None
-            raise
+            raise _full(e, path) from None
         if written != len(head) + len(sealed):
             os.ftruncate(self._fd, os.fstat(self._fd).st_size - written)
             raise CacheFull(f"{os.strerror(errno.ENOSPC)}: {self.segment_path(self.segment)}")

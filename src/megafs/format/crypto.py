@@ -385,6 +385,11 @@ def _block_aes(keys: Keys, file_key: bytes, obj_id: bytes) -> AESGCM:
 # --- content layout -------------------------------------------------------
 
 
+#: The smallest block and the largest chunk a vault may have (Layout.check).
+MIN_BLOCK_SIZE = 4096
+MAX_CHUNK_SIZE = 64 * 1024 * 1024
+
+
 @dataclass(frozen=True)
 class Layout:
     """Chunk and block geometry of a vault (fixed at init, in the header)."""
@@ -395,6 +400,16 @@ class Layout:
     def __post_init__(self) -> None:
         if self.block_size <= 0 or self.chunk_size % self.block_size:
             raise ValueError("chunk size must be a multiple of block size")
+
+    def check(self) -> None:
+        """Raise ValueError unless a vault may have this geometry: blocks of at
+        least MIN_BLOCK_SIZE, chunks of at most MAX_CHUNK_SIZE. The one
+        statement of the bounds, for the header parser and ``megafs init``."""
+        if not MIN_BLOCK_SIZE <= self.block_size <= self.chunk_size <= MAX_CHUNK_SIZE:
+            raise ValueError(
+                f"chunk size {self.chunk_size} and block size {self.block_size} must lie "
+                f"between {MIN_BLOCK_SIZE} and {MAX_CHUNK_SIZE} bytes"
+            )
 
     @property
     def sealed_block(self) -> int:

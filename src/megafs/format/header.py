@@ -143,9 +143,11 @@ def parse(data: bytes) -> tuple[Header, bytes, bytes]:
     end = FIXED_LEN + 1 + nslots * slen
     if len(data) != end + _MAC_LEN or not 1 <= nslots <= MAX_SLOTS:
         raise CorruptHeader("vault header has a wrong length")
-    if not (4096 <= block <= chunk <= 64 * 1024 * 1024) or chunk % block:
-        raise CorruptHeader("vault header has invalid chunk geometry")
-    layout = Layout(chunk_size=chunk, block_size=block)
+    try:
+        layout = Layout(chunk_size=chunk, block_size=block)
+        layout.check()
+    except ValueError:
+        raise CorruptHeader("vault header has invalid chunk geometry") from None
     slots: list[Slot] = []
     pos = FIXED_LEN + 1
     for _ in range(nslots):

@@ -51,7 +51,9 @@ the commit lock. Lock order: no method holds two inode locks, and none waits
 for the commit lock while it holds an inode lock (a write that passes the
 dirty limit commits here, after the data path left the inode lock; a commit
 takes no inode lock). Loads of pages and bodies hold a per-key load lock only
-while they fetch, and take no other lock meanwhile.
+while they fetch; a page load may then take the load lock of the index node
+above it (``RadixIndex``), and a commit may take pack-table page load locks
+under the commit lock. These orders never reverse, so they cannot deadlock.
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ import trio
 
 from ..client.cache import ContentCache
 from ..client.journal import Journal
-from ..errors import MegafsError
+from ..errors import MegafsError, first_leaf
 from ..vault.content import Content
 from ..vault.vault import Root, Vault
 from .collector import Collector
@@ -342,7 +344,7 @@ class Filesystem:
             except* MegafsError as eg:
                 # The write itself is applied and journalled; the commit is
                 # retried by the next one (memory pressure, not this write).
-                log.warning("commit over the dirty limit failed, will retry: %s", eg.exceptions[0])
+                log.warning("commit over the dirty limit failed, will retry: %s", first_leaf(eg))
         return n
 
     async def truncate(self, ino: int, size: int) -> None:

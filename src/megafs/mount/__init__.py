@@ -7,7 +7,7 @@
 
 Arrows point one way: ``serve`` uses ``config`` and ``runtime``, ``daemon``
 uses ``runtime``, and those two use no other module here. Only ``serve``
-reaches the vault, the model and (through :mod:`megafs.fuse.operations`) the
+reaches the vault (``daemon`` borrows only its ``pid_alive`` check), the model and (through :mod:`megafs.fuse.operations`) the
 kernel. Importing it loads the model and the FUSE library, so this package
 does not import it and ``import megafs.mount`` stays cheap for every
 command; a mount imports :mod:`megafs.mount.serve` itself.

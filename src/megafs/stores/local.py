@@ -2,9 +2,11 @@
 
 Objects are files under ``objects/`` in fan-out folders named by the first
 two characters of the object name; pointers are files under ``pointers/``.
-Every write goes to a temporary file in the same folder, is fsynced, renamed
-into place, and the folder is fsynced: a crash leaves the old or the new
-file, never a torn one.
+Every write goes to a temporary file in the same folder and is renamed into
+place, so a crash leaves the old or the new file, never a torn one. A pointer
+is fsynced before the rename and its folder after it; objects are not, and
+one ``syncfs`` (:meth:`LocalStore.sync`, before every root swap) makes every
+object put so far durable.
 
 Whoever can write to the folder (a sync tool's other devices, a borrowed USB
 disk) is not trusted. Below the store's own folder (which may itself be

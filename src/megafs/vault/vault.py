@@ -352,20 +352,6 @@ class Vault:
         hdr, keys = await in_thread(lambda: header.unlock_recovery(data, recovery_key))
         return Vault(store, hdr, keys)
 
-    async def set_passphrase(self, passphrase: str, kdf: KdfParams | None = None) -> None:
-        """Replace the passphrase slot (compare-and-swap on the header)."""
-        ptr = await self.store.read_pointer(HEADER, max_size=header.MAX_HEADER_LEN)
-        if ptr is None:
-            raise NotAVault(f"no megafs vault at {self.store.url}")
-        new = await in_thread(
-            lambda: header.with_new_passphrase(self.header, self.keys, passphrase, kdf)
-        )
-        try:
-            await self.store.cas_pointer(HEADER, new.encode(self.keys), ptr.etag)
-        except PreconditionFailed:
-            raise CommitConflict("the vault header changed concurrently; try again") from None
-        self.header = new
-
     async def replace_passphrase(self, passphrase: str, kdf: KdfParams | None = None) -> None:
         """Replace the passphrase slot, unless the store's header is no longer
         ``self.header`` (the one this vault was unlocked with).

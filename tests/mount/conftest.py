@@ -1,0 +1,19 @@
+"""Fixtures of the mount tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ..support.mounting import Drive, mounted_drive
+
+
+@pytest.fixture
+def drive(tmp_path: Path, any_store_url: tuple[str, dict[str, str]]) -> Iterator[Drive]:
+    """A fresh vault on every kind of store, mounted at ``drive.mountpoint``;
+    unmounted (and the daemon gone) after the test."""
+    url, env = any_store_url
+    with mounted_drive(url, tmp_path, env) as d:
+        yield d

@@ -7,10 +7,11 @@
 
 Arrows point one way: ``serve`` uses ``config`` and ``runtime``, ``daemon``
 uses ``runtime``, and those two use no other module here. Only ``serve``
-reaches the vault (``daemon`` borrows only its ``pid_alive`` check), the model and (through :mod:`megafs.fuse.operations`) the
-kernel. Importing it loads the model and the FUSE library, so this package
-does not import it and ``import megafs.mount`` stays cheap for every
-command; a mount imports :mod:`megafs.mount.serve` itself.
+reaches the vault (``daemon`` borrows only its ``pid_alive`` check), the
+model and (through :mod:`megafs.fuse.operations`) the kernel. Importing it
+loads the model and the FUSE library, so this package does not import it
+and ``import megafs.mount`` stays cheap for every command; a mount imports
+:mod:`megafs.mount.serve` itself.
 
 Owns: everything between a parsed ``megafs mount``/``umount`` command line
 and the filesystem model. May not touch: the FUSE library, the model's or

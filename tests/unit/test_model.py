@@ -16,9 +16,10 @@ from megafs.fs.inode import ROOT_INO
 from megafs.fs.namespace import RENAME_EXCHANGE, RENAME_NOREPLACE
 from megafs.stores import LocalStore, Store
 from megafs.stores.base import MAX_OBJECT_SIZE
+from megafs.vault.content import Content
 from megafs.vault.vault import Vault
 
-from ..support.helpers import PASS, new_vault, reopen
+from ..support.helpers import PASS, SMALL, new_vault, reopen
 
 
 async def mkfile(fs: Filesystem, parent: int, name: bytes, data: bytes = b"") -> int:
@@ -346,3 +347,35 @@ async def test_clean_pages_are_evicted_and_load_again(fs: Filesystem, store: Sto
     assert await fs2.read(f, 0, 10) == b"changedile"
     assert stat.S_IMODE((await fs2.getattr(dirs[2])).mode) == 0o700
     await fs2.close()
+
+
+async def test_a_committed_file_reads_with_no_filesystem(fs: Filesystem, store: Store) -> None:
+    """:meth:`Content.read_file` reads a committed file from its chunk map, key,
+    id and size alone (what a share link's reader has): the same bytes as the
+    filesystem, holes and short chunks as zeros, packed chunks too."""
+    rng = random.Random(11)
+    chunk = SMALL.chunk_size
+    big = await mkfile(fs, ROOT_INO, b"big")
+    ref = bytearray(3 * chunk + 1234)
+    for off in (0, chunk - 100, 2 * chunk + 7, 3 * chunk):  # chunk 1's tail and more: holes
+        data = rng.randbytes(min(500, len(ref) - off))
+        await fs.write(big, off, data)
+        ref[off : off + len(data)] = data
+    await fs.truncate(big, len(ref))  # the file ends past its last chunk's bytes
+    small_data = rng.randbytes(10_000)
+    small = await mkfile(fs, ROOT_INO, b"small", small_data)
+    await fs.close()
+    fs2 = await reopen(store, writable=False)
+    nodes = {ino: await fs2.table.get(ino) for ino in (big, small)}
+    assert any(r.packed for r in nodes[small].chunks.values())  # a packed chunk is read too
+    content = Content(await Vault.unlock(store, PASS), None)  # no filesystem from here on
+    for ino, want in ((big, bytes(ref)), (small, small_data)):
+        node = nodes[ino]
+        assert node.file_key is not None and node.small is None
+        spans = [(0, len(want) + 10), (chunk - 3, 10), (len(want) - 1, 5), (len(want), 1)]
+        spans += [(rng.randrange(len(want)), rng.randrange(1, 2 * chunk)) for _ in range(20)]
+        for off, n in spans:
+            got = await content.read_file(
+                node.chunks, node.file_key, node.file_id, node.size, off, n
+            )
+            assert got == want[off : off + n] == await fs2.read(ino, off, n), (ino, off, n)

@@ -31,7 +31,7 @@ import trio
 from ..client.cache import ContentCache
 from ..errors import FsError
 from ..format import crypto
-from ..vault.content import ChunkRef, Content, PackPart
+from ..vault.content import ChunkRef, Content, PackPart, read_chunked
 from ..vault.tables import PackTable
 from ..vault.vault import Root
 from .collector import Collector
@@ -261,21 +261,11 @@ class DataPath:
         self._read_end[ino] = end
         if ahead and self._nursery is not None:
             self._read_ahead(node, (end - 1) // cs + 1)
-        first, last = offset // cs, (end - 1) // cs
-        if first == last:  # within one chunk (nearly every read): no copy here
-            lo, hi = offset - first * cs, end - first * cs
-            piece = await self._chunk_range(node, first, lo, hi, ahead)
-            return piece if len(piece) == hi - lo else piece + bytes(hi - lo - len(piece))
-        out = bytearray()
-        for idx in range(first, last + 1):
-            base = idx * cs
-            lo = max(offset, base) - base
-            hi = min(end, base + cs) - base
-            piece = await self._chunk_range(node, idx, lo, hi, ahead)
-            out += piece
-            if len(piece) < hi - lo:
-                out += bytes(hi - lo - len(piece))
-        return bytes(out)
+
+        async def piece(idx: int, lo: int, hi: int) -> bytes:
+            return await self._chunk_range(node, idx, lo, hi, ahead)
+
+        return await read_chunked(offset, size, node.size, cs, piece)
 
     def _read_ahead(self, node: Inode, start: int) -> None:
         """Fetch the next READ_AHEAD_CHUNKS committed chunks in the background."""

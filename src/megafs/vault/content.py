@@ -7,12 +7,16 @@ Owns: sealing a chunk into its object or into its place in a pack
 store) and opening them (:meth:`Content.open_blocks`), reading one whole
 object for a check (:meth:`Content.read_object`), and deleting objects
 (:meth:`Content.delete`). :class:`ChunkRef` says where a chunk is.
+:func:`read_chunked` is the one statement of how a file's byte range is put
+together from its chunks (holes and short chunks read as zeros), shared by
+the filesystem's read path and :meth:`Content.read_file`, which reads a
+committed file with no filesystem at all (what a share link's reader needs).
 
 Knows nothing of inodes, pages or commits: callers hand it a chunk's
 reference, its file's id and key and its index. It does not touch metadata
 objects or the root (that is :class:`~megafs.vault.vault.Vault`'s), and keeps no
 state of its own besides the cache handle: a reader of one file (a share
-link) needs only a Vault, a Content and the file's chunk map.
+link) needs only a Vault, a Content and the file's chunk map, key and id.
 
 Every method that reads or writes the store is async and may block on the
 network; sealing and opening run inline (AES-GCM at about 11 GB/s here holds
@@ -22,7 +26,7 @@ the GIL, so a thread would only add hand-offs: docs/performance.md).
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ..client.cache import ContentCache
@@ -74,6 +78,38 @@ class PackPart:
 #: Called with (cache name, first block, sealed bytes) once blocks fetched from
 #: the store have been authenticated, to keep them in the disk cache.
 KeepFn = Callable[[str, int, bytes], Awaitable[None]]
+
+
+#: Called with (chunk index, lo, hi): that chunk's plaintext in [lo, hi),
+#: which may be shorter (the rest reads as zeros: a hole, a short chunk).
+PieceFn = Callable[[int, int, int], Awaitable[bytes]]
+
+
+async def read_chunked(
+    offset: int, size: int, file_size: int, chunk_size: int, piece: PieceFn
+) -> bytes:
+    """Up to ``size`` bytes at ``offset`` of a file of ``file_size`` bytes kept
+    in chunks of ``chunk_size``, each chunk's part from ``piece``; short only at
+    the end of the file. A range within one chunk (nearly every read) is
+    returned as ``piece`` gave it when it is whole: no copy here."""
+    end = min(offset + size, file_size)
+    if offset >= end:
+        return b""
+    first, last = offset // chunk_size, (end - 1) // chunk_size
+    if first == last:
+        lo, hi = offset - first * chunk_size, end - first * chunk_size
+        got = await piece(first, lo, hi)
+        return got if len(got) == hi - lo else got + bytes(hi - lo - len(got))
+    out = bytearray()
+    for idx in range(first, last + 1):
+        base = idx * chunk_size
+        lo = max(offset, base) - base
+        hi = min(end, base + chunk_size) - base
+        got = await piece(idx, lo, hi)
+        out += got
+        if len(got) < hi - lo:
+            out += bytes(hi - lo - len(got))
+    return bytes(out)
 
 
 class Content:
@@ -183,6 +219,36 @@ class Content:
             else:
                 await self.cache.store(cname, first, sealed)
         return plain
+
+    async def read_file(
+        self,
+        chunks: Mapping[int, ChunkRef],
+        file_key: bytes,
+        file_id: bytes,
+        file_size: int,
+        offset: int,
+        size: int,
+    ) -> bytes:
+        """Up to ``size`` bytes at ``offset`` of a committed file, from its chunk
+        map, key, id and size alone: no filesystem, no inode table. Fetches only
+        the blocks that cover the range. A small file whose bytes are inline in
+        its inode record has no chunks: that record is the reader's to open.
+        Raises IntegrityError naming the object if a block fails to verify."""
+        bs = self.layout.block_size
+
+        async def piece(idx: int, lo: int, hi: int) -> bytes:
+            ref = chunks.get(idx)
+            if ref is None:
+                return b""
+            hi = min(hi, ref.length)
+            if hi <= lo:
+                return b""
+            m0, m1 = self.layout.block_span(lo, hi - lo, ref.length)
+            blocks = await self.open_blocks(ref, file_key, file_id, idx, m0, m1)
+            joined = blocks[0] if len(blocks) == 1 else b"".join(blocks)
+            return joined[lo - m0 * bs : hi - m0 * bs]
+
+        return await read_chunked(offset, size, file_size, self.layout.chunk_size, piece)
 
     async def read_object(self, obj: bytes, size: int) -> bytes:
         """A whole chunk or pack object, which must be ``size`` bytes: no more

@@ -866,6 +866,31 @@ def test_journal_of_another_cache_folder_is_not_replayed(drive: Drive, tmp_path:
     assert any(p.name.endswith(".stale") for p in (drive.cache_dir / "journal").iterdir())
 
 
+def test_each_client_is_a_device_of_the_vault(drive: Drive, tmp_path: Path) -> None:
+    """Every writable mount registers its client (its local state) as a device
+    of the vault, named by ``--device-name`` or ``-o device_name=``; each
+    device's inode numbers are in its own range, and ``info`` lists them."""
+    (drive.mountpoint / "one").write_text("first")
+    drive.remount("--device-name", "laptop")  # the same client: renamed, not a new device
+    (drive.mountpoint / "two").write_text("second")
+    drive.umount()
+    other = Drive(drive.url, tmp_path / "other", drive.store_env)
+    try:
+        other.mount("-o", "device_name=desktop")
+        assert (other.mountpoint / "two").read_text() == "second"
+        (other.mountpoint / "three").write_text("third")
+        ranges = {p.name: p.stat().st_ino >> 40 for p in other.mountpoint.iterdir()}
+        assert ranges == {"one": 1, "two": 1, "three": 2}
+        other.umount()
+    finally:
+        other.cleanup()
+    info = drive.megafs("info", drive.url)
+    assert info.returncode == 0, info.stderr
+    rows = [line.split(":", 1) for line in info.stdout.splitlines()]
+    assert [v.strip().split("'")[1] for k, v in rows if k == "device"] == ["desktop", "laptop"]
+    assert dict(rows)["root record"].strip().startswith("version 2")
+
+
 def test_mount_helper_fstab_and_options(
     tmp_path: Path, any_store_url: tuple[str, dict[str, str]]
 ) -> None:

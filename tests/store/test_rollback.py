@@ -24,7 +24,8 @@ from megafs.fs.filesystem import Filesystem
 from megafs.fs.inode import ROOT_INO
 from megafs.stores import Pointer, Store
 from megafs.stores.base import MAX_POINTER_SIZE
-from megafs.vault.vault import Vault, root_digest
+from megafs.vault.root import root_digest
+from megafs.vault.vault import Vault
 
 from ..support.helpers import FAST_KDF, PASS, ForwardingStore
 

@@ -41,6 +41,8 @@ from megafs.fs.filesystem import Filesystem
 from megafs.fs.inode import ROOT_INO
 from megafs.stores import LocalStore, Store
 from megafs.stores.s3 import S3Store
+from megafs.vault.root import DEVICE_BITS
+from megafs.vault.tables import MID_BITS, PAGE_BITS
 from megafs.vault.vault import KIND_BODY, KIND_INDEX, KIND_LEAF, Vault, obj_name
 
 from ..support.helpers import FAST_KDF, PASS, SMALL, ForwardingStore, new_vault
@@ -131,21 +133,28 @@ async def find_roles(store: Store) -> dict[str, str]:
     other = fs.table.inodes[await resolve(fs, OTHER_FILE)]
     bigdir = fs.table.inodes[await resolve(fs, BIGDIR)]
     assert fs.root.itab is not None and bigdir.body_ref is not None
-    assert list(fs.table.index.top) == [0] and list(fs.table.index.mids[0]) == [0]
+    # The root folder (inode 1, made with the vault) is on page 0; everything
+    # else on the first page of the writing device's range (prefix 1).
+    page = (1 << DEVICE_BITS) >> PAGE_BITS
+    hi, lo = page >> MID_BITS, page & ((1 << MID_BITS) - 1)
+    assert sorted(fs.table.index.top) == [0, hi]
+    assert list(fs.table.index.mids[0]) == [0] and list(fs.table.index.mids[hi]) == [lo]
     assert sorted(big.chunks) == [0, 1, 2, 3] and sorted(other.chunks) == [0, 1]
     assert big.chunks[3].packed and not any(r.packed for r in other.chunks.values())
     assert fs.committer.packs is not None and fs.root.ptab is not None
-    await fs.committer.packs.load(0)
+    await fs.committer.packs.load(page)  # the device's first pack is on the same page number
     roles = {
         "top": obj_name(fs.root.itab),
-        "mid": obj_name(fs.table.index.top[0]),
-        "leaf": obj_name(fs.table.index.mids[0][0]),  # also holds the inline files
+        "root_mid": obj_name(fs.table.index.top[0]),
+        "root_leaf": obj_name(fs.table.index.mids[0][0]),
+        "mid": obj_name(fs.table.index.top[hi]),
+        "leaf": obj_name(fs.table.index.mids[hi][lo]),  # also holds the inline files
         "body": obj_name(bigdir.body_ref),
         **{f"big{i}": obj_name(r.obj) for i, r in big.chunks.items()},  # big3: a pack
         **{f"other{i}": obj_name(r.obj) for i, r in other.chunks.items()},
         "ptab": obj_name(fs.root.ptab),  # the pack table: top index, mid index, page
-        "ptab_mid": obj_name(fs.committer.packs.index.top[0]),
-        "ptab_leaf": obj_name(fs.committer.packs.index.mids[0][0]),
+        "ptab_mid": obj_name(fs.committer.packs.index.top[hi]),
+        "ptab_leaf": obj_name(fs.committer.packs.index.mids[hi][lo]),
     }
     names = {n async for n, _ in store.list()}
     assert set(roles.values()) == names, "every object has a known role"
@@ -924,7 +933,7 @@ async def test_all_randomness_comes_from_the_os(
         node.file_key,
         fs.root.itab,
         *fs.table.index.top.values(),
-        *fs.table.index.mids[0].values(),
+        *(obj for mid in fs.table.index.mids.values() for obj in mid.values()),
     ]
     for ref in node.chunks.values():
         produced.append(ref.obj)

@@ -59,8 +59,9 @@ from megafs.format.crypto import KdfParams, Keys
 from megafs.fs.filesystem import Filesystem
 from megafs.fs.inode import ROOT_INO, Inode
 from megafs.stores import LocalStore
+from megafs.vault.root import Root
 from megafs.vault.tables import MID_BITS, PAGE_BITS
-from megafs.vault.vault import KIND_BODY, KIND_INDEX, KIND_LEAF, Root, Vault, obj_name
+from megafs.vault.vault import KIND_BODY, KIND_INDEX, KIND_LEAF, Vault, obj_name
 
 from ..support.helpers import FAST_KDF, PASS, SMALL
 
@@ -399,6 +400,27 @@ _root_fields = {
     ),
     "stats": st.lists(st.integers(0, 2**40), min_size=2, max_size=2),
     "jrnl": st.one_of(st.none(), st.tuples(_ID, st.integers(0, 99))),
+    # record version 2 (several devices)
+    "dlease": st.one_of(
+        st.none(),
+        st.tuples(_ID, st.text(), st.integers(1, 2**22), st.floats()),
+    ),
+    "devs": st.dictionaries(
+        _ID,
+        st.fixed_dictionaries(
+            {
+                "name": st.text(max_size=20),
+                "pfx": st.integers(0, 2**24),
+                "ino": st.integers(0, 2**63),
+                "pack": st.integers(0, 2**63),
+                "jrnl": st.one_of(st.none(), st.tuples(_ID, st.integers(0, 99))),
+                "orph": st.lists(st.integers(2, 2**63), max_size=3),
+                "t": st.integers(0, 2**63),
+                "gen": st.integers(0, 2**40),
+            }
+        ),
+        max_size=3,
+    ),
 }
 
 

@@ -31,12 +31,13 @@ import contextlib
 import hashlib
 import hmac
 import json
+import math
 import os
 import shutil
 import stat
 import struct
 import unicodedata
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,8 +56,9 @@ from megafs.fs.filesystem import Filesystem
 from megafs.fs.inode import ROOT_INO, Inode
 from megafs.stores import LocalStore
 from megafs.vault.content import ChunkRef
+from megafs.vault.root import DEVICE_BITS, Lease, Root
 from megafs.vault.tables import PackTable
-from megafs.vault.vault import KIND_BODY, KIND_INDEX, KIND_LEAF, KIND_PACKS, Lease, Root, Vault
+from megafs.vault.vault import KIND_BODY, KIND_INDEX, KIND_LEAF, KIND_PACKS, Vault
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors"
 V1_JSON = VECTORS / "v1.json"
@@ -921,8 +923,9 @@ async def build_vault(
     for e in tree:
         parent_path, _, name = e.path.rpartition(b"/")
         parent = inos[parent_path]
-        if e.ino:
-            fs.root.next_ino = e.ino
+        if e.ino:  # the same number in the writing device's range
+            (dev,) = fs.root.devices.values()
+            dev.next_ino = (dev.prefix << DEVICE_BITS) | e.ino
         if e.kind == "dir":
             ino = (await fs.mkdir(parent, name, e.perm, FROZEN_UID, FROZEN_UID)).ino
         elif e.kind == "file":
@@ -950,10 +953,13 @@ def write_frozen(
     vault_path: Path,
     compute: Callable[[Path], dict[str, Any]],
     tree: list[Entry],
+    build: Callable[[Path, Path], Awaitable[bytes | None]] | None = None,
 ) -> int:
-    """Write a format's frozen vectors and vault once (tests/vectors/generate_v*.py).
+    """Write a format's frozen vectors and vault once (tests/vectors/generate_*.py).
 
-    Refuses to overwrite: they are the record of what that format looks like.
+    The vault is ``tree`` in a new vault, or what ``build(vault path, scratch
+    folder)`` makes. Refuses to overwrite: they are the record of what that
+    format looks like.
     """
     import tempfile
 
@@ -966,9 +972,14 @@ def write_frozen(
         os.environ["MEGAFS_STATE_DIR"] = os.path.join(tmp, "state")
         vectors = compute(Path(tmp))
         json_path.write_text(json.dumps(vectors, indent=1, sort_keys=True) + "\n")
-        recovery = trio.run(build_vault, vault_path, FROZEN_PASSPHRASE, tree)
+        recovery: bytes | None
+        if build is None:
+            recovery = trio.run(build_vault, vault_path, FROZEN_PASSPHRASE, tree)
+        else:
+            recovery = trio.run(build, vault_path, Path(tmp))
     print(f"wrote {json_path} and {vault_path}")
-    print(f"recovery key of the frozen vault: {header.format_recovery_key(recovery)}")
+    if recovery is not None:
+        print(f"recovery key of the frozen vault: {header.format_recovery_key(recovery)}")
     return 0
 
 
@@ -980,8 +991,10 @@ def _tree_digest(root: Path) -> dict[str, str]:
     }
 
 
-async def check_tree(fs: Filesystem, tree: list[Entry] = FROZEN_TREE) -> None:
-    """Assert that ``fs`` holds exactly ``tree``."""
+async def check_tree(
+    fs: Filesystem, tree: list[Entry] = FROZEN_TREE, extra: frozenset[bytes] = frozenset()
+) -> None:
+    """Assert that ``fs`` holds exactly ``tree``, and ``extra`` names at the top."""
     want = expected_tree(tree)
     inos: dict[bytes, int] = {b"": ROOT_INO}
     for path in sorted(want, key=lambda p: p.count(b"/")):
@@ -1000,8 +1013,8 @@ async def check_tree(fs: Filesystem, tree: list[Entry] = FROZEN_TREE) -> None:
         if not stat.S_ISDIR(x.mode):
             continue
         assert await listdir(fs, inos[path]) == children(path, tree), path
-    assert inos[b"far.txt"] == 300_000
-    assert await listdir(fs, ROOT_INO) == children(b"", tree)
+    assert inos[b"far.txt"] & ((1 << DEVICE_BITS) - 1) == 300_000  # on a second mid index
+    assert await listdir(fs, ROOT_INO) == children(b"", tree) | extra
     assert await fs.listxattr(ROOT_INO) == []
 
 
@@ -1140,7 +1153,12 @@ class DocReader:
             self.aead_open(self.root_key, sealed_root, b"megafs/v1/root\x00" + self.vid),
             raw=False,
         )
-        assert root["v"] == 1 and root["lease"] is None
+        if root["v"] == 1:
+            assert root["lease"] is None
+        else:  # record version 2: the lease for version 1 writers; devices
+            assert root["v"] == 2 and root["dlease"] is None
+            assert root["lease"] == [bytes(16), "a newer megafs (several devices)", 0, math.inf]
+            assert all(d["pfx"] >= 1 for d in root["devs"].values())
         self.packs = self.table(root["ptab"], 4) if root.get("ptab") is not None else {}
         return self.table(root["itab"], 2)
 

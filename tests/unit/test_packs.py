@@ -22,6 +22,8 @@ from megafs.fs.filesystem import Filesystem
 from megafs.fs.fsck import check
 from megafs.fs.inode import ROOT_INO
 from megafs.stores import Store
+from megafs.vault.root import DEVICE_BITS
+from megafs.vault.tables import MID_BITS, PAGE_BITS
 from megafs.vault.vault import Vault, obj_name
 
 from ..support.helpers import PASS, new_vault, reopen
@@ -148,8 +150,10 @@ async def test_the_pack_table_is_authenticated(any_store: Store) -> None:
     await fs.close()
     fs = await reopen(any_store, writable=False)
     assert fs.committer.packs is not None and fs.root.ptab is not None
-    await fs.committer.packs.load(0)
-    leaf = obj_name(fs.committer.packs.index.mids[0][0])
+    (dev,) = fs.root.devices.values()
+    page = (dev.prefix << DEVICE_BITS) >> PAGE_BITS  # of its first pack
+    await fs.committer.packs.load(page)
+    leaf = obj_name(fs.committer.packs.index.mids[page >> MID_BITS][page & ((1 << MID_BITS) - 1)])
     good = await any_store.get(leaf)
     bad = bytearray(good)
     bad[len(bad) // 2] ^= 1

@@ -52,7 +52,7 @@ def mount_options(p: argparse.ArgumentParser) -> None:
         metavar="OPTS",
         help="comma-separated mount options: ro, allow_other, default_permissions, uid=N, "
         "gid=N, umask=OCTAL, cache_dir=DIR, cache_size=SIZE, store_timeout=SECONDS, "
-        "passfile=FILE, endpoint=URL",
+        "passfile=FILE, endpoint=URL, device_name=NAME",
     )
     p.add_argument("--cache-dir", metavar="DIR", help="default: $XDG_CACHE_HOME/megafs/<vault id>")
     p.add_argument(
@@ -78,6 +78,11 @@ def mount_options(p: argparse.ArgumentParser) -> None:
         "with EIO (default 60)",
     )
     p.add_argument("--log-file", metavar="FILE", help="where the background daemon logs")
+    p.add_argument(
+        "--device-name",
+        metavar="NAME",
+        help="this device's name in the vault, shown by info (default: the host name)",
+    )
 
 
 def _log_to(log_fd: int, *, debug: bool) -> None:
@@ -115,6 +120,7 @@ def cmd_mount(args: argparse.Namespace) -> None:
         cache_dir=args.cache_dir,
         commit_interval=args.commit_interval,
         log_file=args.log_file,
+        device_name=args.device_name,
     )
     for opts in args.options:
         cfg.apply_options(opts)

@@ -25,7 +25,8 @@ from ..client import passphrase
 from ..errors import WrongPassphrase
 from ..format.crypto import KdfParams, Keys
 from ..format.header import SLOT_PASSPHRASE, Header, format_recovery_key, parse_recovery_key
-from ..vault.vault import Root, Vault
+from ..vault.root import Device, Root
+from ..vault.vault import Vault
 from .options import (
     get_new_passphrase,
     get_passphrase,
@@ -180,6 +181,25 @@ def _lease_text(root: Root) -> str:
     return f"{lease.host} (pid {lease.pid}) until {until}{expired}"
 
 
+def _root_record_text(root: Root) -> str:
+    if root.version >= 2:
+        return f"version {root.version} (several devices: docs/multidevice.md)"
+    return f"version {root.version} (upgraded to 2 by the next writable mount)"
+
+
+def _devices_by_time(root: Root) -> list[Device]:
+    return sorted(root.devices.values(), key=lambda d: (-d.time_ns, d.prefix))
+
+
+def _device_text(dev: Device) -> str:
+    when = (
+        time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(dev.time_ns / 1e9))
+        if dev.time_ns
+        else "never"
+    )
+    return f"{dev.name!r}: last commit {when}, generation {dev.generation}"
+
+
 @command("info", "show a vault's format, settings and usage", store_arg, passphrase_options)
 def cmd_info(args: argparse.Namespace) -> None:
     secret = get_passphrase(args)
@@ -205,7 +225,7 @@ def cmd_info(args: argparse.Namespace) -> None:
         ),
         (
             "small chunks",
-            f"packed, {root.next_pack} packs made so far"
+            f"packed, {root.packs_made()} packs made so far"
             if hdr.packs_small_chunks
             else "one object each (format 1)",
         ),
@@ -213,6 +233,8 @@ def cmd_info(args: argparse.Namespace) -> None:
         ("files", str(files)),
         ("bytes", f"{nbytes} ({human_size(nbytes)})"),
         ("writer lease", _lease_text(root)),
+        ("root record", _root_record_text(root)),
+        *[("device", _device_text(dev)) for dev in _devices_by_time(root)],
     ]
     width = max(len(k) for k, _ in rows) + 1
     for key, value in rows:

@@ -21,12 +21,15 @@ not at all. A commit takes no inode lock.
 
 from __future__ import annotations
 
+import time
+
 import trio
 
 from ..client.journal import sync_files
 from ..errors import IntegrityError
+from ..vault.root import Device, Root
 from ..vault.tables import MetaJob, PackTable
-from ..vault.vault import Root, Vault
+from ..vault.vault import Vault
 from .collector import Collector
 from .data import ChunkJobs, DataPath, PackJob
 from .oplog import OpLog
@@ -60,10 +63,16 @@ class Committer:
         oplog: OpLog,
         orphans: set[int],
         *,
+        device_id: bytes | None = None,
         fsync_local: bool = False,
     ) -> None:
         self.vault = vault
         self.root = root
+        #: This device's id and record (root record version 2), None in a
+        #: read-only filesystem: its journal mark, orphans and pack counter
+        #: live there instead of in the root's version 1 fields.
+        self.device_id = device_id
+        self.device: Device | None = root.devices[device_id] if device_id is not None else None
         self.table = table
         self.data = data
         self.collector = collector
@@ -75,7 +84,11 @@ class Committer:
         self.fsync_local = fsync_local
         #: The pack table, in a vault that packs small chunks (format 2).
         self.packs: PackTable | None = (
-            PackTable(vault, root.ptab, root.next_pack)
+            PackTable(
+                vault,
+                root.ptab,
+                self.device.next_pack if self.device is not None else root.next_pack,
+            )
             if vault.header.packs_small_chunks
             else None
         )
@@ -106,8 +119,18 @@ class Committer:
             or self.meta_dirty
             or self.data.pending
             or self.collector.pack_drops
-            or sorted(self.orphans) != list(self.root.orphans)
+            or sorted(self.orphans) != self._committed_orphans()
         )
+
+    def _committed_orphans(self) -> list[int]:
+        """The orphans as the last commit wrote them: this device's, or the root's."""
+        return self.device.orphans if self.device is not None else self.root.orphans
+
+    def _mark(self, root: Root) -> tuple[bytes, int] | None:
+        """The journal mark ``root`` records for this filesystem."""
+        if self.device_id is not None:
+            return root.devices[self.device_id].journal
+        return root.journal
 
     async def fsync(self) -> None:
         """Make everything written so far durable in the store. Blocks on the store.
@@ -185,12 +208,18 @@ class Committer:
         except BaseException:
             self._unsnapshot(snap)
             raise
-        self.root.generation = self.root_for_commit.generation
-        self.root.orphans = self.root_for_commit.orphans
+        done = self.root_for_commit
+        self.root.generation = done.generation
+        if self.device is not None and self.device_id is not None:
+            mine = done.devices[self.device_id]
+            self.device.orphans = list(mine.orphans)
+            self.device.time_ns, self.device.generation = mine.time_ns, mine.generation
+        else:
+            self.root.orphans = done.orphans
         self.data.committed(snap.chunk_jobs, snap.pack_jobs)
         self.commits += 1
         self._durable_mutations = max(self._durable_mutations, covers)
-        mark = self.root_for_commit.journal
+        mark = self._mark(done)
         if self.oplog.journal is not None and mark is not None:
             self.oplog.journal.committed(mark[1])
         await self.collector.collect(snap.garbage)
@@ -240,25 +269,32 @@ class Committer:
         if packs is not None:
             ptab, snap.pack_pages = packs.snapshot(snap.meta_jobs, garbage)
         root = self.root
+        dev = self.device
         if self.oplog.writable and root.lease is not None:
             root.lease = self.vault.my_lease()
         journal = self.oplog.journal
         if journal is not None:
-            root.journal = (journal.id, journal.rotate())
+            mark = (journal.id, journal.rotate())
+            if dev is not None:
+                dev.journal = mark
+            else:
+                root.journal = mark
         root.itab = itab
         root.ptab = ptab
-        root.next_pack = packs.next_pack if packs is not None else 0
-        self.root_for_commit = Root(
-            generation=self.vault.next_generation(),
-            itab=itab,
-            next_ino=root.next_ino,
-            orphans=sorted(self.orphans),
-            lease=root.lease,
-            stats=list(root.stats),
-            journal=root.journal,
-            ptab=ptab,
-            next_pack=root.next_pack,
-        )
+        if dev is not None:
+            if packs is not None:
+                dev.next_pack = packs.next_pack
+        else:
+            root.next_pack = packs.next_pack if packs is not None else 0
+        new = root.copy()
+        new.generation = self.vault.next_generation()
+        if self.device_id is not None:
+            mine = new.devices[self.device_id]
+            mine.orphans = sorted(self.orphans)
+            mine.time_ns, mine.generation = time.time_ns(), new.generation
+        else:
+            new.orphans = sorted(self.orphans)
+        self.root_for_commit = new
         self.meta_dirty = False
         return snap
 

@@ -32,8 +32,8 @@ from ..client.cache import ContentCache
 from ..errors import FsError
 from ..format import crypto
 from ..vault.content import ChunkRef, Content, PackPart, read_chunked
+from ..vault.root import Root
 from ..vault.tables import PackTable
-from ..vault.vault import Root
 from .collector import Collector
 from .inode import Inode
 from .oplog import OpLog, operation

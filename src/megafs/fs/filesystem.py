@@ -59,6 +59,7 @@ under the commit lock. These orders never reverse, so they cannot deadlock.
 from __future__ import annotations
 
 import logging
+import socket
 from typing import Any
 
 import trio
@@ -67,7 +68,8 @@ from ..client.cache import ContentCache
 from ..client.journal import Journal
 from ..errors import MegafsError, first_leaf
 from ..vault.content import Content
-from ..vault.vault import Root, Vault
+from ..vault.root import Root
+from ..vault.vault import Vault
 from .collector import Collector
 from .committer import Committer
 from .data import DataPath
@@ -100,9 +102,12 @@ class Filesystem:
         block_cache_bytes: int = 64 << 20,
         cache: ContentCache | None = None,
         fsync_local: bool = False,
+        device_id: bytes | None = None,
     ) -> None:
         self.vault = vault
         self.root = root
+        #: this device's record in the root (:meth:`Root.register`), None read-only
+        device = root.devices[device_id] if device_id is not None else None
         #: Dirty chunk bytes beyond which a write commits.
         self.dirty_limit = dirty_limit
         self.cache = cache
@@ -125,7 +130,9 @@ class Filesystem:
             block_cache_bytes=block_cache_bytes,
             packs_small_chunks=packed,
         )
-        self.namespace = Namespace(self.table, self.data, self.collector, self.oplog, root)
+        self.namespace = Namespace(
+            self.table, self.data, self.collector, self.oplog, root, device
+        )
         self.committer = Committer(
             vault,
             root,
@@ -134,6 +141,7 @@ class Filesystem:
             self.collector,
             self.oplog,
             self.namespace.orphans,
+            device_id=device_id,
             fsync_local=fsync_local,
         )
         #: Journal records applied when this filesystem was opened.
@@ -157,28 +165,36 @@ class Filesystem:
         writable: bool = True,
         force: bool = False,
         journal: Journal | None = None,
+        device_name: str | None = None,
         **kw: Any,
     ) -> Filesystem:
         """Open the vault's filesystem. Costs a constant number of store requests.
 
         A writable open takes the writer lease (raises VaultBusy if another
-        client holds it), replays ``journal`` segments that the root does not
-        cover yet, then commits once to record the lease and the replay.
+        client holds it), registers this client as a device of the vault
+        (``device_name``, default the host name; the first one upgrades the
+        root to record version 2: docs/multidevice.md), replays ``journal``
+        segments that its device record does not cover yet, then commits
+        once to record the lease, the registration and the replay.
         """
         root = await vault.read_root()
-        fs = cls(vault, root, writable=writable, **kw)
+        device_id = None
+        if writable:
+            vault.check_lease(root, force=force)
+            device_id = vault.state.client_id
+            root.register(device_id, device_name or socket.gethostname())
+        fs = cls(vault, root, writable=writable, device_id=device_id, **kw)
         if root.itab is not None:
             await fs.table.index.open()
         else:
             fs.namespace.make_root_dir()
         if writable:
-            vault.check_lease(root, force=force)
             vault.read_only = False
             fs.root.lease = vault.my_lease()
             for ino in sorted(fs.namespace.orphans):
                 await fs.namespace.purge_if_unused(ino)
             if journal is not None:
-                mark_client, mark = root.journal or (None, 0)
+                mark_client, mark = root.devices[vault.state.client_id].journal or (None, 0)
                 for rec in journal.pending(mark_client, mark):
                     await fs.apply_record(rec)
                     fs.replayed += 1

@@ -133,13 +133,15 @@ async def _check(fs: Filesystem, report: Report, repair: bool, progress: Progres
         packs.update(pack_table.loaded())
         for pno, rec in packs.items():
             reachable.add(rec.obj)
-            if pno >= pack_table.next_pack:
+            if not fs.root.pack_allocated(pno):
                 report.problems.append(f"pack {pno} is beyond the next pack number")
 
     # inodes, bodies, directory structure
     links: dict[int, int] = {}
     chunks: list[tuple[int, int, ChunkRef]] = []
     pack_refs: dict[int, list[ChunkRef]] = {}
+    # every device's orphans: open somewhere, so not yet purged
+    orphans = fs.namespace.orphans | set(fs.root.all_orphans())
     inodes = sorted(table.inodes)
     for ino in inodes:
         node = table.inodes[ino]
@@ -199,9 +201,9 @@ async def _check(fs: Filesystem, report: Report, repair: bool, progress: Progres
                 report.problems.append(
                     f"directory inode {ino} link count {node.nlink} != {2 + subdirs}"
                 )
-        elif node.nlink != expected and ino not in fs.namespace.orphans:
+        elif node.nlink != expected and ino not in orphans:
             report.problems.append(f"inode {ino} link count {node.nlink}, but {expected} names")
-        if stat.S_ISREG(node.mode) and node.nlink == 0 and ino not in fs.namespace.orphans:
+        if stat.S_ISREG(node.mode) and node.nlink == 0 and ino not in orphans:
             report.problems.append(f"inode {ino} has no names and is not an orphan")
 
     # chunk and pack objects: fetch each once and open every block in it

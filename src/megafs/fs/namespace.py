@@ -27,8 +27,8 @@ from typing import Any
 
 from ..errors import FsError
 from ..format import crypto
+from ..vault.root import DEVICE_BITS, Device, Root
 from ..vault.tables import PAGE_BITS
-from ..vault.vault import Root
 from .collector import Collector
 from .data import DataPath
 from .inode import ROOT_INO, Attr, Inode
@@ -57,14 +57,21 @@ class Namespace:
         collector: Collector,
         oplog: OpLog,
         root: Root,
+        device: Device | None = None,
     ) -> None:
         self.table = table
         self.data = data
         self.collector = collector
         self.oplog = oplog
         self.root = root
-        #: Inodes with no link left, kept while in use (the root lists them).
-        self.orphans: set[int] = set(root.orphans)
+        #: This device's record (root record version 2): new inode numbers
+        #: come from its range. None when read-only.
+        self.device = device
+        #: Inodes with no link left, kept while in use (the root lists them):
+        #: this device's; read-only, every device's (none of them is purged).
+        self.orphans: set[int] = set(
+            device.orphans if device is not None else root.all_orphans()
+        )
 
     def make_root_dir(self) -> None:
         """A new vault: its root directory."""
@@ -74,9 +81,18 @@ class Namespace:
         self.table.insert(ino)
 
     async def _new_inode(self, mode: int, uid: int, gid: int) -> Inode:
+        dev = self.device
         if self.oplog.replay_ino is not None:
             ino = self.oplog.replay_ino
-            self.root.next_ino = max(self.root.next_ino, ino + 1)
+            if dev is not None and dev.owns(ino):
+                dev.next_ino = max(dev.next_ino, ino + 1)
+            elif ino >> DEVICE_BITS == 0:
+                self.root.next_ino = max(self.root.next_ino, ino + 1)
+        elif dev is not None:
+            ino = dev.next_ino
+            if not dev.owns(ino):
+                raise FsError(errno.ENOSPC, "this device has used up its inode numbers")
+            dev.next_ino += 1
         else:
             ino = self.root.next_ino
             self.root.next_ino += 1

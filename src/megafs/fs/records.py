@@ -25,8 +25,9 @@ from ..errors import IntegrityError
 from ..format import crypto
 from ..format.crypto import Keys, Layout
 from ..vault.content import ChunkRef
+from ..vault.root import expect_bytes
 from ..vault.tables import MetaJob
-from ..vault.vault import KIND_BODY, expect_bytes
+from ..vault.vault import KIND_BODY
 from .inode import Inode
 
 #: Bodies larger than this (msgpack bytes) become objects of their own.

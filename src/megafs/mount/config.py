@@ -55,6 +55,8 @@ class MountConfig:
     store_timeout: float = 60.0
     readahead_kb: int = 1024
     log_file: str | None = None
+    #: This device's name in the vault (``megafs info``); None: the host name.
+    device_name: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
     def apply_options(self, opts: str) -> None:
@@ -97,6 +99,10 @@ class MountConfig:
                         raise ValueError(val)
                 elif key == "readahead_kb":
                     self.readahead_kb = int(val)
+                elif key in ("device_name", "device-name"):
+                    if not val:
+                        raise ValueError(val)
+                    self.device_name = val
                 else:
                     raise UsageError(f"unknown mount option: {opt}")
             except ValueError:

@@ -137,6 +137,7 @@ async def serve(cfg: MountConfig, passphrase: str, ready: Callable[[], None]) ->
                 journal=journal,
                 cache=cache,
                 fsync_local=cfg.fsync == "local",
+                device_name=cfg.device_name,
             )
         except* (StoreReadOnly, StoreAuthError) as refused:
             # The header and root were read, so the store refuses writes only:

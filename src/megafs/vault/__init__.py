@@ -1,4 +1,5 @@
-"""The vault's object I/O over a store: unlocking, the root compare-and-swap
+"""The vault's object I/O over a store: the root pointer's record and the
+device records (:mod:`.root`, pure), unlocking, the root compare-and-swap
 and the writer lease (:mod:`.vault`), the one road for chunk and pack objects
 (:mod:`.content`), and the radix index and pack table (:mod:`.tables`).
 

@@ -34,7 +34,8 @@ import trio
 
 from ..errors import IntegrityError
 from ..format import crypto
-from .vault import KIND_INDEX, KIND_PACKS, Vault, expect_bytes, obj_name
+from .root import expect_bytes
+from .vault import KIND_INDEX, KIND_PACKS, Vault, obj_name
 
 PAGE_BITS = 8
 MID_BITS = 10

@@ -22,7 +22,6 @@ thread would add a thread hand-off to every seal and buy no parallelism
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import socket
@@ -50,11 +49,11 @@ from ..format import crypto, header
 from ..format.crypto import KdfParams, Keys, Layout
 from ..stores import Store
 from ..stores.base import MAX_OBJECT_SIZE, MAX_POINTER_SIZE, Refused
+from .root import ROOT, Lease, Root, root_digest, unpack
 
 T = TypeVar("T")
 
 HEADER = "header"
-ROOT = "root"
 
 #: Metadata object kinds (bound into each object's AAD, never visible).
 KIND_INDEX = 1
@@ -97,11 +96,6 @@ def state_dir() -> str:
         os.path.expanduser("~"), ".local", "state"
     )
     return os.path.join(base, "megafs")
-
-
-def root_digest(sealed: bytes) -> bytes:
-    """The digest that names a root: SHA-256 of its sealed pointer bytes."""
-    return hashlib.sha256(sealed).digest()
 
 
 @dataclass
@@ -180,107 +174,6 @@ class LocalState:
         if refused is not None:
             self.refused = [*self.refused, refused][-REFUSED_KEPT:]
         self.save()
-
-
-@dataclass
-class Lease:
-    client_id: bytes
-    host: str
-    pid: int
-    until: float
-
-    def encode(self) -> list[Any]:
-        return [self.client_id, self.host, self.pid, self.until]
-
-    @classmethod
-    def decode(cls, v: Any) -> Lease:
-        return cls(expect_bytes(v[0]), str(v[1]), int(v[2]), float(v[3]))
-
-
-@dataclass
-class Root:
-    """The plaintext of the root pointer."""
-
-    generation: int
-    itab: bytes | None  # object id of the inode-table top index, None = empty
-    next_ino: int
-    orphans: list[int] = field(default_factory=list)
-    lease: Lease | None = None
-    stats: list[int] = field(default_factory=lambda: [0, 0])  # [inodes, bytes]
-    #: (journal id, journal segment) of the last commit: see megafs.journal
-    journal: tuple[bytes, int] | None = None
-    #: object id of the pack table's top index (format 2), None = no packs yet
-    ptab: bytes | None = None
-    #: next pack number to allocate (numbers are never reused)
-    next_pack: int = 0
-    #: digest (:func:`root_digest`) of the root this one replaced; None in
-    #: the first root of a vault and in roots written before it existed
-    prev: bytes | None = None
-
-    def encode(self) -> bytes:
-        rec: dict[str, Any] = {
-            "v": 1,
-            "gen": self.generation,
-            "itab": self.itab,
-            "next": self.next_ino,
-            "orph": self.orphans,
-            "lease": self.lease.encode() if self.lease else None,
-            "stats": self.stats,
-            "jrnl": list(self.journal) if self.journal else None,
-        }
-        if self.ptab is not None or self.next_pack:
-            rec["ptab"] = self.ptab
-            rec["npack"] = self.next_pack
-        if self.prev is not None:
-            rec["prev"] = self.prev
-        packed: bytes = msgpack.packb(rec, use_bin_type=True)
-        return packed
-
-    @classmethod
-    def decode(cls, data: bytes) -> Root:
-        d = unpack(data, ROOT)
-        try:
-            return cls(
-                generation=int(d["gen"]),
-                itab=expect_bytes(d["itab"]) if d["itab"] is not None else None,
-                next_ino=int(d["next"]),
-                orphans=[int(x) for x in d["orph"]],
-                lease=Lease.decode(d["lease"]) if d["lease"] is not None else None,
-                stats=[int(x) for x in d["stats"]],
-                journal=(expect_bytes(d["jrnl"][0]), int(d["jrnl"][1])) if d.get("jrnl") else None,
-                ptab=expect_bytes(d["ptab"]) if d.get("ptab") is not None else None,
-                next_pack=int(d.get("npack", 0)),
-                prev=_digest_or_none(d.get("prev")),
-            )
-        except (KeyError, TypeError, ValueError, IndexError, OverflowError) as e:
-            raise IntegrityError(ROOT, f"malformed root record: {e}") from None
-
-
-def _digest_or_none(value: Any) -> bytes | None:
-    if value is None:
-        return None
-    if not isinstance(value, bytes) or len(value) != 32:
-        raise ValueError("prev is not a 32-byte digest")
-    return value
-
-
-def expect_bytes(value: Any) -> bytes:
-    """``value`` if it is a byte string, else TypeError.
-
-    Decoders of authenticated records use this, never ``bytes(value)``, which
-    turns an integer into that many zero bytes (``bytes(2**40)``: a terabyte).
-    """
-    if not isinstance(value, bytes):
-        raise TypeError(f"expected bytes, got {type(value).__name__}")
-    return value
-
-
-def unpack(data: bytes, name: str) -> Any:
-    """msgpack-decode authenticated plaintext; malformed input is an IntegrityError."""
-    try:
-        return msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True)
-    except Exception as e:  # msgpack raises many types on garbage
-        raise IntegrityError(name, f"malformed record: {type(e).__name__}") from None
 
 
 class Vault:

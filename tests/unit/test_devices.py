@@ -13,7 +13,9 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from megafs.errors import IntegrityError, VaultBusy
+from megafs.client.journal import Journal
+from megafs.errors import IntegrityError, UnsupportedVersion, VaultBusy
+from megafs.format import crypto
 from megafs.fs import fsck
 from megafs.fs.filesystem import Filesystem
 from megafs.fs.inode import ROOT_INO
@@ -88,7 +90,10 @@ def test_a_version_1_reader_refuses_to_write_a_version_2_vault() -> None:
     [
         lambda d: d[DEV_B].update(pfx=1),  # two devices, one prefix
         lambda d: d[DEV_B].update(ino=5),  # a counter outside the device's range
-        lambda d: d[DEV_B].update(pack=3 << DEVICE_BITS),
+        lambda d: d[DEV_B].update(pack=(3 << DEVICE_BITS) + 1),
+        lambda d: d[DEV_B].update(t=-1),
+        lambda d: d[DEV_B].update(gen=True),
+        lambda d: d[DEV_B].update(orph=[1.5]),
         lambda d: d[DEV_B].update(pfx=0, ino=0, pack=0),  # prefix 0 is version 1's
         lambda d: d[DEV_B].update(name=b"not text"),
         lambda d: d[DEV_B].pop("gen"),
@@ -178,3 +183,64 @@ def test_device_records_copy_apart() -> None:
     assert Device.new("x", 3).owns((3 << DEVICE_BITS) + 1)
     with pytest.raises(ValueError):
         Device.new("x", 0)
+
+
+async def test_a_journal_is_not_replayed_over_another_devices_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Device A dies with changes only in its journal; device B then commits.
+    A's next open must not replay its journal over B's root (that would undo
+    B's work): its segments are set aside, as with a version 1 root. Had A
+    made the root itself, they would be replayed."""
+    store = LocalStore(str(tmp_path / "store"), create=True)
+    await store.check()
+    await new_vault(store)
+    cache_a = str(tmp_path / "cache-a")
+
+    async def open_a() -> Filesystem:
+        monkeypatch.setenv("MEGAFS_STATE_DIR", str(tmp_path / "state-a"))
+        vault = await Vault.unlock(store, PASS)
+        return await Filesystem.load(vault, journal=Journal(cache_a, vault.keys), force=True)
+
+    fs_a = await open_a()
+    ino = (await fs_a.create(ROOT_INO, b"doc", 0o644, 0, 0)).ino
+    await fs_a.write(ino, 0, b"A's first words")
+    await fs_a.commit()
+    await fs_a.write(ino, 0, b"A, journalled only")  # then A dies: no commit, no close
+    monkeypatch.setenv("MEGAFS_STATE_DIR", str(tmp_path / "state-b"))
+    fs_b = await Filesystem.load(await Vault.unlock(store, PASS), force=True)  # A's lease
+    await fs_b.write(ino, 0, b"B's words")
+    await fs_b.close()
+    fs_a = await open_a()
+    assert fs_a.replayed == 0
+    assert await fs_a.read(ino, 0, 100) == b"B's words words"  # over "A's first words"
+    stale = [n for n in os.listdir(os.path.join(cache_a, "journal")) if n.endswith(".stale")]
+    assert stale, "A's unapplied segments were not kept aside"
+    # A made the root now: what it journals from here on is replayed after a crash
+    await fs_a.write(ino, 0, b"A again, journalled")
+    fs_a = await open_a()
+    assert fs_a.replayed == 1 and await fs_a.read(ino, 0, 100) == b"A again, journalled"
+    await fs_a.close()
+
+
+async def test_a_newer_record_version_is_read_but_never_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = LocalStore(str(tmp_path / "store"), create=True)
+    await store.check()
+    vault = await new_vault(store)
+    root = await vault.read_root()
+    root.generation = vault.next_generation()
+    raw = msgpack.unpackb(root.encode(), raw=False, strict_map_key=False)
+    raw["v"] = 3  # a later megafs's root: keys this one does not know may follow
+    sealed = crypto.seal_for(
+        vault.keys, vault.keys.root, msgpack.packb(raw, use_bin_type=True),
+        crypto.root_aad(vault.vault_id),
+    )
+    ptr = await store.read_pointer("root")
+    assert ptr is not None
+    await store.cas_pointer("root", sealed, ptr.etag)
+    fs = await Filesystem.load(await Vault.unlock(store, PASS), writable=False)
+    assert fs.root.record == 3 and await fs.readdir(ROOT_INO, 0) is not None
+    with pytest.raises(UnsupportedVersion, match="record version 3"):
+        await Filesystem.load(await Vault.unlock(store, PASS))

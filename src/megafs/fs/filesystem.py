@@ -66,9 +66,9 @@ import trio
 
 from ..client.cache import ContentCache
 from ..client.journal import Journal
-from ..errors import MegafsError, first_leaf
+from ..errors import MegafsError, UnsupportedVersion, first_leaf
 from ..vault.content import Content
-from ..vault.root import Root
+from ..vault.root import RECORD_VERSION, Root
 from ..vault.vault import Vault
 from .collector import Collector
 from .committer import Committer
@@ -174,12 +174,22 @@ class Filesystem:
         client holds it), registers this client as a device of the vault
         (``device_name``, default the host name; the first one upgrades the
         root to record version 2: docs/multidevice.md), replays ``journal``
-        segments that its device record does not cover yet, then commits
+        segments that the root does not cover yet if this client made the
+        root (else they are set aside: :meth:`Journal.pending`), then commits
         once to record the lease, the registration and the replay.
         """
         root = await vault.read_root()
         device_id = None
+        # The journal covers only this client's changes since the root it made:
+        # replayed onto another client's root they would undo that client's
+        # work, so the journal applies only if the root's maker's mark is its own.
+        last_mark = root.last_mark(vault.state.client_id)
         if writable:
+            if root.record > RECORD_VERSION:
+                raise UnsupportedVersion(
+                    f"the vault's root has record version {root.record}, newer than this "
+                    f"megafs writes ({RECORD_VERSION}); it can only be mounted read-only"
+                )
             vault.check_lease(root, force=force)
             device_id = vault.state.client_id
             root.register(device_id, device_name or socket.gethostname())
@@ -194,7 +204,7 @@ class Filesystem:
             for ino in sorted(fs.namespace.orphans):
                 await fs.namespace.purge_if_unused(ino)
             if journal is not None:
-                mark_client, mark = root.devices[vault.state.client_id].journal or (None, 0)
+                mark_client, mark = last_mark or (None, 0)
                 for rec in journal.pending(mark_client, mark):
                     await fs.apply_record(rec)
                     fs.replayed += 1

@@ -88,6 +88,8 @@ class Namespace:
                 dev.next_ino = max(dev.next_ino, ino + 1)
             elif ino >> DEVICE_BITS == 0:
                 self.root.next_ino = max(self.root.next_ino, ino + 1)
+            else:  # another device's number: never this journal's to create
+                raise FsError(errno.EEXIST, f"inode {ino} is in another device's range")
         elif dev is not None:
             ino = dev.next_ino
             if not dev.owns(ino):

@@ -25,8 +25,11 @@ ROOT = "root"
 #: numbers below ``1 << DEVICE_BITS`` are those allocated before record
 #: version 2 (prefix 0).
 DEVICE_BITS = 40
-#: Prefixes stay below this, so inode numbers stay below 2**63.
-MAX_PREFIX = 1 << 23
+#: Prefixes stay below this, so inode and pack numbers stay below 2**62 (the
+#: bound the inode record codec puts on pack numbers in chunk maps).
+MAX_PREFIX = 1 << 22
+#: The highest record version this code writes; it refuses to write a newer one.
+RECORD_VERSION = 2
 
 
 def root_digest(sealed: bytes) -> bytes:
@@ -101,17 +104,18 @@ class Device:
         """Raises KeyError, TypeError or ValueError on a malformed record."""
         dev = cls(
             name=_expect_str(d["name"]),
-            prefix=int(d["pfx"]),
-            next_ino=int(d["ino"]),
-            next_pack=int(d["pack"]),
-            journal=(expect_bytes(d["jrnl"][0]), int(d["jrnl"][1])) if d["jrnl"] else None,
-            orphans=[int(x) for x in d["orph"]],
-            time_ns=int(d["t"]),
-            generation=int(d["gen"]),
+            prefix=_int(d["pfx"]),
+            next_ino=_int(d["ino"]),
+            next_pack=_int(d["pack"]),
+            journal=(expect_bytes(d["jrnl"][0]), _int(d["jrnl"][1])) if d["jrnl"] else None,
+            orphans=sorted(_int(x) for x in d["orph"]),
+            time_ns=_int(d["t"]),
+            generation=_int(d["gen"]),
         )
         if not 1 <= dev.prefix < MAX_PREFIX:
             raise ValueError(f"device prefix {dev.prefix} out of range")
-        if not (dev.owns(dev.next_ino) and dev.owns(dev.next_pack)):
+        low, high = dev.prefix << DEVICE_BITS, (dev.prefix + 1) << DEVICE_BITS
+        if not (low <= dev.next_ino <= high and low <= dev.next_pack <= high):
             raise ValueError(f"device counters outside the range of prefix {dev.prefix}")
         return dev
 
@@ -153,6 +157,9 @@ class Root:
     prev: bytes | None = None
     #: record version 2: device id (the client id) -> its record
     devices: dict[bytes, Device] = field(default_factory=dict)
+    #: the record version the root was read with (``v``); a writer refuses
+    #: one above :data:`RECORD_VERSION` (it would drop what it does not know)
+    record: int = field(default=1, compare=False)
 
     @property
     def version(self) -> int:
@@ -174,6 +181,19 @@ class Root:
             dev.journal, self.journal = self.journal, None
         self.devices[client_id] = dev
         return dev
+
+    def last_mark(self, client_id: bytes) -> tuple[bytes, int] | None:
+        """The journal mark that client ``client_id``'s journal replays from:
+        version 1's mark; in version 2, the client's own mark if its device
+        made this root (its ``generation``), else one with a zero journal id,
+        which names no journal, so that nothing is replayed over another
+        device's root (docs/multidevice.md)."""
+        if not self.devices:
+            return self.journal
+        mine = self.devices.get(client_id)
+        if mine is not None and mine.generation == self.generation:
+            return mine.journal
+        return (bytes(crypto.ID_SIZE), 0)
 
     def all_orphans(self) -> list[int]:
         """Every orphan the root lists: version 1's and every device's."""
@@ -249,6 +269,7 @@ class Root:
                 next_pack=int(d.get("npack", 0)),
                 prev=_digest_or_none(d.get("prev")),
                 devices=devices,
+                record=_int(d["v"]),
             )
         except (KeyError, TypeError, ValueError, IndexError, OverflowError, AttributeError) as e:
             raise IntegrityError(ROOT, f"malformed root record: {e}") from None
@@ -285,6 +306,16 @@ def unpack(data: bytes, name: str) -> Any:
         raise IntegrityError(name, f"malformed record: {type(e).__name__}") from None
 
 
+
+
+def _int(value: Any) -> int:
+    """``value`` if it is an integer (not a bool) from 0 to 2**63 - 1, else
+    TypeError or ValueError: what msgpack and time functions can take back."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"expected an integer, got {type(value).__name__}")
+    if not 0 <= value < 1 << 63:
+        raise ValueError(f"integer {value} out of range")
+    return value
 
 
 def _expect_str(value: Any) -> str:

@@ -6,6 +6,8 @@ Sources, in the order :func:`obtain` tries them (like gocryptfs)::
     --extpass CMD       first line of CMD's stdout; CMD is split with shlex
                         and run without a shell
     environment         e.g. MEGAFS_PASSPHRASE
+    systemd credential  $CREDENTIALS_DIRECTORY/megafs-passphrase (a unit's
+                        LoadCredential=megafs-passphrase:FILE), first line
     prompt              getpass on the terminal, only if stdin is a TTY
 
 Every failure (unreadable file, empty secret, failing command, no source at
@@ -40,6 +42,9 @@ from ..errors import PassphraseError
 ENV_PASSPHRASE = "MEGAFS_PASSPHRASE"
 ENV_NEW_PASSPHRASE = "MEGAFS_NEW_PASSPHRASE"
 ENV_RECOVERY_KEY = "MEGAFS_RECOVERY_KEY"
+#: The systemd credential (``LoadCredential=NAME:FILE``) a passphrase is read
+#: from, in the folder systemd names in ``$CREDENTIALS_DIRECTORY``.
+CREDENTIAL = "megafs-passphrase"
 
 #: Every environment variable that may hold a secret of ours.
 SECRET_ENV = (ENV_PASSPHRASE, ENV_NEW_PASSPHRASE, ENV_RECOVERY_KEY)
@@ -217,6 +222,9 @@ def obtain(
     value = _checked(env, value)
     if value is not None:
         return value
+    credential = _credential() if env == ENV_PASSPHRASE else None
+    if credential is not None:
+        return read_passfile(credential)
     sources = [passfile_option]
     if extpass_option:
         sources.append(extpass_option)
@@ -224,6 +232,15 @@ def obtain(
     if confirm is not None:
         return prompt_twice(prompt_text, confirm, hint=hint)
     return prompt(prompt_text, hint=hint)
+
+
+def _credential() -> str | None:
+    """The path of the passphrase credential systemd passed, if it did."""
+    folder = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not folder:
+        return None
+    path = os.path.join(folder, CREDENTIAL)
+    return path if os.path.exists(path) else None
 
 
 def obtain_recovery_key(*, keyfile: str | None = None) -> str:

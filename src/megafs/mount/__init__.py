@@ -3,6 +3,7 @@
 - :mod:`.config`: :class:`MountConfig`, the ``-o`` options, :func:`parse_size`.
 - :mod:`.runtime`: the runtime folder and its pid, identity, status and log files.
 - :mod:`.daemon`: forking the daemon, waiting until it is ready; ``umount``.
+- :mod:`.notify`: telling systemd the mount is ready, or stopping.
 - :mod:`.serve`: one mount inside the daemon (unlock, serve, commit, unmount).
 
 Arrows point one way: ``serve`` uses ``config`` and ``runtime``, ``daemon``

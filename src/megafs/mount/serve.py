@@ -38,6 +38,7 @@ from ..fuse.operations import FuseSession, Operations, Options
 from ..stores import LocalStore, open_store
 from ..vault.vault import Vault
 from .config import DEFAULT_CACHE_SIZE, MountConfig, default_cache_dir
+from .notify import SystemdNotifier
 from .runtime import ident_path, pid_path, process_identity, status_path, write_runtime_file
 
 log = logging.getLogger("megafs.mount")
@@ -118,8 +119,11 @@ async def serve(cfg: MountConfig, passphrase: str, ready: Callable[[], None]) ->
     A store that refuses writes (read-only folder, read-only credentials) is
     served read-only, with a warning in the log. Until the folder is mounted,
     store calls fail after the store's few default attempts; from then on
-    each waits up to ``cfg.store_timeout`` for an unreachable store.
+    each waits up to ``cfg.store_timeout`` for an unreachable store. Under
+    systemd (``NOTIFY_SOCKET``), it notifies ``READY=1`` once the folder is
+    usable and ``STOPPING=1`` when unmounting begins (:mod:`.notify`).
     """
+    systemd = SystemdNotifier.from_environment()  # READY=1 once usable, STOPPING=1
     store = open_store(cfg.store_url, endpoint=cfg.endpoint)
     try:
         vault = await Vault.unlock(store, passphrase)
@@ -164,6 +168,7 @@ async def serve(cfg: MountConfig, passphrase: str, ready: Callable[[], None]) ->
             fs.start_background(background)
             try:
                 ready()
+                systemd.notify("READY=1")
                 async with trio.open_nursery() as nursery:
                     if not cfg.read_only:
                         nursery.start_soon(_commit_loop, fs, cfg.commit_interval)
@@ -173,6 +178,7 @@ async def serve(cfg: MountConfig, passphrase: str, ready: Callable[[], None]) ->
                     await session.run()
                     nursery.cancel_scope.cancel()
             finally:
+                systemd.notify("STOPPING=1")
                 session.close()
             await fs.close()
             fs.stop_background()

@@ -8,6 +8,7 @@
 - :mod:`.vault_commands`: ``init``, ``passwd``, ``recover``, ``info``.
 - :mod:`.mount_commands`: ``mount``, ``umount``.
 - :mod:`.fsck_command`: ``fsck``.
+- :mod:`.completion_command`: ``completion`` (bash and zsh, made by shtab).
 
 A foreseeable failure prints one line, ``megafs: <message>``, on stderr and
 exits with its code from :data:`~.exit_codes.EXIT_CODES`; never a traceback
@@ -34,12 +35,15 @@ from . import mount_commands
 from . import fsck_command
 
 # isort: split
+from . import completion_command
+
+# isort: split
 from .app import build_parser, main
 from .exit_codes import EXIT_CODES, Exit, exit_code, report
 from .registry import COMMANDS, command
 
 #: The modules whose import registered the commands, in ``--help`` order.
-COMMAND_MODULES = (vault_commands, mount_commands, fsck_command)
+COMMAND_MODULES = (vault_commands, mount_commands, fsck_command, completion_command)
 
 __all__ = [
     "COMMANDS",

@@ -37,7 +37,7 @@ from megafs import cli, errors
 from megafs.stores import LocalStore
 from megafs.vault.vault import Vault
 
-from ..support.helpers import COMMAND_TIMEOUT, FAST_KDF, MEGAFS, PASS
+from ..support.helpers import FAST_KDF, PASS, run_megafs
 from ..support.mounting import (
     Drive,
     mounts_of,
@@ -224,15 +224,7 @@ def test_fallback_runtime_folder_under_tmp(tmp_path: Path) -> None:
     def megafs_with_private_tmp(*args: str) -> subprocess.CompletedProcess[str]:
         private_tmp = ["unshare", "--mount", "--propagation", "private", "sh", "-c"]
         bind = 'mount --bind /tmp "$0/realtmp" && mount --rbind "$0" /tmp && exec "$@"'
-        return subprocess.run(
-            [*private_tmp, bind, str(fake), *MEGAFS, *args],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=COMMAND_TIMEOUT,
-            check=False,
-        )
+        return run_megafs(*args, env=env, wrap=[*private_tmp, bind, str(fake)])
 
     proc = megafs_with_private_tmp("umount", "/tmp/mnt")
     assert proc.returncode == 14 and "not mounted" in one_error_line(proc), proc.stderr

@@ -36,11 +36,13 @@ def run_megafs(
     env: Mapping[str, str],
     timeout: float = COMMAND_TIMEOUT,
     cwd: Path | None = None,
+    wrap: Sequence[str] = (),
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``megafs ARGS`` with exactly ``env``, no stdin, output captured as
-    text; the exit code is the caller's to check."""
+    """Run ``megafs ARGS`` (behind the command ``wrap``, which ends by running
+    its arguments) with exactly ``env``, no stdin, output captured as text;
+    the exit code is the caller's to check."""
     return subprocess.run(
-        [*MEGAFS, *map(str, args)],
+        [*wrap, *MEGAFS, *map(str, args)],
         env=dict(env),
         cwd=cwd,
         stdin=subprocess.DEVNULL,

@@ -73,6 +73,8 @@ class Committer:
         #: live there instead of in the root's version 1 fields.
         self.device_id = device_id
         self.device: Device | None = root.devices[device_id] if device_id is not None else None
+        if oplog.writable and self.device is None:
+            raise ValueError("a writable filesystem commits as a device: give its device_id")
         self.table = table
         self.data = data
         self.collector = collector
@@ -119,18 +121,8 @@ class Committer:
             or self.meta_dirty
             or self.data.pending
             or self.collector.pack_drops
-            or sorted(self.orphans) != self._committed_orphans()
+            or (self.device is not None and sorted(self.orphans) != self.device.orphans)
         )
-
-    def _committed_orphans(self) -> list[int]:
-        """The orphans as the last commit wrote them: this device's, or the root's."""
-        return self.device.orphans if self.device is not None else self.root.orphans
-
-    def _mark(self, root: Root) -> tuple[bytes, int] | None:
-        """The journal mark ``root`` records for this filesystem."""
-        if self.device_id is not None:
-            return root.devices[self.device_id].journal
-        return root.journal
 
     async def fsync(self) -> None:
         """Make everything written so far durable in the store. Blocks on the store.
@@ -208,18 +200,15 @@ class Committer:
         except BaseException:
             self._unsnapshot(snap)
             raise
-        done = self.root_for_commit
-        self.root.generation = done.generation
-        if self.device is not None and self.device_id is not None:
-            mine = done.devices[self.device_id]
-            self.device.orphans = list(mine.orphans)
-            self.device.time_ns, self.device.generation = mine.time_ns, mine.generation
-        else:
-            self.root.orphans = done.orphans
+        assert self.device is not None and self.device_id is not None  # writable: see __init__
+        done = self.root_for_commit.devices[self.device_id]
+        self.root.generation = self.root_for_commit.generation
+        self.device.orphans = list(done.orphans)
+        self.device.time_ns, self.device.generation = done.time_ns, done.generation
         self.data.committed(snap.chunk_jobs, snap.pack_jobs)
         self.commits += 1
         self._durable_mutations = max(self._durable_mutations, covers)
-        mark = self._mark(done)
+        mark = done.journal
         if self.oplog.journal is not None and mark is not None:
             self.oplog.journal.committed(mark[1])
         await self.collector.collect(snap.garbage)
@@ -268,32 +257,22 @@ class Committer:
         ptab = self.root.ptab
         if packs is not None:
             ptab, snap.pack_pages = packs.snapshot(snap.meta_jobs, garbage)
-        root = self.root
-        dev = self.device
-        if self.oplog.writable and root.lease is not None:
+        root, dev = self.root, self.device
+        assert dev is not None and self.device_id is not None  # writable: see __init__
+        if root.lease is not None:
             root.lease = self.vault.my_lease()
         journal = self.oplog.journal
         if journal is not None:
-            mark = (journal.id, journal.rotate())
-            if dev is not None:
-                dev.journal = mark
-            else:
-                root.journal = mark
+            dev.journal = (journal.id, journal.rotate())
         root.itab = itab
         root.ptab = ptab
-        if dev is not None:
-            if packs is not None:
-                dev.next_pack = packs.next_pack
-        else:
-            root.next_pack = packs.next_pack if packs is not None else 0
+        if packs is not None:
+            dev.next_pack = packs.next_pack
         new = root.copy()
         new.generation = self.vault.next_generation()
-        if self.device_id is not None:
-            mine = new.devices[self.device_id]
-            mine.orphans = sorted(self.orphans)
-            mine.time_ns, mine.generation = time.time_ns(), new.generation
-        else:
-            new.orphans = sorted(self.orphans)
+        mine = new.devices[self.device_id]
+        mine.orphans = sorted(self.orphans)
+        mine.time_ns, mine.generation = time.time_ns(), new.generation
         self.root_for_commit = new
         self.meta_dirty = False
         return snap

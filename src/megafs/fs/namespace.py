@@ -82,22 +82,21 @@ class Namespace:
 
     async def _new_inode(self, mode: int, uid: int, gid: int) -> Inode:
         dev = self.device
+        if dev is None:  # only a writable filesystem creates, and it is a device
+            raise FsError(errno.EROFS, "read-only: no device record to number inodes from")
         if self.oplog.replay_ino is not None:
             ino = self.oplog.replay_ino
-            if dev is not None and dev.owns(ino):
+            if dev.owns(ino):
                 dev.next_ino = max(dev.next_ino, ino + 1)
-            elif ino >> DEVICE_BITS == 0:
+            elif ino >> DEVICE_BITS == 0:  # from a journal written before the upgrade
                 self.root.next_ino = max(self.root.next_ino, ino + 1)
             else:  # another device's number: never this journal's to create
                 raise FsError(errno.EEXIST, f"inode {ino} is in another device's range")
-        elif dev is not None:
+        else:
             ino = dev.next_ino
             if not dev.owns(ino):
                 raise FsError(errno.ENOSPC, "this device has used up its inode numbers")
             dev.next_ino += 1
-        else:
-            ino = self.root.next_ino
-            self.root.next_ino += 1
         await self.table.load_page(ino >> PAGE_BITS)
         node = Inode(ino, mode, uid, gid, self.oplog.now())
         if node.is_reg:

@@ -24,6 +24,8 @@ deletes at once and blocks on the store.
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Callable
 
 import trio
 
@@ -34,6 +36,10 @@ log = logging.getLogger(__name__)
 
 #: Objects per delete batch (one S3 DeleteObjects request).
 BATCH = 1000
+
+#: Seconds garbage waits before deletion once several devices share the vault:
+#: another device may still read (or merge against) the root that held it.
+GRACE = 24 * 3600.0
 
 
 class Collector:
@@ -51,6 +57,11 @@ class Collector:
         #: (the committer updates the pack table with those).
         self._retired: list[bytes] = []
         self.pack_drops: list[ChunkRef] = []
+        #: Whether other devices share the vault (then deletion is deferred).
+        self.shared: Callable[[], bool] = lambda: False
+        self.grace = GRACE
+        #: (trio time due, object ids): garbage waiting out the grace period.
+        self._deferred: list[tuple[float, list[bytes]]] = []
 
     # --- retiring (before a commit) ----------------------------------------
 
@@ -83,6 +94,18 @@ class Collector:
         """A commit failed: what its snapshot retired (and made) waits for the next."""
         self._retired.extend(objs)
 
+    def cancel(self, refs: set[object]) -> None:
+        """A merge found these still referenced, or retired already by the
+        device that committed first: they are not garbage of the next commit.
+        ``refs`` holds chunk references and object ids. No await."""
+        objs = {
+            r.obj if isinstance(r, ChunkRef) else r
+            for r in refs
+            if not (isinstance(r, ChunkRef) and r.packed)
+        }
+        self._retired = [o for o in self._retired if o not in objs]
+        self.pack_drops = [r for r in self.pack_drops if r not in refs]
+
     # --- deleting (after a commit) -----------------------------------------
 
     async def collect(self, garbage: list[bytes]) -> None:
@@ -94,6 +117,11 @@ class Collector:
         if self.content.cache is not None:
             for obj in garbage:
                 self.content.cache.forget(obj_name(obj))
+        if self.shared():
+            # another device may still use the root that held it: later
+            self._deferred.append((trio.current_time() + self.grace, list(garbage)))
+            self._wake.set()
+            return
         if self._background and not self._stopping:
             self._queue.extend(garbage)
             self._wake.set()
@@ -128,14 +156,22 @@ class Collector:
         self._running = True
         try:
             while True:
+                self._due()
                 if not self._queue:
                     waiters, self._waiters = self._waiters, []
                     for w in waiters:
                         w.set()
                     if self._stopping:
+                        if self._deferred:
+                            log.info(
+                                "%d unreferenced objects kept for the other devices' sake; "
+                                "a later mount or fsck --repair deletes them",
+                                sum(len(g) for _, g in self._deferred),
+                            )
                         return
                     self._wake = trio.Event()
-                    await self._wake.wait()
+                    with trio.move_on_at(min((t for t, _ in self._deferred), default=math.inf)):
+                        await self._wake.wait()
                     continue
                 batch, self._queue = self._queue[:BATCH], self._queue[BATCH:]
                 await self._delete(batch)
@@ -144,9 +180,21 @@ class Collector:
             for w in self._waiters:
                 w.set()
 
+    def _due(self) -> None:
+        """Deferred garbage whose grace period is over joins the queue."""
+        now = trio.current_time()
+        while self._deferred and self._deferred[0][0] <= now:
+            self._queue.extend(self._deferred.pop(0)[1])
+
+    @property
+    def deferred(self) -> int:
+        """Objects waiting out the grace period."""
+        return sum(len(g) for _, g in self._deferred)
+
     async def drain(self) -> None:
         """Return once the garbage queued so far is deleted (or failed to be)."""
         if not self._running:
+            self._due()
             batch, self._queue = self._queue, []
             if batch:
                 await self._delete(batch)

@@ -21,19 +21,28 @@ not at all. A commit takes no inode lock.
 
 from __future__ import annotations
 
+import logging
+import random
 import time
+from collections.abc import Callable
 
 import trio
 
 from ..client.journal import sync_files
-from ..errors import IntegrityError
-from ..vault.root import Device, Root
-from ..vault.tables import MetaJob, PackTable
+from ..errors import CommitConflict, IntegrityError, RollbackError
+from ..vault.root import ROOT, Device, Root
+from ..vault.tables import MetaJob, PackRecord, PackTable
 from ..vault.vault import Vault
 from .collector import Collector
 from .data import ChunkJobs, DataPath, PackJob
+from .merge import Merge, Outcome
 from .oplog import OpLog
 from .table import InodeTable
+
+log = logging.getLogger(__name__)
+
+#: Merges one commit tries before it gives up (and retries at the next one).
+MERGE_RETRIES = 8
 
 
 class _Snapshot:
@@ -48,6 +57,13 @@ class _Snapshot:
         self.pack_pages: set[int] = set()
         #: What the new root no longer references.
         self.garbage: list[bytes] = []
+        #: Pack records as they were before this snapshot's drops, the drops,
+        #: and the packs they killed (with their upload jobs): undone on failure.
+        self.pack_saved: dict[int, PackRecord | None] = {}
+        self.drops: list[object] = []
+        self.dead: list[tuple[bytes, PackJob | None]] = []
+        #: The table's changed inodes this snapshot took.
+        self.changed: set[int] = set()
 
 
 class Committer:
@@ -98,6 +114,12 @@ class Committer:
         self.meta_dirty = False
         self.commits = 0
         self.root_for_commit = root
+        #: The root this device's state is based on: the last one it committed
+        #: or merged with (a merge's base).
+        self.base = root.copy()
+        #: Merges done, and callbacks told of each (the kernel's caches).
+        self.merges = 0
+        self.on_merge: list[Callable[[Outcome], None]] = []
         self._lock = trio.Lock()
         #: How many mutations the last successful commit covered (group commit).
         self._durable_mutations = 0
@@ -186,21 +208,31 @@ class Committer:
         if not self.has_changes():
             self._durable_mutations = max(self._durable_mutations, covers)
             return False
-        await self._load_pack_pages()
-        snap = self._snapshot()
-        try:
-            async with trio.open_nursery() as nursery:
-                for ref, pend in snap.chunk_jobs:
-                    nursery.start_soon(self.data.ensure_uploaded, ref, pend)
-                for job in snap.pack_jobs:
-                    nursery.start_soon(self.data.upload_pack, job)
-                for kind, obj_id, payload in snap.meta_jobs:
-                    nursery.start_soon(self.vault.put_meta, kind, obj_id, payload)
-            await self.vault.commit_root(self.root_for_commit)
-        except BaseException:
-            self._unsnapshot(snap)
-            raise
+        for attempt in range(MERGE_RETRIES + 1):
+            await self._load_pack_pages()
+            snap = self._snapshot()
+            try:
+                async with trio.open_nursery() as nursery:
+                    for ref, pend in snap.chunk_jobs:
+                        nursery.start_soon(self.data.ensure_uploaded, ref, pend)
+                    for job in snap.pack_jobs:
+                        nursery.start_soon(self.data.upload_pack, job)
+                    for kind, obj_id, payload in snap.meta_jobs:
+                        nursery.start_soon(self.vault.put_meta, kind, obj_id, payload)
+                await self.vault.commit_root(self.root_for_commit)
+            except CommitConflict:
+                self._unsnapshot(snap)
+                if attempt == MERGE_RETRIES:
+                    raise
+                await self._merge()
+                await trio.sleep(random.uniform(0, 0.02 * (1 << min(attempt, 6))))
+                continue
+            except BaseException:
+                self._unsnapshot(snap)
+                raise
+            break
         assert self.device is not None and self.device_id is not None  # writable: see __init__
+        self.base = self.root_for_commit.copy()
         done = self.root_for_commit.devices[self.device_id]
         self.root.generation = self.root_for_commit.generation
         self.device.orphans = list(done.orphans)
@@ -213,6 +245,97 @@ class Committer:
             self.oplog.journal.committed(mark[1])
         await self.collector.collect(snap.garbage)
         return True
+
+    async def refresh(self) -> bool:
+        """Catch up with other devices' commits: if the root in the store is
+        newer than the base, merge onto it (a fast-forward when nothing here
+        changed); the changes here stay uncommitted. Returns whether it
+        moved. Blocks on the store; holds the commit lock."""
+        if self.device is None:
+            return False
+        async with self._lock:
+            if not await self.vault.root_changed():
+                return False
+            await self._merge()
+            return True
+
+    async def _merge(self) -> None:
+        """Another device committed first: read its root (theirs), merge this
+        device's changes onto it, and make it the base. Blocks on the store.
+
+        Refuses (RollbackError) a newer root that does not hold this device's
+        own last commit as it made it: a store that rolled back or forked it.
+        """
+        assert self.device is not None and self.device_id is not None
+        theirs = await self.vault.read_root()
+        me, mine = theirs.devices.get(self.device_id), self.base.devices.get(self.device_id)
+        if me is None or mine is None or (me.generation, me.journal) != (
+            mine.generation,
+            mine.journal,
+        ):
+            raise RollbackError(
+                ROOT,
+                mine.generation if mine else 0,
+                theirs.generation,
+                "the store served a newer root without this device's last commit "
+                "(rollback or forked history)",
+            )
+        maker = next(
+            (d for d in theirs.devices.values() if d.generation == theirs.generation), None
+        )
+        merge = Merge(
+            vault=self.vault,
+            table=self.table,
+            data=self.data,
+            content=self.data.content,
+            collector=self.collector,
+            packs=self.packs,
+            orphans=self.orphans,
+            base=self.base,
+            theirs=theirs,
+            device_id=self.device_id,
+            device=self.device,
+        )
+        for _ in range(16):
+            await merge.prepare()
+            outcome = merge.apply(maker.name if maker is not None else "another device")
+            if outcome is not None:
+                break
+        else:
+            raise CommitConflict("the vault changes faster than this device can merge")
+        base_dev = self.base.devices[self.device_id]
+        if self.packs is not None:
+            for page in merge.ptpages & set(self.packs.pages):
+                recs = dict(merge.ptheirs_pages[page])
+                for pno, rec in self.packs.pages[page].items():
+                    if self.device.owns(pno) and pno >= base_dev.next_pack:
+                        recs[pno] = rec
+                self.packs.pages[page] = recs
+            self.packs.index = merge.ptheirs
+        root = self.root
+        delta = [a - b for a, b in zip(root.stats, self.base.stats, strict=True)]
+        root.stats[:] = [
+            t + d + x
+            for t, d, x in zip(theirs.stats, delta, merge.root_stats_delta, strict=True)
+        ]
+        root.generation = theirs.generation
+        root.itab, root.ptab = theirs.itab, theirs.ptab
+        root.next_ino, root.next_pack = theirs.next_ino, theirs.next_pack
+        root.orphans, root.journal, root.lease = list(theirs.orphans), theirs.journal, None
+        for k, d in theirs.devices.items():
+            if k != self.device_id:
+                root.devices[k] = d.copy()
+        self.base = theirs.copy()
+        self.merges += 1
+        log.info(
+            "merged with %s's commit (generation %d): %d inodes, %d conflict copies",
+            maker.name if maker else "another device",
+            theirs.generation,
+            len(outcome.changed),
+            len(outcome.conflicts),
+        )
+        for cb in self.on_merge:
+            cb(outcome)
 
     async def _load_pack_pages(self) -> None:
         """Make resident the pack table pages the next snapshot changes.
@@ -239,19 +362,25 @@ class Committer:
         snap = _Snapshot()
         garbage = snap.garbage = self.collector.take_retired()
         packs = self.packs
+        snap.changed, self.table.changed = self.table.changed, set()
         if packs is not None:
             drops = self.collector.take_pack_drops()
+            snap.drops = list(drops)
             sealed_len = self.vault.layout.sealed_len
-            for i, ref in enumerate(drops):
+            for ref in drops:
+                if ref.pno not in snap.pack_saved:
+                    snap.pack_saved[ref.pno] = packs.save(ref.pno)
                 try:
                     dead = packs.drop(ref.pno, ref.obj, sealed_len(ref.length))
                 except IntegrityError:
-                    self.collector.return_pack_drops(drops[i:])  # nothing is lost
-                    self.collector.unretire(garbage)
+                    self._undo_drops(snap)  # nothing is lost
+                    dead_objs = {obj for obj, _ in snap.dead}
+                    self.collector.unretire([g for g in garbage if g not in dead_objs])
+                    self.table.changed |= snap.changed
                     raise
                 if dead is not None:
                     garbage.append(dead)
-                    self.data.dead_pack(dead)
+                    snap.dead.append((dead, self.data.dead_pack(dead)))
         snap.chunk_jobs, snap.pack_jobs = self.data.freeze(packs)
         itab, snap.pages = self.table.snapshot(snap.meta_jobs, garbage)
         ptab = self.root.ptab
@@ -287,8 +416,21 @@ class Committer:
         """
         new_meta = {obj for _, obj, _ in snap.meta_jobs}
         self.table.unsnapshot(snap.pages, new_meta)
+        self.table.changed |= snap.changed
         if self.packs is not None:
             self.packs.dirty |= snap.pack_pages
         self.meta_dirty = True
-        self.collector.unretire(snap.garbage)
+        dead = {obj for obj, _ in snap.dead}
+        self._undo_drops(snap)
+        self.collector.unretire([g for g in snap.garbage if g not in dead])
         self.collector.unretire(list(new_meta))
+
+    def _undo_drops(self, snap: _Snapshot) -> None:
+        """Pack records as before the snapshot's drops; the drops wait again."""
+        if self.packs is None or not snap.drops:
+            return
+        self.packs.restore(snap.pack_saved)
+        for obj, job in snap.dead:
+            if job is not None:
+                self.data.pending_packs[obj] = job
+        self.collector.return_pack_drops(snap.drops)  # type: ignore[arg-type]

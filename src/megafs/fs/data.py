@@ -503,6 +503,25 @@ class DataPath:
         if offset + length > node.size:
             await self.truncate(ino, offset + length)
 
+    async def read_ref(self, node: Inode, idx: int, ref: ChunkRef) -> bytes:
+        """The plaintext of chunk ``idx`` of ``node`` as stored under ``ref``
+        (a merge copies it into a new chunk). May block on the store."""
+        assert node.file_key is not None
+        cs = self.layout.chunk_size
+        return await self.content.read_file(
+            {idx: ref}, node.file_key, node.file_id, idx * cs + ref.length, idx * cs, ref.length
+        )
+
+    def adopt(self, node: Inode, idx: int, buf: bytearray) -> None:
+        """Make ``buf`` chunk ``idx`` of ``node``, dirty: stored afresh at the
+        next commit (a merge's copy of a chunk another device retired). The
+        caller removed the old reference without retiring it. No await."""
+        node.dirty[idx] = buf
+        self.dirty_inodes.add(node.ino)
+        self.dirty_bytes += len(buf)
+        node.body_dirty = True
+        self.table.touch(node)
+
     def discard(self, node: Inode) -> None:
         """A purged file: retire its chunks and drop its dirty buffers. No await."""
         for ref in node.chunks.values():
@@ -524,9 +543,10 @@ class DataPath:
                 return True
         return False
 
-    def dead_pack(self, obj: bytes) -> None:
-        """The pack table dropped pack ``obj``: it is not to be uploaded."""
-        self.pending_packs.pop(obj, None)
+    def dead_pack(self, obj: bytes) -> PackJob | None:
+        """The pack table dropped pack ``obj``: it is not to be uploaded.
+        Returns its job, if it had one (to put back if the commit fails)."""
+        return self.pending_packs.pop(obj, None)
 
     def freeze(self, packs: PackTable | None) -> tuple[ChunkJobs, list[PackJob]]:
         """Turn every dirty chunk buffer into a pending chunk (or packed chunk,

@@ -59,19 +59,21 @@ under the commit lock. These orders never reverse, so they cannot deadlock.
 from __future__ import annotations
 
 import logging
+import random
 import socket
+import time
 from typing import Any
 
 import trio
 
 from ..client.cache import ContentCache
 from ..client.journal import Journal
-from ..errors import MegafsError, UnsupportedVersion, first_leaf
+from ..errors import CommitConflict, MegafsError, UnsupportedVersion, first_leaf
 from ..vault.content import Content
 from ..vault.root import RECORD_VERSION, Root
 from ..vault.vault import Vault
 from .collector import Collector
-from .committer import Committer
+from .committer import MERGE_RETRIES, Committer
 from .data import DataPath
 from .inode import Attr, Inode
 from .namespace import NAME_MAX, Namespace
@@ -117,6 +119,7 @@ class Filesystem:
         self.content = Content(vault, cache)
         #: what is retired, and deleting it (the retention hook)
         self.collector = Collector(self.content)
+        self.collector.shared = lambda: len(root.devices) > 1
         self.table = InodeTable(
             vault, root.itab, RecordCodec(vault.keys, vault.layout, packed=packed)
         )
@@ -190,9 +193,14 @@ class Filesystem:
                     f"the vault's root has record version {root.record}, newer than this "
                     f"megafs writes ({RECORD_VERSION}); it can only be mounted read-only"
                 )
-            vault.check_lease(root, force=force)
+            if not root.devices:  # version 1: an older megafs may be writing it
+                vault.check_lease(root, force=force)
             device_id = vault.state.client_id
+            if device_id not in root.devices:
+                root = await cls._register(vault, root, device_id, device_name)
+                last_mark = root.last_mark(device_id)
             root.register(device_id, device_name or socket.gethostname())
+            root.lease = None
         fs = cls(vault, root, writable=writable, device_id=device_id, **kw)
         if root.itab is not None:
             await fs.table.index.open()
@@ -200,7 +208,6 @@ class Filesystem:
             fs.namespace.make_root_dir()
         if writable:
             vault.read_only = False
-            fs.root.lease = vault.my_lease()
             for ino in sorted(fs.namespace.orphans):
                 await fs.namespace.purge_if_unused(ino)
             if journal is not None:
@@ -214,6 +221,30 @@ class Filesystem:
             fs.committer.renew_lease()
             await fs.commit()
         return fs
+
+    @staticmethod
+    async def _register(
+        vault: Vault, root: Root, device_id: bytes, device_name: str | None
+    ) -> Root:
+        """Commit this client's device record before anything is allocated
+        from its prefix; a registration that loses the swap reads the newer
+        root and registers again, so two devices never hold one prefix."""
+        for attempt in range(MERGE_RETRIES * 2):
+            new = root.copy()
+            new.register(device_id, device_name or socket.gethostname())
+            new.lease = None
+            new.generation = vault.next_generation()
+            mine = new.devices[device_id]
+            mine.time_ns, mine.generation = time.time_ns(), new.generation
+            try:
+                await vault.commit_root(new)
+                return new
+            except CommitConflict:
+                await trio.sleep(random.uniform(0, 0.02 * (1 << min(attempt, 6))))
+                root = await vault.read_root()
+                if device_id in root.devices:
+                    return root
+        raise CommitConflict("could not register this device: the vault changes too fast")
 
     async def apply_record(self, rec: list[Any]) -> None:
         """Replay one journal record (no commit). Records that no longer apply are skipped."""
@@ -236,7 +267,6 @@ class Filesystem:
         """Commit everything, release the writer lease, and delete the garbage
         (so a clean unmount leaves no unreferenced object behind)."""
         if self.writable:
-            self.root.lease = None
             self.committer.renew_lease()
             await self.commit()
             self.oplog.writable = False
@@ -391,6 +421,10 @@ class Filesystem:
 
     def has_changes(self) -> bool:
         return self.committer.has_changes()
+
+    async def refresh(self) -> bool:
+        """Catch up with other devices' commits (see :meth:`Committer.refresh`)."""
+        return await self.committer.refresh()
 
     def renew_lease(self) -> None:
         self.committer.renew_lease()

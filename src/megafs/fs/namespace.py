@@ -221,6 +221,7 @@ class Namespace:
         ent = d.entries.get(name)
         if ent is None:
             raise FsError(errno.ENOENT)
+        self.table.names[ent[0]] = (parent, name)
         return (await self.table.get(ent[0])).attr()
 
     async def readdir(self, ino: int, after: int) -> list[tuple[bytes, Attr, int]]:
@@ -278,6 +279,7 @@ class Namespace:
             node.nlink = 2
             d.nlink += 1
         d.add_entry(name, node.ino)
+        self.table.names[node.ino] = (parent, name)
         d.mtime = d.ctime = node.ctime
         self.table.touch(d)
         self.table.insert(node)
@@ -477,6 +479,7 @@ class Namespace:
             self._unlinked(dst)
         od.remove_entry(old_name)
         nd.add_entry(new_name, src.ino)
+        self.table.names[src.ino] = (new_parent, new_name)
         if src.is_dir and od.ino != nd.ino:
             src.parent = nd.ino
             od.nlink -= 1

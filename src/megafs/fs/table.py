@@ -56,6 +56,13 @@ class InodeTable:
         #: Kernel references (lookup counts) and open handles per inode.
         self.refs: dict[int, int] = {}
         self.opens: dict[int, int] = {}
+        #: Inodes changed (touched, inserted, removed) since the last commit
+        #: that succeeded: what a merge counts as this device's changes.
+        self.changed: set[int] = set()
+        #: A name each inode was last seen under, (folder, name): where a merge
+        #: puts a conflict copy of a file whose folder it cannot see. A hint:
+        #: checked before use.
+        self.names: dict[int, tuple[int, bytes]] = {}
 
     # --- loading ----------------------------------------------------------
 
@@ -134,6 +141,7 @@ class InodeTable:
     def touch(self, node: Inode) -> None:
         """``node``'s record changed: its page goes into the next snapshot."""
         self.dirty_pages.add(node.ino >> PAGE_BITS)
+        self.changed.add(node.ino)
 
     def insert(self, node: Inode) -> None:
         """Add a new inode (its page must be resident, or new)."""
@@ -142,12 +150,15 @@ class InodeTable:
         self.page_members.setdefault(page, set()).add(node.ino)
         self._page_lru[page] = None
         self.dirty_pages.add(page)
+        self.changed.add(node.ino)
 
     def remove(self, ino: int) -> None:
         """Delete a purged inode from its page."""
         del self.inodes[ino]
         self.page_members[ino >> PAGE_BITS].discard(ino)
         self.dirty_pages.add(ino >> PAGE_BITS)
+        self.changed.add(ino)
+        self.names.pop(ino, None)
 
     def snapshot(
         self, meta_jobs: list[MetaJob], garbage: list[bytes]

@@ -272,6 +272,21 @@ class PackTable:
         del self.pages[page][pno]
         return rec.obj
 
+    def save(self, pno: int) -> PackRecord | None:
+        """A copy of pack ``pno``'s record (its page resident), for :meth:`restore`."""
+        rec = self.pages[pno >> PAGE_BITS].get(pno)
+        return PackRecord(rec.obj, rec.live, rec.size, rec.live_bytes) if rec else None
+
+    def restore(self, saved: dict[int, PackRecord | None]) -> None:
+        """Put records back as :meth:`save` copied them (drops undone)."""
+        for pno, rec in saved.items():
+            page = self.pages.setdefault(pno >> PAGE_BITS, {})
+            if rec is None:
+                page.pop(pno, None)
+            else:
+                page[pno] = rec
+            self.dirty.add(pno >> PAGE_BITS)
+
     def snapshot(
         self, meta_jobs: list[MetaJob], garbage: list[bytes]
     ) -> tuple[bytes | None, set[int]]:

@@ -375,6 +375,14 @@ class Vault:
         self._root_digest = digest
         return root
 
+    async def root_changed(self) -> bool:
+        """Whether the root pointer in the store is not the one last read or
+        committed here. One read of the pointer (its version tag decides)."""
+        if self._root_etag is None:
+            return True
+        ptr = await self.store.read_pointer(ROOT, max_size=ROOT_MAX)
+        return ptr is None or ptr.etag != self._root_etag
+
     def next_generation(self) -> int:
         """The generation of the next commit attempt: above every root seen,
         committed or attempted (failed attempts are remembered across

@@ -87,9 +87,13 @@ class ForwardingStore(Store):
         return await self.inner.delete_many(names)
 
     async def list(
-        self, prefix: str = "", *, refused: list[Refused] | None = None
+        self,
+        prefix: str = "",
+        *,
+        refused: list[Refused] | None = None,
+        ages: dict[str, float] | None = None,
     ) -> AsyncIterator[tuple[str, int]]:
-        async for item in self.inner.list(prefix, refused=refused):
+        async for item in self.inner.list(prefix, refused=refused, ages=ages):
             yield item
 
     async def read_pointer(self, name: str, max_size: int = MAX_POINTER_SIZE) -> Pointer | None:

@@ -253,7 +253,8 @@ async def _build(tmp: Path) -> Sample:
     hptr = await store.read_pointer("header")
     assert ptr is not None and hptr is not None
     root = vault.open_root(ptr.data)
-    assert root.prev is not None and dataclasses.replace(root, prev=None) == committed
+    assert root.prev is not None
+    assert dataclasses.replace(root, prev=None) == dataclasses.replace(committed, prev=None)
     return Sample(
         tmp, vault, hptr.data, recovery, ptr.data, root, meta, chunks, seg, journal_bytes,
         records,

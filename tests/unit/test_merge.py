@@ -84,7 +84,9 @@ async def write_file(fs: Filesystem, path: bytes, data: bytes) -> int:
     return ino
 
 
-async def base_and_two(devs: Devices, files: dict[bytes, bytes], dirs: list[bytes] = []):  # noqa: B006
+async def base_and_two(
+    devs: Devices, files: dict[bytes, bytes], dirs: list[bytes] = []  # noqa: B006
+) -> tuple[Filesystem, Filesystem]:
     """Device a makes the base tree; a and b then both have it open."""
     a = await devs.open("a")
     for d in dirs:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from megafs.errors import FsError, VaultBusy
+from megafs.errors import FsError
 from megafs.fs.filesystem import Filesystem
 from megafs.fs.inode import ROOT_INO
 from megafs.fs.namespace import RENAME_EXCHANGE, RENAME_NOREPLACE
@@ -237,16 +237,27 @@ async def test_name_limits(fs: Filesystem) -> None:
     assert (await fs.lookup(ROOT_INO, b"\xff\xfe non-utf8")).size == 0
 
 
-async def test_second_writer_refused(fs: Filesystem, store: Store) -> None:
+async def test_a_second_writer_opens_and_merges(fs: Filesystem, store: Store) -> None:
+    """No writer lease with several devices: a second device opens writable
+    while the first is open, both write, and each sees both files."""
     other = await Vault.unlock(store, PASS)
     other.state.client_id = os.urandom(16)  # pretend to be another machine
-    with pytest.raises(VaultBusy):
-        await Filesystem.load(other)
+    fs2 = await Filesystem.load(other)
+    one = await fs.create(ROOT_INO, b"one", 0o644, 0, 0)
+    await fs.write(one.ino, 0, b"from the first")
+    two = await fs2.create(ROOT_INO, b"two", 0o644, 0, 0)
+    await fs2.write(two.ino, 0, b"from the second")
+    await fs.commit()
+    await fs2.commit()  # loses the swap: merges
+    assert fs2.committer.merges >= 1
+    assert await fs.refresh()
+    for f in (fs, fs2):
+        assert await f.read((await f.lookup(ROOT_INO, b"one")).ino, 0, 99) == b"from the first"
+        assert await f.read((await f.lookup(ROOT_INO, b"two")).ino, 0, 99) == b"from the second"
     ro = await Filesystem.load(other, writable=False)
     assert (await ro.getattr(ROOT_INO)).ino == ROOT_INO
     await fs.close()
-    fs3 = await Filesystem.load(other)
-    await fs3.close()
+    await fs2.close()
 
 
 class CountingStore(LocalStore):

@@ -23,7 +23,7 @@ def fsck_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--repair",
         action="store_true",
-        help="delete unreferenced objects (takes the writer lease while it runs)",
+        help="delete unreferenced objects (with other devices, only those older than the grace period)",
     )
 
 
@@ -65,6 +65,12 @@ def cmd_fsck(args: argparse.Namespace) -> None:
     if report.orphans:
         verb = "removed" if args.repair else "unreferenced (run with --repair to remove)"
         say(args, f"{len(report.orphans)} objects {verb}")
+    if report.young:
+        say(
+            args,
+            f"{len(report.young)} unreferenced objects younger than the grace period left "
+            "alone (another device may still commit or read them)",
+        )
     if report.problems or report.missing:
         raise IntegrityError(
             "fsck", f"{len(report.problems)} problems, {len(report.missing)} missing objects"

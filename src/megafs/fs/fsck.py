@@ -32,6 +32,7 @@ never changes one.
 from __future__ import annotations
 
 import stat
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -58,6 +59,10 @@ class Report:
     problems: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)
+    #: unreferenced, but younger than the grace period in a vault several
+    #: devices share: another device may be about to commit it, or still read
+    #: it (docs/multidevice.md, garbage); left alone, not counted as garbage
+    young: list[str] = field(default_factory=list)
     refused: list[Refused] = field(default_factory=list)
     removed: int = 0
 
@@ -262,7 +267,8 @@ async def _check(fs: Filesystem, report: Report, repair: bool, progress: Progres
     # A store can list names forever; more than this many beyond what the
     # vault references is no vault megafs wrote.
     most = 4 * len(onames) + 1_000_000
-    async for oname, _size in vault.list_objects(refused=report.refused):
+    ages: dict[str, float] = {}
+    async for oname, _size in vault.list_objects(refused=report.refused, ages=ages):
         listed.add(oname)
         if len(listed) > most:
             report.problems.append(
@@ -274,7 +280,13 @@ async def _check(fs: Filesystem, report: Report, repair: bool, progress: Progres
     for oname in sorted(onames - listed):
         if not any(m.startswith(oname) for m in report.missing):
             report.missing.append(oname)
-    report.orphans = sorted(listed - onames)
+    unreferenced = sorted(listed - onames)
+    if len(fs.root.devices) > 1:
+        young_after = time.time() - fs.collector.grace
+        report.young = [o for o in unreferenced if ages.get(o, time.time()) > young_after]
+        young = set(report.young)
+        unreferenced = [o for o in unreferenced if o not in young]
+    report.orphans = unreferenced
     if repair and report.orphans:
         for i, oname in enumerate(report.orphans):
             if progress:

@@ -171,7 +171,11 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def list(
-        self, prefix: str = "", *, refused: list[Refused] | None = None
+        self,
+        prefix: str = "",
+        *,
+        refused: list[Refused] | None = None,
+        ages: dict[str, float] | None = None,
     ) -> AsyncIterator[tuple[str, int]]:
         """Yield (name, size) of every object whose name starts with ``prefix``.
 
@@ -183,6 +187,10 @@ class Store(abc.ABC):
         as the listing goes (complete once the iteration has ended) or, when
         ``refused`` is None, counted in one logged warning. A refused entry is
         never followed, opened or deleted.
+
+        ``ages``, if given, gets each yielded object's last-modified time
+        (seconds since the epoch): fsck leaves young unreferenced objects
+        alone, since another device may be about to commit them.
         """
 
     @abc.abstractmethod

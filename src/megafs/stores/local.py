@@ -398,7 +398,11 @@ class LocalStore(Store):
         return await self._run(work, f"{len(todo)} objects", reading=False)
 
     async def list(
-        self, prefix: str = "", *, refused: list[Refused] | None = None
+        self,
+        prefix: str = "",
+        *,
+        refused: list[Refused] | None = None,
+        ages: dict[str, float] | None = None,
     ) -> AsyncIterator[tuple[str, int]]:
         """Scan ``objects/`` and its fan-out folders (never through a symlink).
 
@@ -456,9 +460,13 @@ class LocalStore(Store):
                                 bad.append(Refused(spot, _kind(st.st_mode)))
                                 continue
                             out.append((name, st.st_size))
+                            times[name] = st.st_mtime
             return out, bad
 
+        times: dict[str, float] = {}
         items, bad = await self._run(work, "listing")
+        if ages is not None:
+            ages.update(times)
         if refused is not None:
             refused.extend(bad)
         elif bad:

@@ -312,11 +312,12 @@ class Vault:
         return self.open_meta(kind, obj_id, data)
 
     def list_objects(
-        self, *, refused: list[Refused] | None = None
+        self, *, refused: list[Refused] | None = None, ages: dict[str, float] | None = None
     ) -> AsyncIterator[tuple[str, int]]:
         """(name, size) of every object the store holds (for fsck); entries
-        that are not objects go to ``refused`` (see :meth:`Store.list`)."""
-        return self.store.list(refused=refused)
+        that are not objects go to ``refused``, times to ``ages`` (see
+        :meth:`Store.list`)."""
+        return self.store.list(refused=refused, ages=ages)
 
     async def delete_object(self, name: str) -> None:
         """Delete one object by name (fsck's repair of what nothing references)."""

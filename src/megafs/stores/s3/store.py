@@ -30,8 +30,10 @@ within the :class:`~.bodies.Expect` the call gives).
 from __future__ import annotations
 
 import base64
+import datetime
 import hashlib
 import logging
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Sequence
 from urllib.parse import urlsplit
@@ -286,7 +288,11 @@ class S3Store(Store):
         return out
 
     async def list(
-        self, prefix: str = "", *, refused: list[Refused] | None = None
+        self,
+        prefix: str = "",
+        *,
+        refused: list[Refused] | None = None,
+        ages: dict[str, float] | None = None,
     ) -> AsyncIterator[tuple[str, int]]:
         """ListObjectsV2 under ``<prefix>o/``, page by page (continuation tokens).
 
@@ -350,6 +356,8 @@ class S3Store(Store):
                     bad.append(Refused(entry, f"size {size[:40]!r} is not a number"))
                 else:
                     items.append((name, int(size)))
+                    if ages is not None:
+                        ages[name] = _timestamp(item.findtext("{*}LastModified"))
             refusals += len(bad)
             if refusals > _MAX_REFUSED:
                 raise StoreError(
@@ -433,3 +441,13 @@ class S3Store(Store):
     async def aclose(self) -> None:
         """Close the connection pool. Idempotent."""
         await self._requests.aclose()
+
+
+def _timestamp(text: str | None) -> float:
+    """An S3 LastModified time (ISO 8601, UTC) in seconds; now if absent or
+    unreadable (so that fsck counts the object as young and leaves it)."""
+    try:
+        stamp = (text or "").strip().replace("Z", "+00:00")
+        return datetime.datetime.fromisoformat(stamp).timestamp()
+    except ValueError:
+        return time.time()

@@ -23,7 +23,8 @@ def fsck_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--repair",
         action="store_true",
-        help="delete unreferenced objects (with other devices, only those older than the grace period)",
+        help="delete unreferenced objects (with other devices: only those older than "
+        "the grace period)",
     )
 
 

@@ -52,7 +52,7 @@ def mount_options(p: argparse.ArgumentParser) -> None:
         metavar="OPTS",
         help="comma-separated mount options: ro, allow_other, default_permissions, uid=N, "
         "gid=N, umask=OCTAL, cache_dir=DIR, cache_size=SIZE, store_timeout=SECONDS, "
-        "passfile=FILE, endpoint=URL, device_name=NAME",
+        "passfile=FILE, endpoint=URL, device_name=NAME, poll_interval=SECONDS",
     )
     p.add_argument("--cache-dir", metavar="DIR", help="default: $XDG_CACHE_HOME/megafs/<vault id>")
     p.add_argument(
@@ -68,6 +68,13 @@ def mount_options(p: argparse.ArgumentParser) -> None:
         type=float,
         default=5.0,
         help="commit changes to the store this often (default 5)",
+    )
+    p.add_argument(
+        "--poll-interval",
+        metavar="SECONDS",
+        type=float,
+        default=3.0,
+        help="look for other devices' changes this often (default 3; 0: never)",
     )
     p.add_argument(
         "--store-timeout",
@@ -119,6 +126,7 @@ def cmd_mount(args: argparse.Namespace) -> None:
         debug=args.debug,
         cache_dir=args.cache_dir,
         commit_interval=args.commit_interval,
+        poll_interval=args.poll_interval,
         log_file=args.log_file,
         device_name=args.device_name,
     )

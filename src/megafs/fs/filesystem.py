@@ -62,6 +62,7 @@ import logging
 import random
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -75,7 +76,7 @@ from ..vault.vault import Vault
 from .collector import Collector
 from .committer import MERGE_RETRIES, Committer
 from .data import DataPath
-from .inode import Attr, Inode
+from .inode import ROOT_INO, Attr, Inode
 from .namespace import NAME_MAX, Namespace
 from .oplog import OpLog
 from .records import RecordCodec
@@ -264,10 +265,9 @@ class Filesystem:
         self.collector.stop()
 
     async def close(self) -> None:
-        """Commit everything, release the writer lease, and delete the garbage
-        (so a clean unmount leaves no unreferenced object behind)."""
+        """Commit everything and delete the garbage (so a clean unmount of a
+        vault no other device shares leaves no unreferenced object behind)."""
         if self.writable:
-            self.committer.renew_lease()
             await self.commit()
             self.oplog.writable = False
         await self.collector.drain()
@@ -421,6 +421,17 @@ class Filesystem:
 
     def has_changes(self) -> bool:
         return self.committer.has_changes()
+
+    def on_merge(self, callback: Callable[[set[int], set[tuple[int, bytes]]], None]) -> None:
+        """Call ``callback(inodes, entries)`` after each merge with another
+        device's commit: the inodes whose state changed here, and the
+        (folder, name) entries. Called synchronously, with no await: it must
+        not block (queue the work)."""
+        self.committer.on_merge.append(lambda o: callback(o.changed, o.entries))
+
+    def known(self, ino: int) -> bool:
+        """Whether the kernel holds a reference to ``ino`` (a lookup count)."""
+        return ino == ROOT_INO or bool(self.table.refs.get(ino))
 
     async def refresh(self) -> bool:
         """Catch up with other devices' commits (see :meth:`Committer.refresh`)."""

@@ -584,7 +584,7 @@ class _State:
         adds: dict[int, list[tuple[int, bytes]]] = {}
         rems: set[int] = set()
         dirs = self.O if side == "o" else self.T
-        for d in dirs:
+        for d in sorted(dirs):
             n = self.table.peek(d) if side == "o" else self.t(d)
             b = self.b(d)
             en = n.entries if n is not None and n.is_dir else {}
@@ -600,6 +600,8 @@ class _State:
                     adds.setdefault(y, []).append((d, name))
                 if x is not None:
                     rems.add(x)
+                if side == "t":  # the kernel's cached names (even negative) are stale
+                    self.outcome.entries.add((d, name))
         return adds, rems
 
     def _duplicate_moves(self) -> None:

@@ -16,9 +16,11 @@ The kernel session (``pyfuse3.init``, ``main``, ``terminate``, ``close``)
 is :class:`FuseSession`, so that the mount lifecycle (:mod:`megafs.mount`)
 needs no pyfuse3 of its own.
 
-Kernel caching is used on purpose: this client is the vault's only writer
-(the lease guarantees it), so entry and attribute timeouts are long and
-``keep_cache`` keeps page-cache contents across opens.
+Kernel caching is used on purpose: entry and attribute timeouts are long
+and ``keep_cache`` keeps page-cache contents across opens. When another
+device's commit is merged in, :meth:`Operations.start_invalidator` tells the
+kernel to forget the entries and inodes that changed (from a task of its
+own, never inside a request handler).
 
 May not touch: the vault, Content, the stores, the journal or cache, the
 model's components (table, namespace, data path, committer): only
@@ -31,12 +33,14 @@ from __future__ import annotations
 import errno
 import functools
 import logging
+import math
 import os
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
+import trio
 from pyfuse3 import FileHandleT, FileInfo, FUSEError, InodeT
 
 from ..errors import (
@@ -156,6 +160,36 @@ class Operations(pyfuse3.Operations):
         self._handles: dict[int, int] = {}
         self._next_fh = 1
         self.active = 0  # handlers in flight
+
+    # --- other devices' changes ------------------------------------------
+
+    def start_invalidator(self, nursery: trio.Nursery) -> None:
+        """From now on, after each merge of another device's commit, tell the
+        kernel to forget the names and the inodes (attributes and cached
+        pages) it changed, so that the next access asks this filesystem.
+        Runs in ``nursery``; only what the kernel holds a reference to is
+        invalidated. Never blocks a request handler."""
+        send, recv = trio.open_memory_channel[tuple[set[int], set[tuple[int, bytes]]]](
+            math.inf
+        )
+        self.fs.on_merge(lambda changed, entries: send.send_nowait((changed, entries)))
+        nursery.start_soon(self._invalidate, recv)
+
+    async def _invalidate(
+        self, recv: trio.MemoryReceiveChannel[tuple[set[int], set[tuple[int, bytes]]]]
+    ) -> None:
+        async for changed, entries in recv:
+            for parent, name in sorted(entries):
+                if self.fs.known(parent):
+                    pyfuse3.invalidate_entry_async(InodeT(parent), name, ignore_enoent=True)
+            for ino in sorted(changed):
+                if not self.fs.known(ino):
+                    continue
+                try:
+                    # may block (writeback): in a thread, as pyfuse3 advises
+                    await trio.to_thread.run_sync(pyfuse3.invalidate_inode, InodeT(ino), False)
+                except OSError as e:  # the kernel forgot it meanwhile
+                    log.debug("invalidating inode %d: %s", ino, e)
 
     # --- helpers ------------------------------------------------------
 

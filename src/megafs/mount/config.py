@@ -48,6 +48,8 @@ class MountConfig:
     #: a copy of it, and the copy would double the disk traffic).
     cache_size: int | None = None
     commit_interval: float = 5.0
+    #: How often to look for other devices' commits (0: never; docs/multidevice.md).
+    poll_interval: float = 3.0
     #: "store": fsync returns once the change is in the store (a commit);
     #: "local": once it is durable in the local journal (docs: README).
     fsync: str = "store"
@@ -93,6 +95,10 @@ class MountConfig:
                     self.fsync = val
                 elif key == "commit_interval":
                     self.commit_interval = float(val)
+                elif key == "poll_interval":
+                    self.poll_interval = float(val)
+                    if not self.poll_interval >= 0:
+                        raise ValueError(val)
                 elif key == "store_timeout":
                     self.store_timeout = float(val)
                     if not self.store_timeout > 0:

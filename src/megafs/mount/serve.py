@@ -45,26 +45,31 @@ log = logging.getLogger("megafs.mount")
 
 
 async def _commit_loop(fs: Filesystem, interval: float) -> None:
-    """Commit every ``interval`` seconds when there are changes; renew the lease.
+    """Commit every ``interval`` seconds when there are changes.
 
     A failed commit (the store away, full, refusing) is logged and tried
     again next time; its changes stay in memory and in the journal. A commit
     uploads in parallel, so its errors come as an exception group.
     """
-    last = trio.current_time()
     while True:
         await trio.sleep(interval)
-        now = trio.current_time()
         try:
             if fs.has_changes():
                 await fs.commit()
-                last = now
-            elif now - last > 60:
-                fs.renew_lease()
-                await fs.commit()
-                last = now
         except* MegafsError as failed:
             log.warning("background commit failed, will retry: %s", first_leaf(failed))
+
+
+async def _poll_loop(fs: Filesystem, interval: float) -> None:
+    """Every ``interval`` seconds, look for other devices' commits and merge
+    them in (:meth:`Filesystem.refresh`: one read of the root pointer when
+    nothing changed). Failures are logged and tried again next time."""
+    while True:
+        await trio.sleep(interval)
+        try:
+            await fs.refresh()
+        except* MegafsError as failed:
+            log.warning("looking for other devices' changes failed: %s", first_leaf(failed))
 
 
 def set_readahead(real_mountpoint: str, kb: int) -> bool:
@@ -172,6 +177,9 @@ async def serve(cfg: MountConfig, passphrase: str, ready: Callable[[], None]) ->
                 async with trio.open_nursery() as nursery:
                     if not cfg.read_only:
                         nursery.start_soon(_commit_loop, fs, cfg.commit_interval)
+                        ops.start_invalidator(nursery)  # merges happen in commits too
+                        if cfg.poll_interval > 0:
+                            nursery.start_soon(_poll_loop, fs, cfg.poll_interval)
                     nursery.start_soon(_signals, session.terminate)
                     if cfg.readahead_kb:
                         nursery.start_soon(_raise_readahead, cfg.mountpoint, cfg.readahead_kb)

@@ -1,0 +1,142 @@
+"""Several devices mount one vault at once, each a separate ``megafs mount``
+process with its own client state and cache (docs/multidevice.md): changes
+reach the other mounts through the store within poll plus commit interval,
+read with ``cat`` through their own mounts (the kernel's caches invalidated),
+and concurrent edits of one file leave both versions."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import re
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+
+from ..support.mounting import Drive
+
+#: How long a change may take to show on another device in these tests
+#: (commit interval 1 s, poll interval 0.5 s, plus a slow CI machine).
+PROPAGATION = 30.0
+
+
+@contextlib.contextmanager
+def devices(
+    url: str, tmp: Path, env: Mapping[str, str], n: int, *mount_args: str
+) -> Iterator[list[Drive]]:
+    """``n`` devices of one new vault, each mounted by its own daemon."""
+    drives = [Drive(url, tmp / f"dev{i}", env) for i in range(n)]
+    try:
+        drives[0].init()
+        for i, d in enumerate(drives):
+            d.mount(
+                "--device-name",
+                f"dev{i}",
+                "--commit-interval",
+                "1",
+                "--poll-interval",
+                "0.5",
+                *mount_args,
+            )
+        yield drives
+    finally:
+        for d in drives:
+            d.cleanup()
+    for d in drives:
+        problems = [p for p in d.log_problems() if "merged with" not in p]
+        assert not problems, "a daemon logged problems:\n" + "\n".join(problems)
+
+
+def eventually(check: Callable[[], bool], what: str, deadline: float = PROPAGATION) -> float:
+    """Wait until ``check()``; return how long it took."""
+    start = time.monotonic()
+    while True:
+        try:
+            if check():
+                return time.monotonic() - start
+        except (OSError, subprocess.CalledProcessError):
+            pass
+        if time.monotonic() - start > deadline:
+            raise AssertionError(f"not within {deadline:.0f} s: {what}")
+        time.sleep(0.1)
+
+
+def cat(path: Path) -> bytes:
+    """Read through the kernel as a user would (a separate process)."""
+    return subprocess.run(["cat", str(path)], capture_output=True, check=True).stdout
+
+
+def reads(d: Drive, rel: str, want: bytes) -> Callable[[], bool]:
+    """A check: ``cat`` of ``rel`` under ``d``'s mount gives ``want``."""
+    return lambda: cat(d.mountpoint / rel) == want
+
+
+def gone(d: Drive, rel: str) -> Callable[[], bool]:
+    return lambda: not (d.mountpoint / rel).exists()
+
+
+def test_changes_on_one_device_show_on_the_others(
+    tmp_path: Path, any_store_url: tuple[str, dict[str, str]]
+) -> None:
+    url, env = any_store_url
+    with devices(url, tmp_path, env, 3) as (a, b, c):
+        (a.mountpoint / "from-a.txt").write_bytes(b"written on a")
+        (b.mountpoint / "docs").mkdir()
+        (b.mountpoint / "docs" / "b.md").write_bytes(b"# b")
+        for d in (a, b, c):
+            eventually(reads(d, "from-a.txt", b"written on a"), "a's file")
+            eventually(reads(d, "docs/b.md", b"# b"), "b's file")
+        # c changes a file the others have read (and cached): they see the new content
+        (c.mountpoint / "from-a.txt").write_bytes(b"changed on c, longer")
+        for d in (a, b):
+            eventually(reads(d, "from-a.txt", b"changed on c, longer"), "c's change")
+        # a deletes and renames: gone and moved everywhere
+        os.rename(a.mountpoint / "docs" / "b.md", a.mountpoint / "b-renamed.md")
+        for d in (b, c):
+            eventually(gone(d, "docs/b.md"), "the rename")
+            eventually(reads(d, "b-renamed.md", b"# b"), "renamed")
+        info = a.megafs("info", url)
+        assert info.returncode == 0, info.stderr
+        assert all(f"dev{i}" in info.stdout for i in range(3)), info.stdout
+    fsck = a.megafs("fsck", url)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+
+
+def test_one_file_edited_on_two_devices_keeps_both(
+    tmp_path: Path, any_store_url: tuple[str, dict[str, str]]
+) -> None:
+    url, env = any_store_url
+    with devices(url, tmp_path, env, 2, "--commit-interval", "3600") as (a, b):
+        (a.mountpoint / "report.txt").write_bytes(b"base")
+        os.sync()  # fsync through the mount: committed
+        fd = os.open(a.mountpoint / "report.txt", os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+        eventually(reads(b, "report.txt", b"base"), "the base on b")
+        # b edits first but does not commit; a edits and fsyncs; b fsyncs (merges)
+        b.sh("sh", "-c", f"printf 'b edit' > '{b.mountpoint}/report.txt'")
+        for d, text in ((a, b"a edit"), (b, None)):
+            if text is not None:
+                with open(d.mountpoint / "report.txt", "wb") as f:
+                    f.write(text)
+                    f.flush()
+                    os.fsync(f.fileno())
+            else:
+                fd = os.open(d.mountpoint / "report.txt", os.O_RDONLY)
+                os.fsync(fd)
+                os.close(fd)
+
+        def both_there(d: Drive) -> bool:
+            names = sorted(os.listdir(d.mountpoint))
+            copies = [n for n in names if re.fullmatch(r"report \(conflict from dev0 .*\)\.txt", n)]
+            return (
+                len(names) == 2
+                and len(copies) == 1
+                and cat(d.mountpoint / "report.txt") == b"b edit"
+                and cat(d.mountpoint / copies[0]) == b"a edit"
+            )
+
+        for d in (a, b):
+            eventually(functools.partial(both_there, d), f"both versions on {d.mountpoint}")

@@ -22,7 +22,7 @@ not at all. A commit takes no inode lock.
 from __future__ import annotations
 
 import logging
-import random
+import secrets
 import time
 from collections.abc import Callable
 
@@ -40,6 +40,10 @@ from .oplog import OpLog
 from .table import InodeTable
 
 log = logging.getLogger(__name__)
+
+#: Backoff jitter of merge retries (the system random source: nothing here
+#: uses a predictable one).
+_JITTER = secrets.SystemRandom()
 
 #: Merges one commit tries before it gives up (and retries at the next one).
 MERGE_RETRIES = 8
@@ -225,7 +229,7 @@ class Committer:
                 if attempt == MERGE_RETRIES:
                     raise
                 await self._merge()
-                await trio.sleep(random.uniform(0, 0.02 * (1 << min(attempt, 6))))
+                await trio.sleep(_JITTER.uniform(0, 0.02 * (1 << min(attempt, 6))))
                 continue
             except BaseException:
                 self._unsnapshot(snap)

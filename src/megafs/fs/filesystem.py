@@ -59,7 +59,7 @@ under the commit lock. These orders never reverse, so they cannot deadlock.
 from __future__ import annotations
 
 import logging
-import random
+import secrets
 import socket
 import time
 from collections.abc import Callable
@@ -84,6 +84,10 @@ from .replay import apply_record
 from .table import InodeTable
 
 log = logging.getLogger(__name__)
+
+#: Backoff jitter of merge retries (the system random source: nothing here
+#: uses a predictable one).
+_JITTER = secrets.SystemRandom()
 
 
 class Filesystem:
@@ -241,7 +245,7 @@ class Filesystem:
                 await vault.commit_root(new)
                 return new
             except CommitConflict:
-                await trio.sleep(random.uniform(0, 0.02 * (1 << min(attempt, 6))))
+                await trio.sleep(_JITTER.uniform(0, 0.02 * (1 << min(attempt, 6))))
                 root = await vault.read_root()
                 if device_id in root.devices:
                     return root

@@ -374,6 +374,13 @@ class Committer:
             for ref in drops:
                 if ref.pno not in snap.pack_saved:
                     snap.pack_saved[ref.pno] = packs.save(ref.pno)
+                if len(self.root.devices) > 1 and packs.save(ref.pno) is None:
+                    # Another device's commit dropped this pack's last chunk
+                    # already (a merge let both count one reference): it is
+                    # gone, there is nothing left to count. fsck checks that
+                    # no chunk map still names it.
+                    log.warning("pack %d was already deleted by another device", ref.pno)
+                    continue
                 try:
                     dead = packs.drop(ref.pno, ref.obj, sealed_len(ref.length))
                 except IntegrityError:

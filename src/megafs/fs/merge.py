@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import FsError, IntegrityError
+from ..format import crypto
 from ..vault.content import ChunkRef, Content
 from ..vault.root import Device, Root
 from ..vault.tables import MID_BITS, PAGE_BITS, PackRecord, PackTable, RadixIndex
@@ -223,6 +224,8 @@ class Merge:
         self._opened = False
         self.tpages: set[int] = set()  # pages theirs changed
         self.identical: set[int] = set()
+        #: theirs' bytes of files both sides changed (for a conflict copy)
+        self.theirs_data: dict[int, bytes] = {}
         #: (ours' new file, theirs' new file) created under one name, same content
         self.identical_pairs: set[tuple[int, int]] = set()
         #: (ino, chunk index) -> plaintext of base chunks ours keeps but must
@@ -312,21 +315,29 @@ class Merge:
             b, t = self.bv.peek(ino), self.tv.peek(ino)
             if o is not None and b is None and o.is_reg and ino in self.table.names:
                 await self._same_new_file(o, *self.table.names[ino])
+            if o is not None and b is None and t is not None and o.is_reg and t.is_reg:
+                # both brought back one inode the base had not (each after
+                # another device's delete): two versions with no common base
+                self._read_for.add(ino)
+                self.theirs_data[ino] = await self._read_theirs(t)
+                mine = await self.data.read(ino, 0, o.size) if o.size <= COMPARE_MAX else None
+                if mine == self.theirs_data[ino]:
+                    self.identical.add(ino)
+                continue
             if o is None or b is None or not o.is_reg or not o.body_loaded:
                 continue
             if t is not None and _content(t) == _content(b):
                 continue  # theirs did not change the content: nothing to copy
             self._read_for.add(ino)
-            if (
-                t is not None
-                and t.is_reg
-                and _content(o) != _content(b)
-                and o.size == t.size <= COMPARE_MAX
-            ):
-                mine = await self.data.read(ino, 0, o.size) if o.size else b""
+            if t is not None and t.is_reg and _content(o) != _content(b):
+                # both changed it: theirs' version may become a conflict copy,
+                # which gets objects of its own (its bytes are read now)
                 theirs = await self._read_theirs(t)
-                if mine == theirs:
-                    self.identical.add(ino)
+                self.theirs_data[ino] = theirs
+                if o.size == t.size <= COMPARE_MAX:
+                    mine = await self.data.read(ino, 0, o.size) if o.size else b""
+                    if mine == theirs:
+                        self.identical.add(ino)
             base_refs = set(b.chunks.values())
             for idx, ref in list(o.chunks.items()):
                 if ref in base_refs:
@@ -374,10 +385,12 @@ class Merge:
                 return False
             if (
                 o is not None
-                and b is not None
                 and o.is_reg
                 and ino not in self._read_for
-                and not (t is not None and _content(t) == _content(b))
+                and (
+                    (b is not None and not (t is not None and _content(t) == _content(b)))
+                    or (b is None and t is not None and t.is_reg)
+                )
             ):
                 return False
         if self.packs is not None:
@@ -488,6 +501,7 @@ class _State:
         self._entries()
         self._duplicate_moves()
         self._resurrect()
+        self._dangling()
         self._cycles()
         self._links()
         self._account()
@@ -513,7 +527,10 @@ class _State:
                             o.xattrs[k] = t.xattrs[k]
                         else:
                             o.xattrs.pop(k, None)
-            if o.is_reg and b is not None and t.is_reg:
+            if o.is_reg and b is None and t.is_reg and ino in self.m.theirs_data:
+                if ino not in self.m.identical:
+                    self.conflict_copies[ino] = -1  # no base: both are versions
+            elif o.is_reg and b is not None and t.is_reg:
                 ours_c, theirs_c = _content(o) != _content(b), _content(t) != _content(b)
                 if theirs_c and not ours_c:
                     self._take_content(o, t)
@@ -578,11 +595,13 @@ class _State:
             return True
         return oa.small is not None and tb.small is not None and oa.small == tb.small
 
-    def _adds_removes(self, side: str) -> tuple[dict[int, list[tuple[int, bytes]]], set[int]]:
+    def _adds_removes(
+        self, side: str
+    ) -> tuple[dict[int, list[tuple[int, bytes]]], dict[int, int]]:
         """Entries ``side`` ("o" or "t") added since base, by child; and the
         children it removed an entry of."""
         adds: dict[int, list[tuple[int, bytes]]] = {}
-        rems: set[int] = set()
+        rems: dict[int, int] = {}
         dirs = self.O if side == "o" else self.T
         for d in sorted(dirs):
             n = self.table.peek(d) if side == "o" else self.t(d)
@@ -599,7 +618,7 @@ class _State:
                 if y is not None:
                     adds.setdefault(y, []).append((d, name))
                 if x is not None:
-                    rems.add(x)
+                    rems[x] = rems.get(x, 0) + 1
                 if side == "t":  # the kernel's cached names (even negative) are stale
                     self.outcome.entries.add((d, name))
         return adds, rems
@@ -612,13 +631,17 @@ class _State:
         for x, places in adds_t.items():
             if x not in self.adds_o:
                 continue
-            moved_both = x in self.rems_o and x in rems_t
-            if moved_both or self._is_dir(x):
-                for d, name in places:
-                    e = self.entries(d)
-                    ours_place = (d, name) in self.adds_o[x]
-                    if e is not None and name in e and e[name][0] == x and not ours_place:
-                        self._unset(d, name)
+            if self._is_dir(x):
+                drop = list(places)  # a folder has one place: ours'
+            else:
+                # as many of theirs' new names as theirs removed old ones
+                # (renames; new hard links stay)
+                drop = sorted(places)[: min(rems_t.get(x, 0), self.rems_o.get(x, 0))]
+            for d, name in drop:
+                e = self.entries(d)
+                ours_place = (d, name) in self.adds_o[x]
+                if e is not None and name in e and e[name][0] == x and not ours_place:
+                    self._unset(d, name)
 
     def _links_of(self, ino: int) -> int:
         """How many entries name ``ino`` in the merged tree."""
@@ -673,7 +696,12 @@ class _State:
 
     def _resurrect(self) -> None:
         """Edit against delete: the edit wins. A folder one side deleted and the
-        other added to survives with what was added."""
+        other added to survives with what was added. An inode ours deleted
+        that theirs still names (a link or a new name of its own) stays."""
+        for ino, node in list(self.merged.items()):
+            t = self.t(ino)
+            if node is None and t is not None and self._links_of(ino) > 0:
+                self.merged[ino] = t
         for ino in sorted(self.O | self.T):
             if ino == ROOT_INO or ino in self.dropped or self._links_of(ino) > 0:
                 continue
@@ -690,6 +718,22 @@ class _State:
             if b is None and keep is o:
                 continue  # new here: its own folder's entry holds it, or ours dropped it
             self._relink(ino)
+
+    def _dangling(self) -> None:
+        """A name ours gave (a rename) to an inode theirs deleted, unedited
+        here: the delete wins, the name goes."""
+        for d in sorted(self.dirs):
+            for name, (c, _) in sorted(self.dirs[d].items()):
+                if not self._exists(c):
+                    self._unset(d, name)
+
+    def _exists(self, ino: int) -> bool:
+        """Whether ``ino`` has a record in the merged tree."""
+        if ino in self.merged:
+            return self.merged[ino] is not None
+        if (ino >> PAGE_BITS) in self.m.tpages:
+            return self.t(ino) is not None
+        return True  # a page theirs did not change: as base, as here
 
     @staticmethod
     def _live(n: Inode) -> bool:
@@ -739,7 +783,8 @@ class _State:
 
     def _links(self) -> None:
         """Link counts, folder parents and subfolder counts from the merged entries."""
-        affected: set[int] = set()
+        # every merged record (ours' link count may predate theirs' links)
+        affected: set[int] = {i for i, n in self.merged.items() if n is not None}
         for d, ents in self.dirs.items():
             affected |= {c for c, _ in ents.values()}
             te = self.t(d)
@@ -824,7 +869,9 @@ class _State:
             o = self.table.peek(ino)
             merged = self.merged.get(ino, o)
             rb, rt = _refs(b), _refs(t)
-            keep_t = ino in self.conflict_copies or (merged is t and t is not None)
+            # theirs' version kept as it is (ours deleted it, theirs edited):
+            # a conflict copy is not that, it gets objects of its own
+            keep_t = merged is t and t is not None
             if merged is not None and merged is not t:
                 # ours' version: base objects it shares with a kept theirs, or
                 # that theirs dropped, are stored afresh
@@ -853,9 +900,16 @@ class _State:
             node = _clone(t, copy_ino)
             node.nlink = 1
             node.body_dirty = True
-            node.body_ref = None  # a body object of its own; theirs' is retired
-            if t.body_ref is not None:
-                drop.append(t.body_ref)
+            node.body_ref = None  # a body object of its own
+            # its own key, id and chunks: theirs' objects go with theirs' version
+            node.file_id = crypto.new_id()
+            node.file_key = crypto.random_bytes(crypto.KEY_SIZE)
+            node.wrapped_key = None
+            node.chunks, node.small = {}, None
+            data = m.theirs_data[ino]
+            cs = m.vault.layout.chunk_size
+            for off in range(0, len(data), cs):
+                m.data.adopt(node, off // cs, bytearray(data[off : off + cs]))
             self.merged[copy_ino] = node
             d, name = self._place_of(ino)
             cname = conflict_name(name, self.their_name, self.when, self._edit(d))

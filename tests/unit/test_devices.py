@@ -185,13 +185,13 @@ def test_device_records_copy_apart() -> None:
         Device.new("x", 0)
 
 
-async def test_a_journal_is_not_replayed_over_another_devices_root(
+async def test_a_journal_left_by_a_crash_merges_after_another_devices_commit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Device A dies with changes only in its journal; device B then commits.
-    A's next open must not replay its journal over B's root (that would undo
-    B's work): its segments are set aside, as with a version 1 root. Had A
-    made the root itself, they would be replayed."""
+    A's next open replays its journal onto the root it was written against
+    (its local state keeps it) and merges that with B's root: nothing either
+    device wrote is lost, and an edit of one file on both is a conflict copy."""
     store = LocalStore(str(tmp_path / "store"), create=True)
     await store.check()
     await new_vault(store)
@@ -200,27 +200,39 @@ async def test_a_journal_is_not_replayed_over_another_devices_root(
     async def open_a() -> Filesystem:
         monkeypatch.setenv("MEGAFS_STATE_DIR", str(tmp_path / "state-a"))
         vault = await Vault.unlock(store, PASS)
-        return await Filesystem.load(vault, journal=Journal(cache_a, vault.keys), force=True)
+        return await Filesystem.load(vault, journal=Journal(cache_a, vault.keys))
 
     fs_a = await open_a()
     ino = (await fs_a.create(ROOT_INO, b"doc", 0o644, 0, 0)).ino
     await fs_a.write(ino, 0, b"A's first words")
     await fs_a.commit()
     await fs_a.write(ino, 0, b"A, journalled only")  # then A dies: no commit, no close
+    new_a = (await fs_a.create(ROOT_INO, b"only-in-a", 0o644, 0, 0)).ino
+    await fs_a.write(new_a, 0, b"journalled file")
     monkeypatch.setenv("MEGAFS_STATE_DIR", str(tmp_path / "state-b"))
-    fs_b = await Filesystem.load(await Vault.unlock(store, PASS), force=True)  # A's lease
+    fs_b = await Filesystem.load(await Vault.unlock(store, PASS))
     await fs_b.write(ino, 0, b"B's words")
+    made_b = (await fs_b.create(ROOT_INO, b"only-in-b", 0o644, 0, 0)).ino
+    await fs_b.write(made_b, 0, b"b's file")
     await fs_b.close()
     fs_a = await open_a()
-    assert fs_a.replayed == 0
-    assert await fs_a.read(ino, 0, 100) == b"B's words words"  # over "A's first words"
+    assert fs_a.replayed == 3 and fs_a.committer.merges == 1
+    names = {}
+    after = 0
+    while batch := await fs_a.readdir(ROOT_INO, after):
+        for name, attr, cookie in batch:
+            after = cookie
+            names[name] = await fs_a.read(attr.ino, 0, 100)
+    copies = [n for n in names if n.startswith(b"doc (conflict from ")]
+    assert names[b"doc"] == b"A, journalled only"
+    assert len(copies) == 1 and names[copies[0]] == b"B's words words"
+    assert names[b"only-in-a"] == b"journalled file"
+    assert names[b"only-in-b"] == b"b's file"
     stale = [n for n in os.listdir(os.path.join(cache_a, "journal")) if n.endswith(".stale")]
-    assert stale, "A's unapplied segments were not kept aside"
-    # A made the root now: what it journals from here on is replayed after a crash
-    await fs_a.write(ino, 0, b"A again, journalled")
-    fs_a = await open_a()
-    assert fs_a.replayed == 1 and await fs_a.read(ino, 0, 100) == b"A again, journalled"
+    assert not stale
     await fs_a.close()
+    report = await fsck.check(await Vault.unlock(store, PASS))
+    assert not report.problems and not report.missing, report.problems
 
 
 async def test_a_newer_record_version_is_read_but_never_written(

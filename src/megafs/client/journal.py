@@ -278,6 +278,16 @@ class Journal:
             ) from None
         return jid
 
+    def has_after(self, mark_client: bytes | None, mark: int) -> bool:
+        """Whether this journal holds records a root with this mark does not
+        cover: a non-empty segment after ``mark``, of this journal."""
+        if mark_client is not None and mark_client != self.id:
+            return False
+        return any(
+            seg > mark and os.path.getsize(self.segment_path(seg)) > 0
+            for seg in self._segments()
+        )
+
     def _segments(self) -> list[int]:
         return _segments(self.dir)
 

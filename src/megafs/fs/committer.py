@@ -263,6 +263,12 @@ class Committer:
             await self._merge()
             return True
 
+    async def merge_now(self) -> None:
+        """Merge with the newest root now, whether or not it moved (a journal
+        replayed onto this device's base, at open). Blocks on the store."""
+        async with self._lock:
+            await self._merge()
+
     async def _merge(self) -> None:
         """Another device committed first: read its root (theirs), merge this
         device's changes onto it, and make it the base. Blocks on the store.
@@ -330,6 +336,7 @@ class Committer:
             if k != self.device_id:
                 root.devices[k] = d.copy()
         self.base = theirs.copy()
+        self.vault.keep_base()  # a crash from here on replays onto theirs
         self.merges += 1
         log.info(
             "merged with %s's commit (generation %d): %d inodes, %d conflict copies",

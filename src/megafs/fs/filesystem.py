@@ -69,7 +69,14 @@ import trio
 
 from ..client.cache import ContentCache
 from ..client.journal import Journal
-from ..errors import CommitConflict, MegafsError, UnsupportedVersion, first_leaf
+from ..errors import (
+    CommitConflict,
+    FsError,
+    IntegrityError,
+    MegafsError,
+    UnsupportedVersion,
+    first_leaf,
+)
 from ..vault.content import Content
 from ..vault.root import RECORD_VERSION, Root
 from ..vault.vault import Vault
@@ -206,6 +213,63 @@ class Filesystem:
                 last_mark = root.last_mark(device_id)
             root.register(device_id, device_name or socket.gethostname())
             root.lease = None
+        base = cls._journal_base(vault, root, journal) if writable else None
+        if base is not None:
+            # Another device committed since this one's journal was written:
+            # replay it onto the root it was written against, then merge.
+            try:
+                return await cls._open(vault, base, device_id, journal, base=True, **kw)
+            except* (IntegrityError, FsError) as failed:
+                log.warning(
+                    "could not replay the journal onto this device's last root (%s); "
+                    "it is set aside instead",
+                    first_leaf(failed),
+                )
+                last_mark = (bytes(16), 0)  # names no journal: set aside
+        fs = await cls._open(vault, root, device_id, journal, last_mark=last_mark, **kw)
+        return fs
+
+    @staticmethod
+    def _journal_base(vault: Vault, root: Root, journal: Journal | None) -> Root | None:
+        """The root this device's journal was written against, if it must be
+        replayed there rather than onto ``root``: another device made
+        ``root``, the journal holds segments, and the local state kept a base
+        that carries this device's last commit as ``root`` does."""
+        me = vault.state.client_id
+        mine = root.devices.get(me)
+        saved = vault.state.base
+        if journal is None or mine is None or saved is None:
+            return None
+        mark_client, mark = mine.journal or (None, 0)
+        if mine.generation == root.generation or not journal.has_after(mark_client, mark):
+            return None
+        try:
+            base = vault.open_root(saved)
+        except IntegrityError:
+            return None
+        bm = base.devices.get(me)
+        if bm is None or (bm.generation, bm.journal) != (mine.generation, mine.journal):
+            return None
+        base.register(me, mine.name)
+        base.lease = None
+        return base
+
+    @classmethod
+    async def _open(
+        cls,
+        vault: Vault,
+        root: Root,
+        device_id: bytes | None,
+        journal: Journal | None,
+        *,
+        base: bool = False,
+        last_mark: tuple[bytes, int] | None = None,
+        **kw: Any,
+    ) -> Filesystem:
+        """Build the filesystem on ``root``; writable (``device_id``): purge
+        orphans, replay the journal, merge if ``root`` is a base older than the
+        store's, and commit."""
+        writable = device_id is not None
         fs = cls(vault, root, writable=writable, device_id=device_id, **kw)
         if root.itab is not None:
             await fs.table.index.open()
@@ -216,6 +280,8 @@ class Filesystem:
             for ino in sorted(fs.namespace.orphans):
                 await fs.namespace.purge_if_unused(ino)
             if journal is not None:
+                if base:
+                    last_mark = root.devices[vault.state.client_id].journal
                 mark_client, mark = last_mark or (None, 0)
                 for rec in journal.pending(mark_client, mark):
                     await fs.apply_record(rec)
@@ -223,6 +289,8 @@ class Filesystem:
                 if fs.replayed:
                     log.warning("applied %d journalled changes left by a previous run", fs.replayed)
                 fs.oplog.journal = journal
+            if base:
+                await fs.committer.merge_now()
             fs.committer.renew_lease()
             await fs.commit()
         return fs

@@ -116,6 +116,10 @@ class LocalState:
     digest: bytes | None = None
     refused: list[bytes] = field(default_factory=list)
     attempted: int = 0
+    #: The sealed root this client's filesystem state is built on (the last
+    #: one it committed, or merged with): a journal left by a crash is
+    #: replayed onto it and then merged with the newest root.
+    base: bytes | None = None
 
     @classmethod
     def load(cls, vault_id: bytes) -> LocalState:
@@ -131,6 +135,7 @@ class LocalState:
                 bytes.fromhex(digest) if digest is not None else None,
                 [bytes.fromhex(x) for x in d.get("refused", [])],
                 int(d.get("attempted", 0)),
+                bytes.fromhex(d["base"]) if d.get("base") else None,
             )
         except FileNotFoundError:
             st = cls(path)
@@ -152,6 +157,8 @@ class LocalState:
             rec["refused"] = [x.hex() for x in self.refused]
         if self.attempted > self.generation:
             rec["attempted"] = self.attempted
+        if self.base is not None:
+            rec["base"] = self.base.hex()
         with open(tmp, "w") as f:
             json.dump(rec, f)
             f.flush()
@@ -165,6 +172,12 @@ class LocalState:
         ):
             self.generation = generation
             self.digest = digest
+            self.save()
+
+    def keep_base(self, sealed: bytes) -> None:
+        """Remember ``sealed`` (a root) as the base of this client's state."""
+        if sealed != self.base:
+            self.base = sealed
             self.save()
 
     def failed(self, generation: int, refused: bytes | None = None) -> None:
@@ -188,6 +201,7 @@ class Vault:
         self.state = LocalState.load(hdr.vault_id)
         self._root_etag: str | None = None
         self._root_digest: bytes | None = None  # of the root the next commit replaces
+        self._root_sealed: bytes | None = None  # the root last read or committed
         self._attempted = 0  # highest generation a commit has tried
         self.read_only = True
 
@@ -374,6 +388,7 @@ class Vault:
         st.saw(root.generation, digest)
         self._root_etag = ptr.etag
         self._root_digest = digest
+        self._root_sealed = ptr.data
         return root
 
     async def root_changed(self) -> bool:
@@ -383,6 +398,12 @@ class Vault:
             return True
         ptr = await self.store.read_pointer(ROOT, max_size=ROOT_MAX)
         return ptr is None or ptr.etag != self._root_etag
+
+    def keep_base(self) -> None:
+        """The root last read or committed is the base of this client's
+        state from now on (:attr:`LocalState.base`)."""
+        if self._root_sealed is not None:
+            self.state.keep_base(self._root_sealed)
 
     def next_generation(self) -> int:
         """The generation of the next commit attempt: above every root seen,
@@ -424,7 +445,9 @@ class Vault:
             self.state.failed(root.generation)
             raise
         self._root_digest = digest
+        self._root_sealed = sealed
         self.state.saw(root.generation, digest)
+        self.state.keep_base(sealed)
 
     def my_lease(self) -> Lease:
         return Lease(

@@ -307,12 +307,15 @@ async def test_store_never_sees_names_contents_or_keys(
             for where, data in everything:
                 assert form not in data, f"{what} found in {where}"
     # The local state folder holds only the generation, the digest of the
-    # newest root (of sealed bytes the store has anyway) and a random client id.
+    # newest root and a copy of the sealed root this client's state is built
+    # on (bytes the store has, or had, anyway), and a random client id.
     state = read_tree(_state_dir)
     assert state
     for p, text in state.items():
-        assert sorted(json.loads(text)) == ["client_id", "digest", "generation"], p
+        rec = json.loads(text)
+        assert sorted(rec) == ["base", "client_id", "digest", "generation"], p
         assert M not in text
+        assert bytes.fromhex(rec["base"]) in [d for _, d in everything], "base is a stored root"
 
 
 async def test_identical_content_gives_unrelated_objects(store: Store) -> None:

@@ -272,3 +272,52 @@ async def test_three_devices_in_turn_converge(devs: Devices) -> None:
     # every device shows every file after its own merge
     for fs in (b, c):
         assert await fs.read(await path_ino(fs, b"a2"), 0, 10) == b"aaa"
+
+
+@pytest.mark.parametrize("grace", [None, 0.0])
+async def test_uploads_of_another_device_survive_collection_and_repair(
+    devs: Devices, grace: float | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Device b has uploaded chunks (early, full ones) but not committed them
+    while device a commits, collects garbage and runs ``fsck --repair``; then
+    b commits, and every byte reads back. With no grace period (the positive
+    control) fsck takes b's uploads and the bytes are gone."""
+    import trio
+
+    from megafs.errors import IntegrityError
+    from megafs.fs import collector
+
+    a, b = await base_and_two(devs, {b"old": os.urandom(100_000)})
+    if grace is not None:  # fsck's own filesystem gets it; a's and b's keep theirs
+        monkeypatch.setattr(collector, "GRACE", grace)
+    data = os.urandom(5 * 65536 + 123)  # several full chunks: uploaded early
+    async with trio.open_nursery() as nursery:
+        b.start_background(nursery)
+        ino = await write_file(b, b"big", data)
+        for _ in range(200):  # until its full chunks are in the store
+            if all(p.uploaded for p in b.data.pending.values()) and b.data.pending:
+                break
+            await trio.sleep(0.01)
+        assert b.data.pending, "no chunk was uploaded early"
+        await write_file(a, b"old", b"rewritten on a")  # garbage for a's collector
+        await a.commit()
+        await a.collector.drain()
+        report = await fsck.check(a.vault, repair=True)
+        assert not report.problems
+        if grace is not None:
+            # b's uploads and the roots it merges against are gone
+            assert report.removed > 0
+            with pytest.raises(IntegrityError):
+                await b.commit()
+                fresh = await devs.open("check", writable=False)
+                await fresh.read(await path_ino(fresh, b"big"), 0, len(data) + 1)
+            b.stop_background()
+            return
+        await b.commit()
+        b.stop_background()
+    assert report.young, "b's uploads were not seen as young"
+    fresh = await devs.open("check", writable=False)
+    got_ino = await path_ino(fresh, b"big")
+    assert ino == got_ino
+    assert await fresh.read(got_ino, 0, len(data) + 1) == data
+    assert await fresh.read(await path_ino(fresh, b"old"), 0, 99) == b"rewritten on a"

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -124,6 +124,8 @@ class Committer:
         #: Merges done, and callbacks told of each (the kernel's caches).
         self.merges = 0
         self.on_merge: list[Callable[[Outcome], None]] = []
+        #: purges an inode with no link left if nothing uses it (the namespace's)
+        self.purge: Callable[[int], Awaitable[None]] | None = None
         self._lock = trio.Lock()
         #: How many mutations the last successful commit covered (group commit).
         self._durable_mutations = 0
@@ -345,6 +347,9 @@ class Committer:
             len(outcome.changed),
             len(outcome.conflicts),
         )
+        if self.purge is not None:
+            for ino in sorted(outcome.orphans):
+                await self.purge(ino)
         for cb in self.on_merge:
             cb(outcome)
 

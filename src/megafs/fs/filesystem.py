@@ -159,6 +159,7 @@ class Filesystem:
             device_id=device_id,
             fsync_local=fsync_local,
         )
+        self.committer.purge = self.namespace.purge_if_unused
         #: Journal records applied when this filesystem was opened.
         self.replayed = 0
 

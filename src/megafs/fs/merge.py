@@ -187,6 +187,8 @@ class Outcome:
     conflicts: list[tuple[int, bytes, int]] = field(default_factory=list)
     #: entries that changed: (directory, name)
     entries: set[tuple[int, bytes]] = field(default_factory=set)
+    #: inodes the merge left with no name (purged once no one uses them)
+    orphans: set[int] = field(default_factory=set)
 
 
 class Merge:
@@ -503,6 +505,7 @@ class _State:
         self._resurrect()
         self._dangling()
         self._cycles()
+        self._folders_once()
         self._links()
         self._account()
         self._rebase()
@@ -781,6 +784,23 @@ class _State:
                     self._unset(d, name)
             self._relink(x)
 
+    def _folders_once(self) -> None:
+        """A folder has one name: where both sides put it somewhere (a move
+        and a conflict name, say), ours' place is kept, else the first."""
+        places: dict[int, list[tuple[int, bytes]]] = {}
+        for d in sorted(self.dirs):
+            for name, (c, _) in sorted(self.dirs[d].items()):
+                if self._is_dir(c):
+                    places.setdefault(c, []).append((d, name))
+        for c, ps in sorted(places.items()):
+            if len(ps) < 2:
+                continue
+            ours = [p for p in ps if p in self.adds_o.get(c, [])]
+            keep = ours[0] if ours else ps[0]
+            for d, name in ps:
+                if (d, name) != keep:
+                    self._unset(d, name)
+
     def _links(self) -> None:
         """Link counts, folder parents and subfolder counts from the merged entries."""
         # every merged record (ours' link count may predate theirs' links)
@@ -817,8 +837,7 @@ class _State:
                     rec.next_cookie = max([rec.next_cookie, *(c + 1 for _, c in ents.values())])
                     rec.body_dirty = True
                 links = self._links_of(ino)
-                subdirs = sum(1 for c, _ in ents.values() if self._is_dir(c))
-                nlink = (2 + subdirs) if (links > 0 or ino == ROOT_INO) else 0
+                nlink = (2 + self._subdirs(ino, ents)) if (links > 0 or ino == ROOT_INO) else 0
                 parent = self._parent(ino)
                 if nlink != rec.nlink or (parent is not None and parent != rec.parent):
                     rec = self._own(ino)
@@ -830,6 +849,27 @@ class _State:
                 links = self._links_of(ino)
                 if links != rec.nlink:
                     self._own(ino).nlink = max(links, 0)
+
+    def _subdirs(self, d: int, ents: Entries) -> int:
+        """Subfolders of ``d`` in the merged tree: a side's count, corrected by
+        the names that differ from that side (their inodes are loaded: a side
+        changed them); children nobody touched need not be loaded."""
+        for ref in (self.t(d), self.table.peek(d) if d in self.O else None, self.b(d)):
+            if ref is not None and ref.is_dir:
+                break
+        else:
+            return sum(1 for c, _ in ents.values() if self._is_dir(c))
+        n = ref.nlink - 2 if ref.nlink >= 2 else 0
+        if ref.nlink < 2:  # a side's deleted folder: count what it named
+            n = sum(1 for c, _ in ref.entries.values() if self._is_dir(c))
+        for name in set(ents) | set(ref.entries):
+            new = ents[name][0] if name in ents else None
+            old = ref.entries[name][0] if name in ref.entries else None
+            if new != old:
+                n += (new is not None and self._is_dir(new)) - (
+                    old is not None and self._is_dir(old)
+                )
+        return max(n, 0)
 
     def _own(self, ino: int) -> Inode:
         """The merged record of ``ino`` as one this merge may change: ours'
@@ -1004,6 +1044,8 @@ class _State:
         for ino, node in self.merged.items():
             if node is not None and node.nlink == 0 and ino != ROOT_INO:
                 self.m.orphans.add(ino)
+                if not node.entries:  # never a folder that still names something
+                    self.outcome.orphans.add(ino)
 
 
 def _clone(src: Inode, ino: int) -> Inode:

@@ -589,7 +589,10 @@ class _State:
     def _identical_files(self, a: int, b: int) -> bool:
         if (a, b) in self.m.identical_pairs:
             return True
-        oa, tb = self.o(a), self.t(b)
+        # ours' record if ours changed it, else the merged one (theirs'): an
+        # unchanged view of it here may be older than theirs
+        oa = self.table.peek(a) if a in self.O else self.cur(a)
+        tb = self.t(b)
         if oa is None or tb is None or not (oa.is_reg and tb.is_reg):
             return False
         if oa.size != tb.size or oa.dirty:

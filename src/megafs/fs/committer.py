@@ -255,14 +255,18 @@ class Committer:
     async def refresh(self) -> bool:
         """Catch up with other devices' commits: if the root in the store is
         newer than the base, merge onto it (a fast-forward when nothing here
-        changed); the changes here stay uncommitted. Returns whether it
-        moved. Blocks on the store; holds the commit lock."""
+        changed), and if anything here is uncommitted, commit it. Returns
+        whether the root moved. Blocks on the store; holds the commit lock."""
         if self.device is None:
             return False
         async with self._lock:
             if not await self.vault.root_changed():
                 return False
             await self._merge()
+            if self.has_changes():
+                # merged with changes here: commit them now, so that the base a
+                # crash would replay the journal onto moves on at once
+                await self._commit_locked()
             return True
 
     async def merge_now(self) -> None:
@@ -338,7 +342,11 @@ class Committer:
             if k != self.device_id:
                 root.devices[k] = d.copy()
         self.base = theirs.copy()
-        self.vault.keep_base()  # a crash from here on replays onto theirs
+        if not self.has_changes():
+            # A crash from here on replays (nothing) onto theirs. With changes
+            # here, the journal holds records against the old base: that stays
+            # the base a crash replays onto until the next commit.
+            self.vault.keep_base()
         self.merges += 1
         log.info(
             "merged with %s's commit (generation %d): %d inodes, %d conflict copies",

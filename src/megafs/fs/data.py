@@ -351,10 +351,19 @@ class DataPath:
                 return not (covered_from == 0 and covered_to >= existing)
 
             # A commit may move a dirty chunk to pending while we await, so
-            # check again until a pass needs no fetch.
-            while need := [i for i in {first, last} if needs_base(i)]:
-                for idx in need:
-                    bases[idx] = await self._whole_chunk(node, idx)
+            # check again until a pass needs no fetch; a merge may give the
+            # file another device's content meanwhile: then fetch again.
+            while True:
+                epoch = self.table.epoch
+                while need := [i for i in {first, last} if needs_base(i)]:
+                    for idx in need:
+                        bases[idx] = await self._whole_chunk(node, idx)
+                if epoch == self.table.epoch:
+                    break
+                bases.clear()
+            if self.table.peek(ino) is not node:
+                # another device deleted it and a merge took that in
+                raise FsError(errno.ESTALE, "the file was deleted on another device")
             # No await from here on.
             self.oplog.record("wr", ino, offset, data)
             view = memoryview(data)

@@ -226,7 +226,12 @@ class Filesystem:
                     "it is set aside instead",
                     first_leaf(failed),
                 )
-                last_mark = (bytes(16), 0)  # names no journal: set aside
+            # The merge may have read a newer root: open the newest one.
+            root = await vault.read_root()
+            assert device_id is not None
+            root.register(device_id, device_name or socket.gethostname())
+            root.lease = None
+            last_mark = (bytes(16), 0)  # names no journal: set aside
         fs = await cls._open(vault, root, device_id, journal, last_mark=last_mark, **kw)
         return fs
 

@@ -312,9 +312,19 @@ class Merge:
     async def _read_contents(self, ours: set[int]) -> None:
         """Compare files changed on both sides; read the base chunks ours keeps
         of files theirs changed or deleted (they get stored afresh)."""
-        for ino in sorted(ours - self._read_for):
+        for ino in sorted(ours):
             o = self.table.peek(ino)
             b, t = self.bv.peek(ino), self.tv.peek(ino)
+            both = (
+                o is not None
+                and b is not None
+                and t is not None
+                and o.is_reg
+                and t.is_reg
+                and _content(o) != _content(b) != _content(t)
+            )
+            if ino in self._read_for and not (both and ino not in self.theirs_data):
+                continue
             if o is not None and b is None and o.is_reg and ino in self.table.names:
                 await self._same_new_file(o, *self.table.names[ino])
             if o is not None and b is None and t is not None and o.is_reg and t.is_reg:
@@ -340,6 +350,8 @@ class Merge:
                     mine = await self.data.read(ino, 0, o.size) if o.size else b""
                     if mine == theirs:
                         self.identical.add(ino)
+            if t is not None and _content(o) == _content(b):
+                continue  # ours changed no content: theirs' is taken, nothing to copy
             base_refs = set(b.chunks.values())
             for idx, ref in list(o.chunks.items()):
                 if ref in base_refs:
@@ -385,6 +397,17 @@ class Merge:
             o, b, t = self.table.peek(ino), self.bv.peek(ino), self.tv.peek(ino)
             if o is not None and not o.body_loaded:
                 return False
+            if (
+                o is not None
+                and b is not None
+                and t is not None
+                and o.is_reg
+                and t.is_reg
+                and _content(o) != _content(b)
+                and _content(t) != _content(b)
+                and ino not in self.theirs_data
+            ):
+                return False  # both changed it since it was read: read again
             if (
                 o is not None
                 and o.is_reg
@@ -687,8 +710,8 @@ class _State:
         else:
             d, name = place
             if not self._alive_dir(d):
-                rec = self.cur(d) or self.o(d) or self.b(d)
-                if rec is not None and rec.is_dir and d not in self.merged:
+                rec = self.cur(d) or self.t(d) or self.table.peek(d) or self.b(d)
+                if rec is not None and rec.is_dir and self.merged.get(d) is None:
                     self.merged[d] = rec
                     self.O.add(d)
                 if rec is None or not rec.is_dir:
@@ -697,7 +720,7 @@ class _State:
                     self._relink(d, depth + 1)
         ents = self._edit(d)
         if name in ents:
-            name = conflict_name(name, self.m.device.name, time.time_ns(), ents)
+            name = conflict_name(name, self.their_name, self.when, ents)
         self._set(d, name, ino)
 
     def _resurrect(self) -> None:
@@ -907,10 +930,15 @@ class _State:
             b, t = self.b(ino), self.t(ino)
             if b is None or ino not in self.O:
                 continue  # new since base, or ours did not change it: nothing to settle
-            if t is not None and _content(t) == _content(b) and t.body_ref == b.body_ref:
-                continue  # theirs holds what base held: ours' retirements stand
             o = self.table.peek(ino)
             merged = self.merged.get(ino, o)
+            if merged is t and t is not None and o is None:
+                # ours deleted it, the merge keeps theirs' record (renamed,
+                # linked or edited there): none of its objects is garbage
+                cancel |= _refs(b)
+                continue
+            if t is not None and _content(t) == _content(b) and t.body_ref == b.body_ref:
+                continue  # theirs holds what base held: ours' retirements stand
             rb, rt = _refs(b), _refs(t)
             # theirs' version kept as it is (ours deleted it, theirs edited):
             # a conflict copy is not that, it gets objects of its own
@@ -999,6 +1027,7 @@ class _State:
         """Make the resident table ours-on-theirs, its index theirs'."""
         m, table = self.m, self.table
         table.index = m.tv.index
+        table.epoch += 1
         for ino, node in self.merged.items():
             self.outcome.changed.add(ino)
             page = ino >> PAGE_BITS
@@ -1046,6 +1075,11 @@ class _State:
         # orphans: merged inodes left without a link
         for ino, node in self.merged.items():
             if node is not None and node.nlink == 0 and ino != ROOT_INO:
+                if any(ino in dev.orphans for dev in self.m.theirs.devices.values()):
+                    continue  # open on another device: its orphan, not ours
+                t = self.t(ino)
+                if t is not None and t.nlink == 0:
+                    continue  # already unlinked there: that device's to purge
                 self.m.orphans.add(ino)
                 if not node.entries:  # never a folder that still names something
                     self.outcome.orphans.add(ino)

@@ -56,6 +56,10 @@ class InodeTable:
         #: Kernel references (lookup counts) and open handles per inode.
         self.refs: dict[int, int] = {}
         self.opens: dict[int, int] = {}
+        #: Bumped by each merge that rebases the table onto another root:
+        #: work that fetched across one (page loads, a write's chunk fetch)
+        #: fetches again.
+        self.epoch = 0
         #: Inodes changed (touched, inserted, removed) since the last commit
         #: that succeeded: what a merge counts as this device's changes.
         self.changed: set[int] = set()
@@ -83,35 +87,45 @@ class InodeTable:
         if page in self.page_members:
             return
         async with self._lock_for("page", page):
-            if page in self.page_members:
-                return
-            obj = await self.index.leaf_id(page)
-            members: set[int] = set()
-            if obj is not None:
-                raw = await self.vault.get_meta(KIND_LEAF, obj)
-                name = obj_name(obj)
-                if not isinstance(raw, dict):
-                    raise IntegrityError(name, "malformed leaf page")
-                for ino, rec in raw.items():
-                    if not isinstance(ino, int) or ino >> PAGE_BITS != page:
-                        raise IntegrityError(name, f"inode {ino!r} does not belong in page {page}")
-                    self.inodes[ino] = self.codec.decode(ino, rec, name)
-                    members.add(ino)
-            self.page_members[page] = members
-            self._page_lru[page] = None
+            while page not in self.page_members:
+                # A merge (:attr:`epoch`) may rebase the table while we fetch:
+                # then what was fetched is an older root's, and we fetch again.
+                epoch = self.epoch
+                obj = await self.index.leaf_id(page)
+                raw = await self.vault.get_meta(KIND_LEAF, obj) if obj is not None else None
+                if epoch != self.epoch:
+                    continue
+                members: set[int] = set()
+                if obj is not None:
+                    name = obj_name(obj)
+                    if not isinstance(raw, dict):
+                        raise IntegrityError(name, "malformed leaf page")
+                    decoded = {}
+                    for ino, rec in raw.items():
+                        if not isinstance(ino, int) or ino >> PAGE_BITS != page:
+                            raise IntegrityError(
+                                name, f"inode {ino!r} does not belong in page {page}"
+                            )
+                        decoded[ino] = self.codec.decode(ino, rec, name)
+                        members.add(ino)
+                    self.inodes.update(decoded)
+                self.page_members[page] = members
+                self._page_lru[page] = None
         self._loaded("page", page)
 
     async def load_body(self, node: Inode) -> None:
         """Load ``node``'s external body object, unless it is loaded already.
         May block on the store; concurrent callers wait for one load."""
         async with self._lock_for("body", node.ino):
-            if node.body_loaded:
-                return
-            assert node.body_ref is not None
-            body = await self.vault.get_meta(KIND_BODY, node.body_ref)
-            self.codec.decode_body(node, body, obj_name(node.body_ref))
-            node.body_loaded = True
-            node.body_dirty = False
+            while not node.body_loaded:
+                ref = node.body_ref
+                assert ref is not None
+                body = await self.vault.get_meta(KIND_BODY, ref)
+                if node.body_loaded or node.body_ref != ref:
+                    continue  # a merge gave the node another record meanwhile
+                self.codec.decode_body(node, body, obj_name(ref))
+                node.body_loaded = True
+                node.body_dirty = False
         self._loaded("body", node.ino)
 
     async def get(self, ino: int) -> Inode:

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trials", type=int, default=20)
     ap.add_argument("--commit-interval", type=float, default=5.0)
     ap.add_argument("--poll-interval", type=float, default=3.0)
-    ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "megafs-bench")
+    ap.add_argument("--cache", type=Path, default=REPO / "bench" / ".cache")
     args = ap.parse_args(argv)
     tree = prepare_tree(args.cache, 0, install=True)
     base = Path(tempfile.mkdtemp(prefix="megafs-multidevice-"))

@@ -29,6 +29,7 @@ await, so every operation sees the state before the merge or after it.
 
 from __future__ import annotations
 
+import collections
 import errno
 import os
 import stat
@@ -456,6 +457,11 @@ class _State:
         self.dirs: dict[int, Entries] = {}
         self.outcome = Outcome()
         self.conflict_copies: dict[int, int] = {}  # ours' ino -> theirs' copy
+        #: per child inode: names in the merged folders, names in theirs'
+        #: versions of those folders, and where (see :meth:`_put_dir`)
+        self._mcount: collections.Counter[int] = collections.Counter()
+        self._tcount: collections.Counter[int] = collections.Counter()
+        self._where: dict[int, set[tuple[int, bytes]]] = {}
         #: theirs' files dropped as duplicates of ours' (identical content)
         self.dropped: set[int] = set()
 
@@ -499,8 +505,33 @@ class _State:
     def _edit(self, d: int) -> Entries:
         if d not in self.dirs:
             e = self.entries(d)
-            self.dirs[d] = dict(e) if e is not None else {}
+            self._put_dir(d, dict(e) if e is not None else {})
         return self.dirs[d]
+
+    # The merged folders' entries are indexed by child, so that counting an
+    # inode's names costs what it has, not the size of the merge.
+    def _put_dir(self, d: int, ents: Entries) -> None:
+        """Make ``ents`` the merged entries of folder ``d``."""
+        old = self.dirs.get(d)
+        if old is None:
+            te = self.t(d)
+            if te is not None and te.is_dir:
+                for c, _ in te.entries.values():
+                    self._tcount[c] += 1
+        else:
+            for name, (c, _) in old.items():
+                self._uncount(d, name, c)
+        self.dirs[d] = ents
+        for name, (c, _) in ents.items():
+            self._count(d, name, c)
+
+    def _count(self, d: int, name: bytes, c: int) -> None:
+        self._mcount[c] += 1
+        self._where.setdefault(c, set()).add((d, name))
+
+    def _uncount(self, d: int, name: bytes, c: int) -> None:
+        self._mcount[c] -= 1
+        self._where.get(c, set()).discard((d, name))
 
     def _next_cookie(self, d: int) -> int:
         c = 3
@@ -513,11 +544,18 @@ class _State:
 
     def _set(self, d: int, name: bytes, ino: int) -> None:
         ents = self._edit(d)
-        ents[name] = (ino, self._next_cookie(d))
+        cookie = self._next_cookie(d)
+        old = ents.get(name)
+        if old is not None:
+            self._uncount(d, name, old[0])
+        ents[name] = (ino, cookie)
+        self._count(d, name, ino)
         self.outcome.entries.add((d, name))
 
     def _unset(self, d: int, name: bytes) -> None:
-        if self._edit(d).pop(name, None) is not None:
+        old = self._edit(d).pop(name, None)
+        if old is not None:
+            self._uncount(d, name, old[0])
             self.outcome.entries.add((d, name))
 
     # --- the steps ---
@@ -581,9 +619,9 @@ class _State:
             eb = b.entries if b is not None and b.is_dir else {}
             t = self.t(d)
             if t is not None and t.is_dir and d not in self.T:
-                self.dirs[d] = dict(eo)  # theirs did not change it: ours as it is
+                self._put_dir(d, dict(eo))  # theirs did not change it: ours as it is
                 continue
-            self.dirs[d] = dict(t.entries) if t is not None and t.is_dir else {}
+            self._put_dir(d, dict(t.entries) if t is not None and t.is_dir else {})
             for name in sorted(set(eo) | set(eb)):
                 x = eb[name][0] if name in eb else None
                 y = eo[name][0] if name in eo else None
@@ -680,12 +718,7 @@ class _State:
             n = (1 if t.nlink > 0 else 0) if t.is_dir else t.nlink
             if ino == ROOT_INO:
                 return 1
-        for d, ents in self.dirs.items():
-            te = self.t(d)
-            tents = te.entries if te is not None and te.is_dir else {}
-            n += sum(1 for c, _ in ents.values() if c == ino)
-            n -= sum(1 for c, _ in tents.values() if c == ino)
-        return n
+        return n + self._mcount[ino] - self._tcount[ino]
 
     def _alive_dir(self, d: int) -> bool:
         n = self.cur(d)
@@ -778,9 +811,9 @@ class _State:
         return bool(_content(n) != _content(b))
 
     def _parent(self, ino: int) -> int | None:
-        for d, ents in self.dirs.items():
-            if any(c == ino for c, _ in ents.values()):
-                return d
+        where = self._where.get(ino)
+        if where:
+            return min(where)[0]
         t = self.t(ino)
         if t is not None and t.is_dir and self._links_of(ino) > 0:
             return t.parent
@@ -1005,10 +1038,9 @@ class _State:
                 m.collector.retire(r)
 
     def _place_of(self, ino: int) -> tuple[int, bytes]:
-        for d, ents in self.dirs.items():
-            for name, (c, _) in ents.items():
-                if c == ino:
-                    return d, name
+        where = self._where.get(ino)
+        if where:
+            return min(where)
         hint = self.table.names.get(ino)
         if hint is not None:
             d, name = hint

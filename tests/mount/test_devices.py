@@ -187,3 +187,95 @@ def test_a_device_killed_while_merging_loses_nothing(
                 eventually(reads(d, name, data), f"{name} on {d.mountpoint}")
     fsck = a.megafs("fsck", url)
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+
+
+def test_three_mounts_at_random(tmp_path: Path, any_store_url: tuple[str, dict[str, str]]) -> None:
+    """Three mounts of one vault run random operations at once in one shared
+    folder (create, overwrite, delete, rename, make folders; each write
+    fsynced), then stop. After the last poll every mount shows the same tree,
+    fsck is clean, and every fsynced content that no device later replaced
+    or deleted (each device reads a file before it replaces or deletes it)
+    is in the tree, under its name or as a conflict copy."""
+    import random
+    import threading
+
+    url, env = any_store_url
+    acked: set[bytes] = set()
+    superseded: set[bytes] = set()
+    lock = threading.Lock()
+
+    def tree(d: Drive) -> dict[str, bytes]:
+        out: dict[str, bytes] = {}
+        for root, _, files in os.walk(d.mountpoint / "shared"):
+            for f in files:
+                p = Path(root) / f
+                out[str(p.relative_to(d.mountpoint))] = p.read_bytes()
+        return out
+
+    def worker(d: Drive, seed: int) -> None:
+        rnd = random.Random(seed)
+        base = d.mountpoint / "shared"
+        for i in range(30):
+            token = f"<{seed}:{i}>".encode() * rnd.randrange(1, 3000)
+            try:
+                folders = [base] + [p for p in base.iterdir() if p.is_dir()]
+                files = [p for f in folders for p in f.iterdir() if p.is_file()]
+                op = rnd.choice(
+                    ["new", "new", "overwrite", "overwrite", "delete", "rename", "mkdir"]
+                )
+                if op == "new" or (op in ("overwrite", "delete", "rename") and not files):
+                    target = rnd.choice(folders) / f"f{seed}-{i}"
+                elif op == "mkdir":
+                    (base / f"d{rnd.randrange(3)}").mkdir(exist_ok=True)
+                    continue
+                else:
+                    target = rnd.choice(files)
+                    old = target.read_bytes()
+                    with lock:
+                        superseded.add(old)
+                    if op == "delete":
+                        target.unlink()
+                        continue
+                    if op == "rename":
+                        dest = rnd.choice(folders) / f"r{rnd.randrange(4)}"
+                        if dest.exists():
+                            with lock:
+                                superseded.add(dest.read_bytes())
+                        os.rename(target, dest)
+                        continue
+                with open(target, "wb") as f:
+                    f.write(token)
+                    f.flush()
+                    os.fsync(f.fileno())
+                with lock:
+                    acked.add(token)
+            except OSError:
+                continue  # another device got there first: fine
+
+    with devices(url, tmp_path, env, 3) as drives:
+        (drives[0].mountpoint / "shared").mkdir()
+        for d in drives:
+            eventually(functools.partial(Path.is_dir, d.mountpoint / "shared"), "shared folder")
+        threads = [
+            threading.Thread(target=worker, args=(d, seed)) for seed, d in enumerate(drives)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        final: list[dict[str, bytes]] = []
+
+        def converged() -> bool:
+            final[:] = [tree(d) for d in drives]
+            return final[0] == final[1] == final[2]
+
+        eventually(converged, "the three mounts showing one tree", deadline=120)
+        contents = set(final[0].values())
+        missing = (acked - superseded) - contents
+        assert not missing, f"{len(missing)} fsynced contents lost"
+        # the run did what it is for: many fsyncs, and commits that merged
+        assert len(acked) >= 20, len(acked)
+        assert sum(d.log_text().count("merged with ") for d in drives) >= 3
+        print(f"{len(acked)} fsynced, {len(acked - superseded)} kept to the end")
+    fsck = drives[0].megafs("fsck", url)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr

@@ -20,7 +20,7 @@ import pytest
 
 from megafs.errors import CommitConflict, PreconditionFailed, RollbackError, StoreError
 from megafs.format.crypto import Layout
-from megafs.fs.committer import MERGE_RETRIES
+from megafs.fs import committer
 from megafs.fs.filesystem import Filesystem
 from megafs.fs.inode import ROOT_INO
 from megafs.stores import Pointer, Store
@@ -31,6 +31,14 @@ from megafs.vault.vault import Vault
 from ..support.helpers import FAST_KDF, PASS, ForwardingStore
 
 SMALL = Layout(chunk_size=16384, block_size=4096)
+
+#: Fewer merge retries here, so that refusing every one of them is quick.
+RETRIES = 2
+
+
+@pytest.fixture(autouse=True)
+def _few_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(committer, "MERGE_RETRIES", RETRIES)
 
 
 class LyingStore(ForwardingStore):
@@ -140,7 +148,7 @@ async def test_a_refused_root_served_next_is_refused(any_store: Store) -> None:
     """Even before any later commit: the store refused a write, then serves it."""
     store, _, fs = await _vault_with_doc(any_store)
     # every swap of this commit refused: it gives up after its retries
-    store.refuse_next_root(times=MERGE_RETRIES + 1)
+    store.refuse_next_root(times=RETRIES + 1)
     await _write(fs, b"doc", b"version 2")
     with pytest.raises(CommitConflict):
         await fs.fsync()
@@ -205,7 +213,7 @@ async def test_same_generation_other_root_and_forks_are_refused(
     assert await _read(await _open(any_store), b"doc") == b"base"
 
 
-@pytest.mark.parametrize(("how", "attempts", "serve"), [("refused", 3, 3), ("no answer", 6, -1)])
+@pytest.mark.parametrize(("how", "attempts", "serve"), [("refused", 6, 3), ("no answer", 6, -1)])
 async def test_kept_attempts_stay_older_than_what_follows_a_restart(
     any_store: Store, how: str, attempts: int, serve: int
 ) -> None:
@@ -218,7 +226,7 @@ async def test_kept_attempts_stay_older_than_what_follows_a_restart(
     store, vault, fs = await _vault_with_doc(any_store)
     for i in range(attempts):
         # a refused swap is retried (a lost race, merged): refuse them all
-        store.refuse_next_root(how, times=MERGE_RETRIES + 1 if how == "refused" else 1)
+        store.refuse_next_root(how, times=RETRIES + 1 if how == "refused" else 1)
         await _write(fs, b"doc", b"version 2.%d" % i)
         with pytest.raises((CommitConflict, StoreError)):
             await fs.commit()

@@ -45,8 +45,10 @@ log = logging.getLogger(__name__)
 #: uses a predictable one).
 _JITTER = secrets.SystemRandom()
 
-#: Merges one commit tries before it gives up (and retries at the next one).
-MERGE_RETRIES = 8
+#: Merges one commit tries before it gives up (and retries at the next one):
+#: with the backoff below, about 20 s of other devices committing without a
+#: pause.
+MERGE_RETRIES = 30
 
 
 class _Snapshot:
@@ -229,9 +231,13 @@ class Committer:
             except CommitConflict:
                 self._unsnapshot(snap)
                 if attempt == MERGE_RETRIES:
-                    raise
+                    raise CommitConflict(
+                        f"other devices committed {MERGE_RETRIES + 1} times in a row while "
+                        "this one merged; its changes stay in memory and in the journal "
+                        "and are committed next time"
+                    ) from None
                 await self._merge()
-                await trio.sleep(_JITTER.uniform(0, 0.02 * (1 << min(attempt, 6))))
+                await trio.sleep(_JITTER.uniform(0, 0.02 * (1 << min(attempt, 5))))
                 continue
             except BaseException:
                 self._unsnapshot(snap)

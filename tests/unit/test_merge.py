@@ -16,7 +16,7 @@ from megafs.fs import fsck
 from megafs.fs.filesystem import Filesystem
 from megafs.fs.inode import ROOT_INO
 from megafs.stores import LocalStore
-from megafs.vault.vault import Vault
+from megafs.vault.vault import Vault, obj_name
 
 from ..support.helpers import PASS, new_vault
 
@@ -321,3 +321,36 @@ async def test_uploads_of_another_device_survive_collection_and_repair(
     assert ino == got_ino
     assert await fresh.read(got_ino, 0, len(data) + 1) == data
     assert await fresh.read(await path_ino(fresh, b"old"), 0, 99) == b"rewritten on a"
+
+
+async def test_deferred_garbage_outlives_the_mount(
+    devs: Devices, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Garbage deferred because another device shares the vault is noted in
+    the local state folder: a later open of the same device deletes it once
+    its grace period is over, and not before."""
+    import time
+
+    import trio
+
+    a, _b = await base_and_two(devs, {b"f": os.urandom(200_000)})
+    old = {r.obj for r in (await a.table.get(await path_ino(a, b"f"))).chunks.values()}
+    await write_file(a, b"f", b"replaced")
+    await a.commit()  # merges b's registration; the old chunks are deferred garbage
+    await a.close()
+    assert a.collector.deferred >= len(old)
+    assert a.collector.persist is not None and await trio.Path(a.collector.persist).exists()
+    names = {obj_name(o) for o in old}
+
+    async def stored() -> set[str]:
+        return {n async for n, _ in devs.store.list()} & names
+
+    assert await stored() == names  # kept: b may still read them
+    reopened = await devs.open("a")  # grace not over: still kept
+    await reopened.close()
+    assert await stored() == names
+    # a day later (the grace period shortened here instead)
+    monkeypatch.setattr(time, "time", lambda: 10.0**12)
+    later = await devs.open("a")
+    await later.close()
+    assert await stored() == set()

@@ -23,12 +23,16 @@ deletes at once and blocks on the store.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
+import time
 from collections.abc import Callable
 
 import trio
 
+from ..format import crypto
 from ..vault.content import ChunkRef, Content
 from ..vault.vault import obj_name
 
@@ -60,8 +64,11 @@ class Collector:
         #: Whether other devices share the vault (then deletion is deferred).
         self.shared: Callable[[], bool] = lambda: False
         self.grace = GRACE
-        #: (trio time due, object ids): garbage waiting out the grace period.
+        #: (time due, seconds since the epoch; object ids): garbage waiting
+        #: out the grace period, oldest first.
         self._deferred: list[tuple[float, list[bytes]]] = []
+        #: The file that keeps ``_deferred`` across mounts (None: memory only).
+        self.persist: str | None = None
 
     # --- retiring (before a commit) ----------------------------------------
 
@@ -119,7 +126,9 @@ class Collector:
                 self.content.cache.forget(obj_name(obj))
         if self.shared():
             # another device may still use the root that held it: later
-            self._deferred.append((trio.current_time() + self.grace, list(garbage)))
+            due = time.time() + self.grace
+            self._deferred.append((due, list(garbage)))
+            self._append(due, garbage)
             self._wake.set()
             return
         if self._background and not self._stopping:
@@ -165,12 +174,13 @@ class Collector:
                         if self._deferred:
                             log.info(
                                 "%d unreferenced objects kept for the other devices' sake; "
-                                "a later mount or fsck --repair deletes them",
+                                "a later mount deletes them once their grace period is over",
                                 sum(len(g) for _, g in self._deferred),
                             )
                         return
                     self._wake = trio.Event()
-                    with trio.move_on_at(min((t for t, _ in self._deferred), default=math.inf)):
+                    wait = min((t for t, _ in self._deferred), default=math.inf) - time.time()
+                    with trio.move_on_after(max(wait, 0.0)):
                         await self._wake.wait()
                     continue
                 batch, self._queue = self._queue[:BATCH], self._queue[BATCH:]
@@ -182,9 +192,60 @@ class Collector:
 
     def _due(self) -> None:
         """Deferred garbage whose grace period is over joins the queue."""
-        now = trio.current_time()
+        now = time.time()
+        moved = False
         while self._deferred and self._deferred[0][0] <= now:
             self._queue.extend(self._deferred.pop(0)[1])
+            moved = True
+        if moved:
+            self._rewrite()
+
+    # --- the deferred garbage on the local disk --------------------------------
+
+    def load_deferred(self) -> None:
+        """Take up the deferred garbage an earlier run of this device left in
+        :attr:`persist` (lines it cannot read are dropped: at worst their
+        objects stay until ``fsck --repair``). Synchronous file I/O."""
+        if self.persist is None:
+            return
+        try:
+            with open(self.persist) as f:
+                lines = f.readlines()
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            log.warning("could not read the deferred garbage list %s: %s", self.persist, e)
+            return
+        for line in lines:
+            try:
+                rec = json.loads(line)
+                due, ids = float(rec["due"]), [bytes.fromhex(x) for x in rec["ids"]]
+            except (ValueError, KeyError, TypeError):
+                continue
+            if ids and all(len(i) == crypto.ID_SIZE for i in ids):
+                self._deferred.append((due, ids))
+        self._deferred.sort(key=lambda d: d[0])
+
+    def _append(self, due: float, ids: list[bytes]) -> None:
+        if self.persist is None:
+            return
+        try:
+            with open(self.persist, "a") as f:
+                f.write(json.dumps({"due": due, "ids": [i.hex() for i in ids]}) + "\n")
+        except OSError as e:  # at worst a leak that fsck --repair collects
+            log.info("could not note deferred garbage in %s: %s", self.persist, e)
+
+    def _rewrite(self) -> None:
+        if self.persist is None:
+            return
+        tmp = f"{self.persist}.tmp.{os.getpid()}"
+        try:
+            with open(tmp, "w") as f:
+                for due, ids in self._deferred:
+                    f.write(json.dumps({"due": due, "ids": [i.hex() for i in ids]}) + "\n")
+            os.replace(tmp, self.persist)
+        except OSError as e:
+            log.info("could not rewrite the deferred garbage list %s: %s", self.persist, e)
 
     @property
     def deferred(self) -> int:

@@ -132,6 +132,10 @@ class Filesystem:
         #: what is retired, and deleting it (the retention hook)
         self.collector = Collector(self.content)
         self.collector.shared = lambda: len(root.devices) > 1
+        if writable:
+            # garbage deferred for other devices outlives this mount
+            self.collector.persist = vault.state.path.removesuffix(".json") + ".garbage"
+            self.collector.load_deferred()
         self.table = InodeTable(
             vault, root.itab, RecordCodec(vault.keys, vault.layout, packed=packed)
         )

@@ -35,7 +35,8 @@ from ..vault.tables import MetaJob, PackRecord, PackTable
 from ..vault.vault import Vault
 from .collector import Collector
 from .data import ChunkJobs, DataPath, PackJob
-from .merge import Merge, Outcome
+from .merge import Merge
+from .merge_records import Outcome
 from .oplog import OpLog
 from .table import InodeTable
 

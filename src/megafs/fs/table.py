@@ -266,6 +266,7 @@ class InodeTable:
                 continue
             for ino in members:
                 self.inodes.pop(ino, None)
+                self.names.pop(ino, None)  # a hint: gone with the inode
                 gone.append(ino)
             del self.page_members[page]
             del self._page_lru[page]

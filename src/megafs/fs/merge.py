@@ -157,7 +157,7 @@ class Merge:
 
     # --- loading (may block; operations run meanwhile) ----------------------
 
-    def _ours_changed(self) -> set[int]:
+    def ours_changed(self) -> set[int]:
         return set(self.table.changed)
 
     async def prepare(self) -> None:
@@ -174,7 +174,7 @@ class Merge:
                 await self.ptheirs.open()
                 self.ptpages = await changed_pages(self.pbase, self.ptheirs)
             self._opened = True
-        ours = self._ours_changed()
+        ours = self.ours_changed()
         for page in sorted(self._pages(ours)):
             await self.bv.page(page)
             await self.tv.page(page)
@@ -216,7 +216,7 @@ class Merge:
         return pages
 
     def _involved(self) -> set[int]:
-        out = set(self._ours_changed())
+        out = set(self.ours_changed())
         for page in self.tpages:
             for side in (self.bv, self.tv):
                 out |= set(side.pages.get(page, {}))
@@ -300,7 +300,7 @@ class Merge:
 
     def ready(self) -> bool:
         """Whether everything :meth:`apply` needs is loaded now."""
-        ours = self._ours_changed()
+        ours = self.ours_changed()
         pages = self._pages(ours)
         if not all(self.bv.has(p << PAGE_BITS) and self.tv.has(p << PAGE_BITS) for p in pages):
             return False

@@ -12,13 +12,17 @@ May not touch: the store (everything it reads was loaded by
 from __future__ import annotations
 
 import collections
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from sortedcontainers import SortedDict  # type: ignore[import-untyped]
 
 from ..format import crypto
 from ..vault.content import ChunkRef
-from ..vault.tables import PAGE_BITS
+from ..vault.root import Device, Root
+from ..vault.tables import PAGE_BITS, RadixIndex
+from ..vault.vault import Vault
+from .collector import Collector
+from .data import DataPath
 from .inode import ROOT_INO, Inode
 from .merge_records import (
     Entries,
@@ -30,20 +34,54 @@ from .merge_records import (
     refs_of,
     same_record,
 )
+from .table import InodeTable
 
-if TYPE_CHECKING:
-    from .merge import Merge
+
+class Side(Protocol):
+    """One root's inode table as the loader holds it (:class:`~.merge.View`)."""
+    index: RadixIndex
+    pages: dict[int, dict[int, Inode]]
+
+    def peek(self, ino: int) -> Inode | None: ...
+    def has(self, ino: int) -> bool: ...
+
+
+class Loaded(Protocol):
+    """What :class:`Rules` reads from :class:`~.merge.Merge`: both sides,
+    the table, and what ``prepare`` read."""
+    vault: Vault
+    table: InodeTable
+    data: DataPath
+    collector: Collector
+    orphans: set[int]
+    theirs: Root
+    device_id: bytes
+    device: Device
+    @property
+    def bv(self) -> Side: ...
+
+    @property
+    def tv(self) -> Side: ...
+
+    tpages: set[int]
+    identical: set[int]
+    identical_pairs: set[tuple[int, int]]
+    theirs_data: dict[int, bytes]
+    copies: dict[tuple[int, int], bytes]
+    root_stats_delta: list[int]
+
+    def ours_changed(self) -> set[int]: ...
 
 
 class Rules:
     """The merge rules, applied once: the working state of one :meth:`Merge.apply`."""
 
-    def __init__(self, m: Merge, their_name: str) -> None:
+    def __init__(self, m: Loaded, their_name: str) -> None:
         self.m = m
         self.their_name = their_name
         self.when = m.theirs.devices.get(self._their_maker(), m.device).time_ns
         self.table = m.table
-        self.O = m._ours_changed()
+        self.O = m.ours_changed()
         self.T: set[int] = set()
         for page in m.tpages:
             bp, tp = m.bv.pages[page], m.tv.pages[page]

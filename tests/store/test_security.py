@@ -41,6 +41,7 @@ from megafs.fs.filesystem import Filesystem
 from megafs.fs.inode import ROOT_INO
 from megafs.stores import LocalStore, Store
 from megafs.stores.s3 import S3Store
+from megafs.vault.retention import Policy
 from megafs.vault.root import DEVICE_BITS
 from megafs.vault.tables import MID_BITS, PAGE_BITS
 from megafs.vault.vault import KIND_BODY, KIND_INDEX, KIND_LEAF, Vault, obj_name
@@ -92,6 +93,8 @@ class Sample:
 async def make_sample(store: Store) -> Sample:
     vault = await new_vault(store)
     fs = await Filesystem.load(vault)
+    # only the newest root kept: its history is one entry (four objects)
+    fs.committer.keeper.set_policy(Policy(every=0, tiers=()))
     d = (await fs.mkdir(ROOT_INO, DIR, 0o755, 0, 0)).ino
     files = {
         SMALL_FILE: M * 10,
@@ -156,6 +159,16 @@ async def find_roles(store: Store) -> dict[str, str]:
         "ptab_mid": obj_name(fs.committer.packs.index.top[hi]),
         "ptab_leaf": obj_name(fs.committer.packs.index.mids[hi][lo]),
     }
+    # the history (docs/history.md): top index, mid index, page, one entry's lists
+    [entry] = await fs.history()
+    history = fs.committer.keeper.table.index
+    assert fs.root.hist is not None and list(history.top) == [0]
+    roles |= {
+        "hist": obj_name(fs.root.hist),
+        "hist_mid": obj_name(history.top[0]),
+        "hist_leaf": obj_name(history.mids[0][0]),
+        "hist_lists": obj_name(entry.lists),
+    }
     names = {n async for n, _ in store.list()}
     assert set(roles.values()) == names, "every object has a known role"
     return roles
@@ -176,6 +189,10 @@ async def exercise(s: Sample) -> None:
         names += [n for n, _, _ in batch if n not in (b".", b"..")]
         after = batch[-1][2]
     assert sorted(names) == BIGDIR_NAMES
+    # the history, as a listing of snapshots reads it
+    [entry] = await fs.history()
+    assert entry.gen == fs.root.generation
+    await fs.committer.keeper.table.lists(entry)
 
 
 # --- store manipulation ---------------------------------------------------------
@@ -417,7 +434,9 @@ async def test_header_flips_seen_through_the_recovery_slot(store: Store) -> None
     assert (await Vault.unlock_recovery(store, recovery)).keys.master == vault.keys.master
 
 
-@pytest.mark.parametrize("role", ["root", "top", "mid", "leaf", "body", "big0", "big3"])
+@pytest.mark.parametrize(
+    "role", ["root", "top", "mid", "leaf", "body", "big0", "big3", "hist_leaf", "hist_lists"]
+)
 async def test_flipped_byte_is_detected(store: Store, role: str) -> None:
     s = await make_sample(store)
     name = "root" if role == "root" else s.roles[role]
@@ -480,7 +499,7 @@ async def test_inline_data_lives_inside_the_authenticated_leaf(store: Store) -> 
     await exercise(s)
 
 
-@pytest.mark.parametrize("role", ["top", "mid", "leaf", "body", "big2"])
+@pytest.mark.parametrize("role", ["top", "mid", "leaf", "body", "big2", "hist", "hist_lists"])
 async def test_deleted_object_is_an_integrity_error(store: Store, role: str) -> None:
     s = await make_sample(store)
     await store.delete(s.roles[role])

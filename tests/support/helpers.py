@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import stat
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
@@ -13,8 +14,10 @@ import pytest
 
 from megafs.format.crypto import KdfParams, Layout
 from megafs.fs.filesystem import Filesystem
+from megafs.fs.inode import ROOT_INO
 from megafs.stores import Pointer, Store
 from megafs.stores.base import MAX_OBJECT_SIZE, MAX_POINTER_SIZE, Refused
+from megafs.vault.retention import Policy
 from megafs.vault.vault import Vault
 
 from .seaweed import SeaweedFS, SeaweedStartError
@@ -56,6 +59,37 @@ def run_megafs(
 async def new_vault(store: Store, layout: Layout | None = SMALL) -> Vault:
     vault, _ = await Vault.init(store, PASS, FAST_KDF, layout)
     return vault
+
+
+async def forget_history(fs: Filesystem) -> None:
+    """Make ``fs``'s vault keep no past root (a retention policy that keeps
+    only the newest), committed: garbage goes as soon as a commit makes it,
+    as it did before history (tests of what a commit deletes)."""
+    fs.committer.keeper.set_policy(Policy(every=0, tiers=()))
+    await fs.commit()
+
+
+async def read_tree(fs: Filesystem) -> dict[bytes, bytes | None]:
+    """Every path under ``fs``'s root: file content (symlinks: their target),
+    None for folders."""
+    out: dict[bytes, bytes | None] = {}
+
+    async def walk(ino: int, prefix: bytes) -> None:
+        after = 0
+        while batch := await fs.readdir(ino, after):
+            for name, attr, cookie in batch:
+                after = cookie
+                path = prefix + name
+                if stat.S_ISDIR(attr.mode):
+                    out[path] = None
+                    await walk(attr.ino, path + b"/")
+                elif stat.S_ISLNK(attr.mode):
+                    out[path] = await fs.readlink(attr.ino)
+                else:
+                    out[path] = await fs.read(attr.ino, 0, 1 << 30)
+
+    await walk(ROOT_INO, b"")
+    return out
 
 
 async def reopen(store: Store, *, writable: bool = True) -> Filesystem:

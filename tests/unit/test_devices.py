@@ -244,7 +244,7 @@ async def test_a_newer_record_version_is_read_but_never_written(
     root = await vault.read_root()
     root.generation = vault.next_generation()
     raw = msgpack.unpackb(root.encode(), raw=False, strict_map_key=False)
-    raw["v"] = 3  # a later megafs's root: keys this one does not know may follow
+    raw["v"] = 4  # a later megafs's root: keys this one does not know may follow
     sealed = crypto.seal_for(
         vault.keys, vault.keys.root, msgpack.packb(raw, use_bin_type=True),
         crypto.root_aad(vault.vault_id),
@@ -253,6 +253,6 @@ async def test_a_newer_record_version_is_read_but_never_written(
     assert ptr is not None
     await store.cas_pointer("root", sealed, ptr.etag)
     fs = await Filesystem.load(await Vault.unlock(store, PASS), writable=False)
-    assert fs.root.record == 3 and await fs.readdir(ROOT_INO, 0) is not None
-    with pytest.raises(UnsupportedVersion, match="record version 3"):
+    assert fs.root.record == 4 and await fs.readdir(ROOT_INO, 0) is not None
+    with pytest.raises(UnsupportedVersion, match="record version 4"):
         await Filesystem.load(await Vault.unlock(store, PASS))

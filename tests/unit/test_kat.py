@@ -1156,7 +1156,9 @@ class DocReader:
         if root["v"] == 1:
             assert root["lease"] is None
         else:  # record version 2: the lease for version 1 writers; devices
-            assert root["v"] == 2 and root["dlease"] is None
+            # (version 3: the same, and a history table: docs/history.md)
+            assert root["v"] in (2, 3) and root["dlease"] is None
+            assert (root["v"] == 3) == (root.get("hist") is not None or "ret" in root)
             assert root["lease"] == [bytes(16), "a newer megafs (several devices)", 0, math.inf]
             assert all(d["pfx"] >= 1 for d in root["devs"].values())
         self.packs = self.table(root["ptab"], 4) if root.get("ptab") is not None else {}

@@ -60,6 +60,7 @@ class Collector:
         #: Retired since the last snapshot: whole objects, and packed chunks
         #: (the committer updates the pack table with those).
         self._retired: list[bytes] = []
+        self._retired_head: list[bytes] = []
         self.pack_drops: list[ChunkRef] = []
         #: Whether other devices share the vault (then deletion is deferred).
         self.shared: Callable[[], bool] = lambda: False
@@ -69,6 +70,11 @@ class Collector:
         self._deferred: list[tuple[float, list[bytes]]] = []
         #: The file that keeps ``_deferred`` across mounts (None: memory only).
         self.persist: str | None = None
+        #: Objects this filesystem made that no committed root referenced yet
+        #: (a snapshot's uploads until its root is in; chunks dropped before
+        #: any snapshot took them): garbage among them was never in a root,
+        #: so no past root keeps it (docs/history.md).
+        self.unborn: set[bytes] = set()
 
     # --- retiring (before a commit) ----------------------------------------
 
@@ -76,13 +82,26 @@ class Collector:
         """``obj`` is garbage once the next commit is in. No await."""
         self._retired.append(obj)
 
-    def retire_chunk(self, ref: ChunkRef) -> None:
+    def retire_chunk(self, ref: ChunkRef, *, unborn: bool = False) -> None:
         """No chunk map references ``ref`` any more: its object (or its share
-        of a pack) is garbage once the next commit is in. No await."""
+        of a pack) is garbage once the next commit is in. ``unborn``: it was
+        made here and not committed yet (it may still be, by a commit in
+        flight). No await."""
+        if unborn and not ref.packed:
+            self.unborn.add(ref.obj)
         if ref.packed:
             self.pack_drops.append(ref)
         else:
             self._retired.append(ref.obj)
+
+    def retire_head(self, objs: list[bytes]) -> None:
+        """Objects only the newest root needs (pack table and history pages):
+        garbage once the next commit is in, kept by no past root. No await."""
+        self._retired_head.extend(objs)
+
+    def take_retired_head(self) -> list[bytes]:
+        out, self._retired_head = self._retired_head, []
+        return out
 
     def take_retired(self) -> list[bytes]:
         """What was retired so far, for the snapshot being taken. No await."""

@@ -35,6 +35,7 @@ from ..vault.tables import MetaJob, PackRecord, PackTable
 from ..vault.vault import Vault
 from .collector import Collector
 from .data import ChunkJobs, DataPath, PackJob
+from .keeper import Keeper, Staged
 from .merge import Merge
 from .merge_records import Outcome
 from .oplog import OpLog
@@ -62,8 +63,17 @@ class _Snapshot:
         self.meta_jobs: list[MetaJob] = []
         self.pages: set[int] = set()
         self.pack_pages: set[int] = set()
-        #: What the new root no longer references.
+        #: What the new root no longer references (and past roots may).
         self.garbage: list[bytes] = []
+        #: What the new root no longer references and no past root needs:
+        #: replaced pack table pages.
+        self.head_garbage: list[bytes] = []
+        #: Objects the new root references and no older root did.
+        self.born: dict[bytes, int] = {}
+        #: Garbage never referenced by a committed root (deleted at once).
+        self.fresh: list[bytes] = []
+        #: The history as it is once the root is in.
+        self.history: Staged | None = None
         #: Pack records as they were before this snapshot's drops, the drops,
         #: and the packs they killed (with their upload jobs): undone on failure.
         self.pack_saved: dict[int, PackRecord | None] = {}
@@ -129,6 +139,8 @@ class Committer:
         self.on_merge: list[Callable[[Outcome], None]] = []
         #: purges an inode with no link left if nothing uses it (the namespace's)
         self.purge: Callable[[int], Awaitable[None]] | None = None
+        #: the history this device's commits add to and prune
+        self.keeper = Keeper(vault, root, device_id)
         self._lock = trio.Lock()
         #: How many mutations the last successful commit covered (group commit).
         self._durable_mutations = 0
@@ -152,6 +164,7 @@ class Committer:
             or self.meta_dirty
             or self.data.pending
             or self.collector.pack_drops
+            or self.keeper.requests
             or (self.device is not None and sorted(self.orphans) != self.device.orphans)
         )
 
@@ -219,6 +232,7 @@ class Committer:
             return False
         for attempt in range(MERGE_RETRIES + 1):
             await self._load_pack_pages()
+            await self.keeper.prepare(time.time_ns())
             snap = self._snapshot()
             try:
                 async with trio.open_nursery() as nursery:
@@ -251,12 +265,21 @@ class Committer:
         self.device.orphans = list(done.orphans)
         self.device.time_ns, self.device.generation = done.time_ns, done.generation
         self.data.committed(snap.chunk_jobs, snap.pack_jobs)
+        self.root.hist = self.root_for_commit.hist
+        self.root.retention = self.root_for_commit.retention
+        staged = snap.history
+        assert staged is not None
+        self.keeper.committed(staged, self.root_for_commit)
+        self.collector.unborn -= snap.born.keys()
+        self.collector.unborn -= set(snap.fresh)
         self.commits += 1
         self._durable_mutations = max(self._durable_mutations, covers)
         mark = done.journal
         if self.oplog.journal is not None and mark is not None:
             self.oplog.journal.committed(mark[1])
-        await self.collector.collect(snap.garbage)
+        await self.collector.collect(
+            snap.fresh + snap.head_garbage + staged.garbage + list(staged.freed)
+        )
         return True
 
     async def refresh(self) -> bool:
@@ -292,9 +315,14 @@ class Committer:
         assert self.device is not None and self.device_id is not None
         theirs = await self.vault.read_root()
         me, mine = theirs.devices.get(self.device_id), self.base.devices.get(self.device_id)
-        if me is None or mine is None or (me.generation, me.journal) != (
-            mine.generation,
-            mine.journal,
+        if (
+            me is None
+            or mine is None
+            or (me.generation, me.journal)
+            != (
+                mine.generation,
+                mine.journal,
+            )
         ):
             raise RollbackError(
                 ROOT,
@@ -338,13 +366,14 @@ class Committer:
         root = self.root
         delta = [a - b for a, b in zip(root.stats, self.base.stats, strict=True)]
         root.stats[:] = [
-            t + d + x
-            for t, d, x in zip(theirs.stats, delta, merge.root_stats_delta, strict=True)
+            t + d + x for t, d, x in zip(theirs.stats, delta, merge.root_stats_delta, strict=True)
         ]
         root.generation = theirs.generation
         root.itab, root.ptab = theirs.itab, theirs.ptab
         root.next_ino, root.next_pack = theirs.next_ino, theirs.next_pack
         root.orphans, root.journal, root.lease = list(theirs.orphans), theirs.journal, None
+        root.hist, root.retention = theirs.hist, theirs.retention
+        self.keeper.reset(theirs)
         for k, d in theirs.devices.items():
             if k != self.device_id:
                 root.devices[k] = d.copy()
@@ -421,9 +450,18 @@ class Committer:
                     snap.dead.append((dead, self.data.dead_pack(dead)))
         snap.chunk_jobs, snap.pack_jobs = self.data.freeze(packs)
         itab, snap.pages = self.table.snapshot(snap.meta_jobs, garbage)
+        sealed_len = self.vault.layout.sealed_len
+        born = snap.born
+        for ref, _ in snap.chunk_jobs:
+            born[ref.obj] = sealed_len(ref.length)
+        for job in snap.pack_jobs:
+            born[job.obj] = sum(sealed_len(ref.length) for ref, _ in job.parts)
+        for _, obj, _ in snap.meta_jobs:
+            born[obj] = 0
+        snap.head_garbage = self.collector.take_retired_head()
         ptab = self.root.ptab
         if packs is not None:
-            ptab, snap.pack_pages = packs.snapshot(snap.meta_jobs, garbage)
+            ptab, snap.pack_pages = packs.snapshot(snap.meta_jobs, snap.head_garbage)
         root, dev = self.root, self.device
         assert dev is not None and self.device_id is not None  # writable: see __init__
         if root.lease is not None:
@@ -440,6 +478,24 @@ class Committer:
         mine = new.devices[self.device_id]
         mine.orphans = sorted(self.orphans)
         mine.time_ns, mine.generation = time.time_ns(), new.generation
+        # What was never in a committed root goes at once; what the last
+        # root held is kept by the history as long as a kept root needs it.
+        unborn = self.collector.unborn
+        unborn |= born.keys()
+        snap.fresh = [g for g in garbage if g in unborn]
+        dead_objs = {g for g in garbage if g not in unborn}
+        snap.history = self.keeper.stage(
+            new.generation,
+            mine.time_ns,
+            itab,
+            (new.stats[0], new.stats[1]),
+            born,
+            dead_objs,
+            snap.meta_jobs,
+        )
+        unborn |= {obj for _, obj, _ in snap.meta_jobs}
+        new.hist = snap.history.top
+        self.keeper.policy_for(new)
         self.root_for_commit = new
         self.meta_dirty = False
         return snap
@@ -462,6 +518,7 @@ class Committer:
         self._undo_drops(snap)
         self.collector.unretire([g for g in snap.garbage if g not in dead])
         self.collector.unretire(list(new_meta))
+        self.collector.retire_head(snap.head_garbage)
 
     def _undo_drops(self, snap: _Snapshot) -> None:
         """Pack records as before the snapshot's drops; the drops wait again."""

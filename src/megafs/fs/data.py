@@ -318,8 +318,8 @@ class DataPath:
 
     def _drop_ref(self, ref: ChunkRef) -> None:
         """No chunk map references ``ref`` any more: it is retired."""
-        self.pending.pop(ref, None)
-        self.collector.retire_chunk(ref)
+        pend = self.pending.pop(ref, None)
+        self.collector.retire_chunk(ref, unborn=pend is not None)
 
     @operation
     async def write(self, ino: int, offset: int, data: bytes) -> int:

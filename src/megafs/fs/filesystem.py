@@ -78,6 +78,7 @@ from ..errors import (
     first_leaf,
 )
 from ..vault.content import Content
+from ..vault.history import Entry
 from ..vault.root import RECORD_VERSION, Root
 from ..vault.vault import Vault
 from .collector import Collector
@@ -149,9 +150,7 @@ class Filesystem:
             block_cache_bytes=block_cache_bytes,
             packs_small_chunks=packed,
         )
-        self.namespace = Namespace(
-            self.table, self.data, self.collector, self.oplog, root, device
-        )
+        self.namespace = Namespace(self.table, self.data, self.collector, self.oplog, root, device)
         self.committer = Committer(
             vault,
             root,
@@ -166,6 +165,24 @@ class Filesystem:
         self.committer.purge = self.namespace.purge_if_unused
         #: Journal records applied when this filesystem was opened.
         self.replayed = 0
+
+    async def history(self) -> list[Entry]:
+        """The kept past roots (this one's included), oldest first: one
+        request per 64 generations of history the first time."""
+        return await self.committer.keeper.entries()
+
+    async def past(self, entry: Entry, *, block_cache_bytes: int = 8 << 20) -> Filesystem:
+        """A read-only filesystem on the kept root ``entry``, loaded lazily
+        like this one (one request to open it; the content cache shared)."""
+        root = Root(generation=entry.gen, itab=entry.itab, next_ino=0, stats=list(entry.stats))
+        fs = Filesystem(
+            self.vault, root, writable=False, cache=self.cache, block_cache_bytes=block_cache_bytes
+        )
+        if entry.itab is not None:
+            await fs.table.index.open()
+        else:
+            fs.namespace.make_root_dir()
+        return fs
 
     @property
     def writable(self) -> bool:

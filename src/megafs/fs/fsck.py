@@ -40,8 +40,10 @@ import trio
 
 from ..errors import IntegrityError, MegafsError, ObjectNotFound, VaultBusy
 from ..format import crypto
-from ..stores.base import Refused
+from ..stores.base import MAX_OBJECT_SIZE, Refused
 from ..vault.content import ChunkRef
+from ..vault.history import Entry, HistoryTable
+from ..vault.root import Root
 from ..vault.tables import MID_BITS, PAGE_BITS, PackRecord, RadixIndex
 from ..vault.vault import Vault, obj_name
 from .filesystem import Filesystem
@@ -89,11 +91,8 @@ async def check(vault: Vault, *, repair: bool = False, progress: Progress | None
 
 async def _check(fs: Filesystem, report: Report, repair: bool, progress: Progress | None) -> None:
     vault = fs.vault
-    table = fs.table
     pack_table = fs.committer.packs
     reachable: set[bytes] = set()
-    if fs.root.itab is not None:
-        reachable.add(fs.root.itab)
 
     async def guarded(what: str, work: Awaitable[None]) -> None:
         try:
@@ -118,13 +117,6 @@ async def _check(fs: Filesystem, report: Report, repair: bool, progress: Progres
                 pages.append((hi << MID_BITS) | lo)
         return pages
 
-    # index and leaf pages
-    pages = await walk(table.index)
-    for i, page in enumerate(pages):
-        if progress:
-            progress("pages", i, len(pages))
-        await guarded(f"leaf page {page}", fs.load_page(page))
-
     # the pack table (format 2)
     packs: dict[int, PackRecord] = {}
     if pack_table is not None and fs.root.ptab is not None:
@@ -141,125 +133,37 @@ async def _check(fs: Filesystem, report: Report, repair: bool, progress: Progres
             if not fs.root.pack_allocated(pno):
                 report.problems.append(f"pack {pno} is beyond the next pack number")
 
-    # inodes, bodies, directory structure
-    links: dict[int, int] = {}
-    chunks: list[tuple[int, int, ChunkRef]] = []
-    pack_refs: dict[int, list[ChunkRef]] = {}
-    # every device's orphans: open somewhere, so not yet purged
-    orphans = fs.namespace.orphans | set(fs.root.all_orphans())
-    inodes = sorted(table.inodes)
-    for ino in inodes:
-        node = table.inodes[ino]
-        report.inodes += 1
-        if node.body_ref is not None:
-            reachable.add(node.body_ref)
-        if not node.body_loaded:
-            await guarded(f"body of inode {ino}", fs.load_body(node))
-            if not node.body_loaded:
-                continue
-        if node.is_dir:
-            for name, (child, _) in node.entries.items():
-                links[child] = links.get(child, 0) + 1
-                if child not in table.inodes:
-                    report.problems.append(
-                        f"directory {ino} entry {name!r} names missing inode {child}"
-                    )
-        if node.is_reg:
-            report.bytes += node.size
-            for idx, ref in node.chunks.items():
-                chunks.append((ino, idx, ref))
-                if not ref.packed:
-                    reachable.add(ref.obj)
-                    continue
-                pack_refs.setdefault(ref.pno, []).append(ref)
-                found = packs.get(ref.pno)
-                if found is None or found.obj != ref.obj:
-                    report.problems.append(
-                        f"chunk {idx} of inode {ino} is in pack {ref.pno} "
-                        f"({obj_name(ref.obj)}), which the pack table does not hold"
-                    )
-                elif ref.off + vault.layout.sealed_len(ref.length) > found.size:
-                    report.problems.append(
-                        f"chunk {idx} of inode {ino} lies outside pack {ref.pno}"
-                    )
-    for pno, rec in sorted(packs.items()):
-        refs = pack_refs.get(pno, [])
-        live_bytes = sum(vault.layout.sealed_len(r.length) for r in refs)
-        if rec.live != len(refs) or rec.live_bytes != live_bytes:
-            report.problems.append(
-                f"pack {pno} ({obj_name(rec.obj)}) counts {rec.live} chunks of "
-                f"{rec.live_bytes} bytes, but {len(refs)} of {live_bytes} bytes name it"
+    tree = _Tree(report, reachable, packs, guarded, walk, progress)
+    await tree.check(fs, head=True)
+
+    # the history: its table, lists, and every kept root's tree
+    if fs.root.hist is not None:
+        reachable.add(fs.root.hist)
+        history = fs.committer.keeper.table
+        try:
+            await history.latest()
+            entries = await history.entries()
+        except (ObjectNotFound, IntegrityError) as e:
+            report.problems.append(f"history table: {e}")
+            entries = []
+        await walk(history.index)
+        for i, entry in enumerate(entries):
+            reachable.add(entry.lists)
+            await guarded(f"history lists of generation {entry.gen}", _lists(history, entry))
+            if entry.itab == fs.root.itab:
+                continue  # the live tree, checked above
+            if progress:
+                progress("history", i, len(entries))
+            past = Filesystem(
+                vault,
+                Root(generation=entry.gen, itab=entry.itab, next_ino=0),
+                writable=False,
+                block_cache_bytes=1 << 20,
             )
-    for ino in inodes:
-        node = table.inodes[ino]
-        if ino == ROOT_INO or not node.body_loaded:
-            continue
-        expected = links.get(ino, 0)
-        if node.is_dir:
-            got = 1 if expected else 0
-            if expected != 1:
-                report.problems.append(f"directory inode {ino} has {expected} names")
-            subdirs = sum(
-                1 for c, _ in node.entries.values() if c in table.inodes and table.inodes[c].is_dir
-            )
-            if got and node.nlink != 2 + subdirs:
-                report.problems.append(
-                    f"directory inode {ino} link count {node.nlink} != {2 + subdirs}"
-                )
-        elif node.nlink != expected and ino not in orphans:
-            report.problems.append(f"inode {ino} link count {node.nlink}, but {expected} names")
-        if stat.S_ISREG(node.mode) and node.nlink == 0 and ino not in orphans:
-            report.problems.append(f"inode {ino} has no names and is not an orphan")
-
-    # chunk and pack objects: fetch each once and open every block in it
-    limiter = trio.CapacityLimiter(8)
-    done = 0
-    by_object: dict[bytes, list[tuple[int, int, ChunkRef]]] = {}
-    for item in chunks:
-        by_object.setdefault(item[2].obj, []).append(item)
-
-    async def verify_object(obj: bytes, items: list[tuple[int, int, ChunkRef]]) -> None:
-        nonlocal done
-        name = obj_name(obj)
-        # The size the object must have: a pack's from the pack table, a chunk
-        # object's from its length; nothing larger is read.
-        _, _, first = items[0]
-        rec0 = packs.get(first.pno) if first.packed else None
-        limit = rec0.size if rec0 is not None else vault.layout.sealed_len(first.length)
-        async with limiter:
-            try:
-                sealed = await fs.content.read_object(obj, limit)
-            except ObjectNotFound:
-                ino, idx, _ = items[0]
-                report.missing.append(f"{name} (chunk {idx} of inode {ino})")
-                return
-            except IntegrityError as e:
-                report.problems.append(str(e))
-                return
-            for ino, idx, ref in items:
-                node = table.inodes[ino]
-                want = vault.layout.sealed_len(ref.length)
-                if ref.packed:
-                    rec = packs.get(ref.pno)
-                    size_ok = rec is not None and len(sealed) == rec.size
-                else:
-                    size_ok = len(sealed) == want
-                if not size_ok:
-                    report.problems.append(f"integrity error in object {name}: wrong size")
-                    return
-                assert node.file_key is not None
-                part = sealed[ref.off : ref.off + want]
-                try:
-                    fs.content.open_chunk(ref, node.file_key, node.file_id, idx, part)
-                except crypto.AuthFailed as e:
-                    report.problems.append(f"integrity error in object {name}: {e}")
-        done += 1
-        if progress:
-            progress("objects", done, len(by_object))
-
-    async with trio.open_nursery() as nursery:
-        for obj, items in by_object.items():
-            nursery.start_soon(verify_object, obj, items)
+            if entry.itab is not None:
+                reachable.add(entry.itab)
+                await guarded(f"root of generation {entry.gen}", past.table.index.open())
+            await tree.check(past, head=False)
 
     # the store's view
     onames = {obj_name(o) for o in reachable}
@@ -296,6 +200,185 @@ async def _check(fs: Filesystem, report: Report, repair: bool, progress: Progres
                 report.removed += 1
             except MegafsError as e:
                 report.problems.append(f"could not remove {oname}: {e}")
+
+
+async def _lists(history: HistoryTable, entry: Entry) -> None:
+    await history.lists(entry)
+
+
+class _Tree:
+    """Checks one root's tree (the live one, or a kept past one); objects
+    already verified in another tree are not fetched again."""
+
+    def __init__(
+        self,
+        report: Report,
+        reachable: set[bytes],
+        packs: dict[int, PackRecord],
+        guarded: Callable[[str, Awaitable[None]], Awaitable[None]],
+        walk: Callable[[RadixIndex], Awaitable[list[int]]],
+        progress: Progress | None,
+    ) -> None:
+        self.report, self.reachable, self.packs = report, reachable, packs
+        self.guarded, self.walk, self.progress = guarded, walk, progress
+        self.verified: set[bytes] = set()
+
+    async def check(self, fs: Filesystem, *, head: bool) -> None:
+        """Pages, bodies, directory structure and chunks of ``fs``'s root;
+        pack counts and orphans only for the live tree (``head``): a past
+        root's pack table and orphans are not kept."""
+        report, reachable, packs = self.report, self.reachable, self.packs
+        guarded, walk, progress = self.guarded, self.walk, self.progress
+        vault, table = fs.vault, fs.table
+        if fs.root.itab is not None:
+            reachable.add(fs.root.itab)
+        here = Report()
+        if not head:
+            report, real = here, report
+        # index and leaf pages
+        pages = await walk(table.index)
+        for i, page in enumerate(pages):
+            if progress:
+                progress("pages", i, len(pages))
+            await guarded(f"leaf page {page}", fs.load_page(page))
+
+        # inodes, bodies, directory structure
+        links: dict[int, int] = {}
+        chunks: list[tuple[int, int, ChunkRef]] = []
+        pack_refs: dict[int, list[ChunkRef]] = {}
+        # every device's orphans: open somewhere, so not yet purged
+        orphans = fs.namespace.orphans | set(fs.root.all_orphans())
+        inodes = sorted(table.inodes)
+        for ino in inodes:
+            node = table.inodes[ino]
+            report.inodes += 1
+            if node.body_ref is not None:
+                reachable.add(node.body_ref)
+            if not node.body_loaded:
+                await guarded(f"body of inode {ino}", fs.load_body(node))
+                if not node.body_loaded:
+                    continue
+            if node.is_dir:
+                for name, (child, _) in node.entries.items():
+                    links[child] = links.get(child, 0) + 1
+                    if child not in table.inodes:
+                        report.problems.append(
+                            f"directory {ino} entry {name!r} names missing inode {child}"
+                        )
+            if node.is_reg:
+                report.bytes += node.size
+                for idx, ref in node.chunks.items():
+                    chunks.append((ino, idx, ref))
+                    if not ref.packed:
+                        reachable.add(ref.obj)
+                        continue
+                    pack_refs.setdefault(ref.pno, []).append(ref)
+                    found = packs.get(ref.pno)
+                    if not head and (found is None or found.obj != ref.obj):
+                        reachable.add(ref.obj)  # a pack no live chunk map names any more
+                    elif found is None or found.obj != ref.obj:
+                        report.problems.append(
+                            f"chunk {idx} of inode {ino} is in pack {ref.pno} "
+                            f"({obj_name(ref.obj)}), which the pack table does not hold"
+                        )
+                    elif ref.off + vault.layout.sealed_len(ref.length) > found.size:
+                        report.problems.append(
+                            f"chunk {idx} of inode {ino} lies outside pack {ref.pno}"
+                        )
+        for pno, rec in sorted(packs.items() if head else ()):
+            refs = pack_refs.get(pno, [])
+            live_bytes = sum(vault.layout.sealed_len(r.length) for r in refs)
+            if rec.live != len(refs) or rec.live_bytes != live_bytes:
+                report.problems.append(
+                    f"pack {pno} ({obj_name(rec.obj)}) counts {rec.live} chunks of "
+                    f"{rec.live_bytes} bytes, but {len(refs)} of {live_bytes} bytes name it"
+                )
+        for ino in inodes:
+            node = table.inodes[ino]
+            if ino == ROOT_INO or not node.body_loaded:
+                continue
+            expected = links.get(ino, 0)
+            if node.is_dir:
+                got = 1 if expected else 0
+                if expected != 1:
+                    report.problems.append(f"directory inode {ino} has {expected} names")
+                subdirs = sum(
+                    1
+                    for c, _ in node.entries.values()
+                    if c in table.inodes and table.inodes[c].is_dir
+                )
+                if got and node.nlink != 2 + subdirs:
+                    report.problems.append(
+                        f"directory inode {ino} link count {node.nlink} != {2 + subdirs}"
+                    )
+            elif not head:
+                continue  # a past root's orphans are not kept
+            elif node.nlink != expected and ino not in orphans:
+                report.problems.append(f"inode {ino} link count {node.nlink}, but {expected} names")
+            if stat.S_ISREG(node.mode) and node.nlink == 0 and ino not in orphans:
+                report.problems.append(f"inode {ino} has no names and is not an orphan")
+
+        # chunk and pack objects: fetch each once and open every block in it
+        limiter = trio.CapacityLimiter(8)
+        done = 0
+        by_object: dict[bytes, list[tuple[int, int, ChunkRef]]] = {}
+        for item in chunks:
+            if item[2].obj not in self.verified:
+                by_object.setdefault(item[2].obj, []).append(item)
+        self.verified |= by_object.keys()
+
+        async def verify_object(obj: bytes, items: list[tuple[int, int, ChunkRef]]) -> None:
+            nonlocal done
+            name = obj_name(obj)
+            # The size the object must have: a pack's from the pack table, a chunk
+            # object's from its length; nothing larger is read.
+            _, _, first = items[0]
+            rec0 = packs.get(first.pno) if first.packed else None
+            limit = rec0.size if rec0 is not None else vault.layout.sealed_len(first.length)
+            if first.packed and (rec0 is None or rec0.obj != obj):
+                limit = MAX_OBJECT_SIZE  # a pack only past roots keep: its size is not kept
+            async with limiter:
+                try:
+                    sealed = await fs.content.read_object(obj, limit)
+                except ObjectNotFound:
+                    ino, idx, _ = items[0]
+                    report.missing.append(f"{name} (chunk {idx} of inode {ino})")
+                    return
+                except IntegrityError as e:
+                    report.problems.append(str(e))
+                    return
+                for ino, idx, ref in items:
+                    node = table.inodes[ino]
+                    want = vault.layout.sealed_len(ref.length)
+                    if ref.packed:
+                        rec = packs.get(ref.pno)
+                        size_ok = (
+                            rec is not None and len(sealed) == rec.size
+                            if rec is not None and rec.obj == obj
+                            else not head and len(sealed) >= ref.off + want
+                        )
+                    else:
+                        size_ok = len(sealed) == want
+                    if not size_ok:
+                        report.problems.append(f"integrity error in object {name}: wrong size")
+                        return
+                    assert node.file_key is not None
+                    part = sealed[ref.off : ref.off + want]
+                    try:
+                        fs.content.open_chunk(ref, node.file_key, node.file_id, idx, part)
+                    except crypto.AuthFailed as e:
+                        report.problems.append(f"integrity error in object {name}: {e}")
+            done += 1
+            if progress:
+                progress("objects", done, len(by_object))
+
+        async with trio.open_nursery() as nursery:
+            for obj, items in by_object.items():
+                nursery.start_soon(verify_object, obj, items)
+
+        if not head:
+            real.problems += [f"generation {fs.root.generation}: {p}" for p in here.problems]
+            real.missing += here.missing
 
 
 __all__ = ["Report", "VaultBusy", "check"]

@@ -18,6 +18,7 @@ import msgpack
 
 from ..errors import IntegrityError
 from ..format import crypto
+from .retention import Policy
 
 ROOT = "root"
 
@@ -29,7 +30,7 @@ DEVICE_BITS = 40
 #: bound the inode record codec puts on pack numbers in chunk maps).
 MAX_PREFIX = 1 << 22
 #: The highest record version this code writes; it refuses to write a newer one.
-RECORD_VERSION = 2
+RECORD_VERSION = 3
 
 
 def root_digest(sealed: bytes) -> bytes:
@@ -157,13 +158,20 @@ class Root:
     prev: bytes | None = None
     #: record version 2: device id (the client id) -> its record
     devices: dict[bytes, Device] = field(default_factory=dict)
+    #: record version 3: object id of the history table's top index (None:
+    #: no history yet), and the retention policy (None: the default)
+    hist: bytes | None = None
+    retention: Policy | None = None
     #: the record version the root was read with (``v``); a writer refuses
     #: one above :data:`RECORD_VERSION` (it would drop what it does not know)
     record: int = field(default=1, compare=False)
 
     @property
     def version(self) -> int:
-        """The record version: 2 once a device has registered, else 1."""
+        """The record version: 3 once the root keeps history, 2 once a
+        device has registered, else 1."""
+        if self.hist is not None or self.retention is not None:
+            return 3
         return 2 if self.devices else 1
 
     def register(self, client_id: bytes, name: str) -> Device:
@@ -245,6 +253,10 @@ class Root:
             rec["lease"] = MULTI_DEVICE_LEASE.encode()
             rec["dlease"] = self.lease.encode() if self.lease else None
             rec["devs"] = {k: self.devices[k].encode() for k in sorted(self.devices)}
+        if self.hist is not None:
+            rec["hist"] = self.hist
+        if self.retention is not None:
+            rec["ret"] = self.retention.encode()
         packed: bytes = msgpack.packb(rec, use_bin_type=True)
         return packed
 
@@ -253,9 +265,7 @@ class Root:
         d = unpack(data, ROOT)
         try:
             devs = d.get("devs")
-            devices = (
-                {expect_bytes(k): Device.decode(v) for k, v in devs.items()} if devs else {}
-            )
+            devices = {expect_bytes(k): Device.decode(v) for k, v in devs.items()} if devs else {}
             lease = d["dlease"] if devices else d["lease"]
             root = cls(
                 generation=int(d["gen"]),
@@ -269,6 +279,8 @@ class Root:
                 next_pack=int(d.get("npack", 0)),
                 prev=_digest_or_none(d.get("prev")),
                 devices=devices,
+                hist=expect_bytes(d["hist"]) if d.get("hist") is not None else None,
+                retention=Policy.decode(d["ret"]) if d.get("ret") is not None else None,
                 record=_int(d["v"]),
             )
         except (KeyError, TypeError, ValueError, IndexError, OverflowError, AttributeError) as e:
@@ -304,8 +316,6 @@ def unpack(data: bytes, name: str) -> Any:
         return msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True)
     except Exception as e:  # msgpack raises many types on garbage
         raise IntegrityError(name, f"malformed record: {type(e).__name__}") from None
-
-
 
 
 def _int(value: Any) -> int:

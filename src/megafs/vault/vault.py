@@ -60,6 +60,8 @@ KIND_INDEX = 1
 KIND_LEAF = 2
 KIND_BODY = 3
 KIND_PACKS = 4  # a leaf page of the pack table (format 2)
+KIND_HIST = 5  # a leaf page of the history table (root record version 3)
+KIND_HLIST = 6  # a history entry's born and dead lists
 
 #: The largest root pointer and metadata object read from a store; larger
 #: ones are refused (IntegrityError) before more than this is read. A root is
@@ -438,8 +440,7 @@ class Vault:
         except PreconditionFailed:
             self.state.failed(root.generation, refused=digest)
             raise CommitConflict(
-                "the vault was changed by another client; this client's changes were not "
-                "committed"
+                "the vault was changed by another client; this client's changes were not committed"
             ) from None
         except BaseException:  # no answer, or an error: the write may or may not be in
             self.state.failed(root.generation)

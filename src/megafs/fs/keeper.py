@@ -1,0 +1,275 @@
+"""The keeper: the history a commit adds to and prunes (docs/history.md).
+
+Owns: this filesystem's view of the committed history table, the retention
+policy, pending pin and unpin requests, and when to apply the policy. At
+each commit the committer asks it to :meth:`prepare` (async: loads the pages
+and lists a commit's history changes need) and then to :meth:`stage`
+(synchronous, inside the committer's await-free snapshot): add the new
+root's entry with what it made (born) and what it no longer references
+(dead), drop the entries the policy no longer keeps, and say which objects
+that frees. The staged table becomes the committed one only once the root
+is in (:meth:`committed`); a merge resets it to theirs (:meth:`reset`).
+
+May not touch: the store (it reads through :class:`~.history.HistoryTable`),
+deleting anything (freed objects go back to the committer, which hands them
+to the collector), inodes, the inode table.
+
+Concurrency: trio, one thread; called with the commit lock held, except the
+request methods (:meth:`pin`, :meth:`unpin`, :meth:`set_policy`), which only
+note a request.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from ..vault.history import HIST_PAGE_BITS, Entry, HistoryTable, Lists, fold
+from ..vault.retention import Policy
+from ..vault.root import Root
+from ..vault.tables import MetaJob
+from ..vault.vault import Vault
+
+log = logging.getLogger(__name__)
+
+#: Seconds between two applications of the policy by commits (a prune
+#: request applies it at the next commit).
+PRUNE_EVERY = 60.0
+#: Entries one commit drops at most (the rest go with the next ones).
+DROPS_PER_COMMIT = 32
+
+
+@dataclass
+class Staged:
+    """One commit's history changes, kept once its root is in."""
+
+    table: HistoryTable
+    top: bytes | None
+    #: replaced history pages, index nodes and lists objects (no root of
+    #: the history keeps them: they go at once, or after the grace period)
+    garbage: list[bytes] = field(default_factory=list)
+    #: objects no kept root references any more -> sealed size (0: unknown)
+    freed: dict[bytes, int] = field(default_factory=dict)
+    dropped: int = 0
+    pruned: bool = False
+
+
+@dataclass
+class PruneResult:
+    """What the last application of the policy did."""
+
+    dropped: int = 0
+    freed: int = 0
+    freed_bytes: int = 0
+
+
+class Keeper:
+    """A filesystem's history: entries added and dropped by its commits."""
+
+    def __init__(self, vault: Vault, root: Root, device_id: bytes | None) -> None:
+        self.vault = vault
+        self.device_id = device_id
+        self.table = HistoryTable(vault, root.hist)
+        self.policy = root.retention or Policy()
+        self._policy_set: Policy | None = None
+        self._pins: list[str] = []
+        self._unpins: list[str] = []
+        self._last_prune = -PRUNE_EVERY
+        self._force = False
+        self._plan: list[Entry] = []
+        self._latest: Entry | None = None
+        self.last_prune = PruneResult()
+
+    # --- requests ----------------------------------------------------------
+
+    def pin(self, name: str) -> None:
+        """The next commit's root is kept under ``name`` until unpinned."""
+        self._pins.append(name)
+
+    def unpin(self, name: str) -> None:
+        """The next commit unpins the root kept under ``name``."""
+        self._unpins.append(name)
+
+    def set_policy(self, policy: Policy) -> None:
+        """The next commit stores ``policy`` and applies it."""
+        self._policy_set = policy
+        self._force = True
+
+    def prune_now(self) -> None:
+        """The next commit applies the policy, whenever it was last applied."""
+        self._force = True
+
+    @property
+    def requests(self) -> bool:
+        """A request waits for a commit."""
+        return bool(self._pins or self._unpins or self._policy_set or self._force)
+
+    def due(self) -> bool:
+        """Whether the next commit applies the policy: when asked to, else at
+        most every :data:`PRUNE_EVERY` seconds (more often under a policy
+        whose periods are shorter)."""
+        policy = self._policy_set or self.policy
+        every = min([PRUNE_EVERY, policy.every, *(w for w, _ in policy.tiers)])
+        return self._force or time.monotonic() - self._last_prune >= every
+
+    # --- a commit ------------------------------------------------------------
+
+    async def entries(self) -> list[Entry]:
+        """Every committed entry, oldest first."""
+        return await self.table.entries()
+
+    async def prepare(self, now_ns: int) -> None:
+        """Load what :meth:`stage` needs: the newest entry's page (and index),
+        and when the policy is due, every entry and the lists of those it
+        drops and of their newer neighbours. Blocks on the store."""
+        self._latest = await self.table.latest()
+        self._plan = []
+        if not (self.due() or self._unpins):
+            return
+        entries = await self.table.entries()
+        if not self.due():
+            return
+        policy = self._policy_set or self.policy
+        # as the policy sees them: unpinned entries without their names
+        seen = [
+            _Plain(e.gen, e.time_ns) if e.name is not None and e.name in self._unpins else e
+            for e in entries
+        ]
+        keep = policy.keep([*seen, _Now(now_ns)], now_ns)
+        drop = [e for e in entries if e.gen not in keep][:DROPS_PER_COMMIT]
+        order = [e.gen for e in entries]
+        for e in drop:
+            await self.table.lists(e)
+            later = [g for g in order if g > e.gen and g in keep]
+            if later:
+                nxt = next(x for x in entries if x.gen == later[0])
+                await self.table.lists(nxt)
+        self._plan = drop
+
+    def stage(
+        self,
+        gen: int,
+        time_ns: int,
+        itab: bytes | None,
+        stats: tuple[int, int],
+        born: dict[bytes, int],
+        dead: set[bytes],
+        meta_jobs: list[MetaJob],
+    ) -> Staged:
+        """Add the entry of root ``gen`` and drop what :meth:`prepare` planned.
+
+        ``born``: objects this root references that no older root did (id ->
+        sealed size); ``dead``: objects the previous root referenced and this
+        one does not. Appends the new history objects to ``meta_jobs``.
+        Synchronous: :meth:`prepare` must have run since the last change."""
+        assert self.device_id is not None
+        t = self.table.copy()
+        staged = Staged(t, None)
+        latest = self._latest
+        mine = Lists(dict(born), set(dead))
+        if latest is None:
+            # nothing older is kept: what this root no longer references is free
+            staged.freed.update(dict.fromkeys(mine.dead, 0))
+            mine = Lists({}, set())
+        name = self._pins[-1] if self._pins else None
+        page = gen >> HIST_PAGE_BITS
+        t.pages.setdefault(page, {})
+        new = Entry(gen, time_ns, self.device_id, itab, stats, bytes(16), name)
+        for e in list(_all(t)):
+            if e.name is not None and (e.name == name or e.name in self._unpins):
+                t.rename(e, None)  # a name names one root
+        order = [*sorted(_all(t), key=lambda e: e.gen), new]
+        lists: dict[int, Lists] = {}
+        for s in self._plan:
+            pos = next((i for i, e in enumerate(order) if e.gen == s.gen), None)
+            if pos is None or pos == len(order) - 1:
+                continue
+            n = order[pos + 1]
+            s_lists = lists.get(s.gen) or t.lists_cache.get(s.lists)
+            n_lists = mine if n is new else (lists.get(n.gen) or t.lists_cache.get(n.lists))
+            if s_lists is None or n_lists is None:
+                continue  # evicted meanwhile: the next commit drops it
+            folded, freed = fold(s_lists, n_lists, oldest=pos == 0)
+            staged.freed.update(freed)
+            staged.garbage.append(s.lists)
+            if s.gen in lists:  # folded into by an earlier drop: its new lists go too
+                del lists[s.gen]
+            t.delete(s.gen)
+            order.pop(pos)
+            if n is new:
+                mine = folded
+            else:
+                lists[n.gen] = folded
+            staged.dropped += 1
+        for g, folded in lists.items():
+            e = next(x for x in order if x.gen == g)
+            staged.garbage.append(e.lists)
+            t.put(
+                Entry(
+                    e.gen, e.time_ns, e.device, e.itab, e.stats, t.new_lists_object(folded), e.name
+                )
+            )
+        new = Entry(gen, time_ns, self.device_id, itab, stats, t.new_lists_object(mine), name)
+        t.put(new)
+        staged.top = t.snapshot(meta_jobs, staged.garbage)
+        staged.pruned = bool(self._plan) or self.due()
+        return staged
+
+    def committed(self, staged: Staged, root: Root) -> None:
+        """The root carrying ``staged`` is in: it is the history from now on."""
+        self.table = staged.table
+        self._pins.clear()
+        self._unpins.clear()
+        if self._policy_set is not None:
+            self.policy = self._policy_set
+            self._policy_set = None
+        if staged.pruned:
+            self._last_prune = time.monotonic()
+            self._force = False
+            self.last_prune = PruneResult(
+                staged.dropped, len(staged.freed), sum(staged.freed.values())
+            )
+            if staged.dropped:
+                log.info(
+                    "retention dropped %d past roots, freeing %d objects",
+                    staged.dropped,
+                    len(staged.freed),
+                )
+        self._plan = []
+
+    def policy_for(self, root: Root) -> None:
+        """Write the policy a request set into ``root`` (the one being committed)."""
+        if self._policy_set is not None:
+            root.retention = self._policy_set
+
+    def reset(self, root: Root) -> None:
+        """A merge: theirs' history (and policy) is the committed one now."""
+        cache = self.table.lists_cache
+        self.table = HistoryTable(self.vault, root.hist)
+        self.table.lists_cache = cache
+        self.policy = root.retention or Policy()
+        self._plan = []
+
+
+class _Now:
+    """The root being committed, as the policy sees it."""
+
+    def __init__(self, now_ns: int) -> None:
+        self.gen = 1 << 62
+        self.time_ns = now_ns
+        self.name: str | None = None
+
+
+def _all(t: HistoryTable) -> list[Entry]:
+    return [e for page in t.pages.values() for e in page.values()]
+
+
+@dataclass
+class _Plain:
+    gen: int
+    time_ns: int
+    name: str | None = None
+
+
+__all__ = ["DROPS_PER_COMMIT", "PRUNE_EVERY", "Keeper", "PruneResult", "Staged"]

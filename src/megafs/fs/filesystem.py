@@ -184,6 +184,16 @@ class Filesystem:
             fs.namespace.make_root_dir()
         return fs
 
+    async def pin(self, name: str) -> None:
+        """Keep the current state under ``name`` until unpinned: commits."""
+        self.committer.keeper.pin(name)
+        await self.commit()
+
+    async def unpin(self, name: str) -> None:
+        """Let the retention policy decide about the root pinned as ``name``: commits."""
+        self.committer.keeper.unpin(name)
+        await self.commit()
+
     @property
     def writable(self) -> bool:
         return self.oplog.writable

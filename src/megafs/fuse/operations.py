@@ -23,8 +23,10 @@ kernel to forget the entries and inodes that changed (from a task of its
 own, never inside a request handler).
 
 May not touch: the vault, Content, the stores, the journal or cache, the
-model's components (table, namespace, data path, committer): only
-``Filesystem``'s public methods and :class:`~megafs.fs.inode.Attr`; nor
+model's components (table, namespace, data path, committer): only the
+public methods of :class:`~megafs.fs.views.Views` (the live
+``Filesystem`` and the read-only past roots under ``.snapshots``) and
+:class:`~megafs.fs.inode.Attr`; nor
 :mod:`megafs.mount` or :mod:`megafs.cli`.
 """
 
@@ -58,6 +60,7 @@ from ..errors import (
 )
 from ..fs.filesystem import Filesystem
 from ..fs.inode import Attr
+from ..fs.views import Views
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +158,8 @@ class Operations(pyfuse3.Operations):
 
     def __init__(self, fs: Filesystem, options: Options | None = None) -> None:
         super().__init__()
-        self.fs = fs
+        #: the live tree and, under ``.snapshots``, the kept past roots
+        self.fs = Views(fs)
         self.opts = options or Options()
         self._handles: dict[int, int] = {}
         self._next_fh = 1

@@ -142,8 +142,8 @@ async def test_retention_drops_roots_and_frees_exactly_their_objects(
             names = {e.name: e for e in history if e.name is not None}
             assert set(names) == set(pinned)
             assert len(history) == len(pinned) + (history[-1].name is None)
-            for name, tree in pinned.items():
-                assert await read_tree(await fs.past(names[name])) == tree, name
+            for pname, tree in pinned.items():
+                assert await read_tree(await fs.past(names[pname])) == tree, pname
             await fs.collector.drain()
             report = await fsck.check(await Vault.unlock(store, PASS))
             assert report.clean, report

@@ -8,6 +8,8 @@
 - :mod:`.vault_commands`: ``init``, ``passwd``, ``recover``, ``info``.
 - :mod:`.mount_commands`: ``mount``, ``umount``.
 - :mod:`.fsck_command`: ``fsck``.
+- :mod:`.history_commands`: ``snapshots``, ``snapshot``, ``retention``,
+  ``prune``, ``versions``, ``restore`` (docs/history.md).
 - :mod:`.completion_command`: ``completion`` (bash and zsh, made by shtab).
 
 A foreseeable failure prints one line, ``megafs: <message>``, on stderr and
@@ -17,8 +19,9 @@ unless ``--debug``.
 Owns: the user's side of megafs: arguments, prompts, what is printed.
 May not touch: FUSE, the filesystem model, the vault's objects or the header's
 bytes (it opens a store only to hand it to :class:`megafs.vault.vault.Vault`,
-reads the parsed header, and calls Vault, :mod:`megafs.mount` and
-:mod:`megafs.fs.fsck`); nothing below imports this package.
+reads the parsed header, and calls Vault, :mod:`megafs.mount`,
+:mod:`megafs.fs.fsck` and :mod:`megafs.fs.history_admin`); nothing below
+imports this package.
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ from . import mount_commands
 from . import fsck_command
 
 # isort: split
+from . import history_commands
+
+# isort: split
 from . import completion_command
 
 # isort: split
@@ -43,7 +49,13 @@ from .exit_codes import EXIT_CODES, Exit, exit_code, report
 from .registry import COMMANDS, command
 
 #: The modules whose import registered the commands, in ``--help`` order.
-COMMAND_MODULES = (vault_commands, mount_commands, fsck_command, completion_command)
+COMMAND_MODULES = (
+    vault_commands,
+    mount_commands,
+    fsck_command,
+    history_commands,
+    completion_command,
+)
 
 __all__ = [
     "COMMANDS",

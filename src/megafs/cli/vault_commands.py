@@ -25,6 +25,7 @@ from ..client import passphrase
 from ..errors import WrongPassphrase
 from ..format.crypto import KdfParams, Keys
 from ..format.header import SLOT_PASSPHRASE, Header, format_recovery_key, parse_recovery_key
+from ..vault.retention import Policy
 from ..vault.root import Device, Root
 from ..vault.vault import Vault
 from .options import (
@@ -182,6 +183,8 @@ def _lease_text(root: Root) -> str:
 
 
 def _root_record_text(root: Root) -> str:
+    if root.version >= 3:
+        return f"version {root.version} (several devices, history: docs/history.md)"
     if root.version >= 2:
         return f"version {root.version} (several devices: docs/multidevice.md)"
     return f"version {root.version} (upgraded to 2 by the next writable mount)"
@@ -204,11 +207,13 @@ def _device_text(dev: Device) -> str:
 def cmd_info(args: argparse.Namespace) -> None:
     secret = get_passphrase(args)
 
-    async def run() -> tuple[Vault, Root]:
-        async with unlocked_vault(args, secret) as vault:
-            return vault, await vault.read_root()
+    from ..fs.history_admin import usage
 
-    vault, root = trio.run(run)
+    async def run() -> tuple[Vault, Root, tuple[int, int, Policy]]:
+        async with unlocked_vault(args, secret) as vault:
+            return vault, await vault.read_root(), await usage(vault)
+
+    vault, root, (past, held, policy) = trio.run(run)
     hdr = vault.header
     kdf = _passphrase_kdf(hdr)
     files, nbytes = [*root.stats, 0, 0][:2]
@@ -232,6 +237,12 @@ def cmd_info(args: argparse.Namespace) -> None:
         ("root generation", str(root.generation)),
         ("files", str(files)),
         ("bytes", f"{nbytes} ({human_size(nbytes)})"),
+        (
+            "history",
+            f"{past} past states kept, {held} bytes ({human_size(held)}) of content "
+            "only they keep",
+        ),
+        ("retention", policy.text() + " (pinned states until removed)"),
         ("writer lease", _lease_text(root)),
         ("root record", _root_record_text(root)),
         *[("device", _device_text(dev)) for dev in _devices_by_time(root)],

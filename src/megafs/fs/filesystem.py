@@ -79,12 +79,14 @@ from ..errors import (
 )
 from ..vault.content import Content
 from ..vault.history import Entry
+from ..vault.retention import Policy
 from ..vault.root import RECORD_VERSION, Root
 from ..vault.vault import Vault
 from .collector import Collector
 from .committer import MERGE_RETRIES, Committer
 from .data import DataPath
 from .inode import ROOT_INO, Attr, Inode
+from .keeper import PruneResult
 from .namespace import NAME_MAX, Namespace
 from .oplog import OpLog
 from .records import RecordCodec
@@ -193,6 +195,22 @@ class Filesystem:
         """Let the retention policy decide about the root pinned as ``name``: commits."""
         self.committer.keeper.unpin(name)
         await self.commit()
+
+    @property
+    def retention(self) -> Policy:
+        """The retention policy every device of the vault applies."""
+        return self.committer.keeper.policy
+
+    async def set_retention(self, policy: Policy) -> None:
+        """Store ``policy`` in the vault and apply it: commits."""
+        self.committer.keeper.set_policy(policy)
+        await self.commit()
+
+    async def prune(self) -> PruneResult:
+        """Apply the retention policy now: commits; returns what it dropped and freed."""
+        self.committer.keeper.prune_now()
+        await self.commit()
+        return self.committer.keeper.last_prune
 
     @property
     def writable(self) -> bool:

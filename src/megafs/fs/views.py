@@ -12,7 +12,11 @@ costs what walking the live tree does.
 
 ``mkdir .snapshots/NAME`` pins the current state as NAME (a commit);
 ``rmdir .snapshots/X`` unpins a pinned root (the policy then decides when it
-goes). Every other change under ``.snapshots`` is EROFS.
+goes). The attributes of ``.snapshots`` itself are the history's controls:
+``user.megafs.retention`` reads and sets the policy, setting
+``user.megafs.prune`` applies it now, and ``user.megafs.pruned`` tells what
+that dropped and freed ("ROOTS OBJECTS BYTES"). Every other change under
+``.snapshots`` is EROFS.
 
 Inode numbers: the live tree's are the vault's (below 2**62). ``.snapshots``
 is :data:`SNAPDIR`; an inode of a past root gets a number from
@@ -43,14 +47,20 @@ from typing import Any
 
 from ..errors import FsError
 from ..vault.history import Entry
+from ..vault.retention import Policy
 from .filesystem import Filesystem
 from .inode import ROOT_INO, Attr
+from .keeper import PruneResult
 
 log = logging.getLogger(__name__)
 
 #: The inode number of ``.snapshots``; past inodes are numbered above it.
 SNAPDIR = 1 << 63
 SNAPDIR_NAME = b".snapshots"
+#: Attributes of ``.snapshots`` that read and change the history's settings.
+RETENTION_XATTR = b"user.megafs.retention"
+PRUNE_XATTR = b"user.megafs.prune"
+PRUNED_XATTR = b"user.megafs.pruned"
 #: Past filesystems kept open with no inode of theirs known to the kernel.
 IDLE_PAST = 8
 _PIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+@-]{0,63}")
@@ -87,6 +97,7 @@ class Views:
         #: generation -> its open past filesystem (most recently used last)
         self._past: OrderedDict[int, Filesystem] = OrderedDict()
         self._entries: dict[int, Entry] = {}
+        self._pruned = PruneResult()
 
     # --- inode numbers -------------------------------------------------------
 
@@ -276,7 +287,7 @@ class Views:
         if not self.virtual(ino):
             return await self.live.getxattr(ino, name)
         if ino == SNAPDIR:
-            raise FsError(errno.ENODATA)
+            return self._control_get(name)
         gen, inner = self._resolve(ino)
         return await (await self._open_past(gen)).getxattr(inner, name)
 
@@ -284,9 +295,33 @@ class Views:
         if not self.virtual(ino):
             return await self.live.listxattr(ino)
         if ino == SNAPDIR:
-            return []
+            return [RETENTION_XATTR, PRUNED_XATTR]
         gen, inner = self._resolve(ino)
         return await (await self._open_past(gen)).listxattr(inner)
+
+    # --- the control attributes of .snapshots -------------------------------------
+
+    def _control_get(self, name: bytes) -> bytes:
+        if name == RETENTION_XATTR:
+            return self.live.retention.spec().encode()
+        if name == PRUNED_XATTR:
+            r = self._pruned
+            return f"{r.dropped} {r.freed} {r.freed_bytes}".encode()
+        raise FsError(errno.ENODATA)
+
+    async def _control_set(self, name: bytes, value: bytes) -> None:
+        """``user.megafs.retention``: store a policy (:meth:`Policy.parse`'s
+        form); ``user.megafs.prune``: apply the policy now. Both commit."""
+        if name == RETENTION_XATTR:
+            try:
+                policy = Policy.parse(value.decode("ascii"))
+            except (UnicodeDecodeError, ValueError) as e:
+                raise FsError(errno.EINVAL, str(e)) from None
+            await self.live.set_retention(policy)
+        elif name == PRUNE_XATTR:
+            self._pruned = await self.live.prune()
+        else:
+            raise _erofs()
 
     # --- pinning ---------------------------------------------------------------
 
@@ -367,6 +402,9 @@ class Views:
         return await self.live.write(ino, offset, data)
 
     async def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
+        if ino == SNAPDIR:
+            await self._control_set(name, value)
+            return
         self._check_live(ino)
         await self.live.setxattr(ino, name, value, flags)
 
@@ -390,4 +428,12 @@ class Views:
         self.live.on_merge(callback)
 
 
-__all__ = ["SNAPDIR", "SNAPDIR_NAME", "Views", "folder_names"]
+__all__ = [
+    "PRUNED_XATTR",
+    "PRUNE_XATTR",
+    "RETENTION_XATTR",
+    "SNAPDIR",
+    "SNAPDIR_NAME",
+    "Views",
+    "folder_names",
+]

@@ -132,6 +132,8 @@ async def serve(cfg: MountConfig, passphrase: str, ready: Callable[[], None]) ->
     store = open_store(cfg.store_url, endpoint=cfg.endpoint)
     try:
         vault = await Vault.unlock(store, passphrase)
+        # no other process of this machine writes the vault as this device
+        writer_lock = None if cfg.read_only else vault.state.hold_writer()
         cache_dir = cfg.cache_dir or default_cache_dir(vault.vault_id)
         claim_cache_dir(cache_dir, vault.keys)  # before anything in it is touched
         journal = None if cfg.read_only else Journal(cache_dir, vault.keys)
@@ -192,6 +194,8 @@ async def serve(cfg: MountConfig, passphrase: str, ready: Callable[[], None]) ->
             fs.stop_background()
         if journal is not None:
             journal.close()
+        if writer_lock is not None:
+            os.close(writer_lock)
     finally:
         await store.aclose()
 

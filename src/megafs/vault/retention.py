@@ -92,6 +92,30 @@ class Policy:
             raise ValueError("a retention period of 0 seconds")
         return out
 
+    def spec(self) -> str:
+        """The policy as :meth:`parse` reads it: ``every=1h 1h:48 1d:30 1w:26``."""
+        parts = [f"every={duration_text(self.every)}"]
+        parts += [f"{duration_text(w)}:{c}" for w, c in self.tiers]
+        return " ".join(parts)
+
+    @classmethod
+    def parse(cls, text: str) -> Policy:
+        """Read :meth:`spec`'s form; ValueError names what is wrong."""
+        every = cls().every
+        tiers: list[tuple[int, int]] = []
+        for word in text.split():
+            if word.startswith("every="):
+                every = parse_duration(word[6:])
+                continue
+            width, sep, count = word.partition(":")
+            if not sep or not count.isdigit():
+                raise ValueError(f"not a retention period: {word!r} (e.g. 1d:30)")
+            w = parse_duration(width)
+            if w == 0:
+                raise ValueError(f"a retention period of 0 seconds: {word!r}")
+            tiers.append((w, int(count)))
+        return cls(every, tuple(tiers))
+
     def text(self) -> str:
         parts = [f"every root for {duration_text(self.every)}"]
         parts += [f"{c} x {duration_text(w)}" for w, c in self.tiers]

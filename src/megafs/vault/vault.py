@@ -22,6 +22,7 @@ thread would add a thread hand-off to every seal and buy no parallelism
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
@@ -148,6 +149,31 @@ class LocalState:
                 f"local state of this vault ({path}) is damaged: {e}; move it aside to start "
                 "afresh (this client then forgets the newest root it saw)"
             ) from None
+
+    @property
+    def lock_path(self) -> str:
+        return self.path.removesuffix(".json") + ".lock"
+
+    def hold_writer(self) -> int:
+        """Lock this vault's client state for this process's life (a writable
+        mount), so that a command that would write the vault as the same
+        device meanwhile (:meth:`check_no_writer`) refuses. Returns the
+        locked descriptor (closed with the process). Raises VaultBusy."""
+        os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise VaultBusy(
+                "this vault is already mounted writable on this machine; unmount it first"
+            ) from None
+        return fd
+
+    def check_no_writer(self) -> None:
+        """VaultBusy if a mount on this machine writes the vault as this
+        device (:meth:`hold_writer`)."""
+        os.close(self.hold_writer())
 
     def save(self) -> None:
         os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)

@@ -888,7 +888,7 @@ def test_each_client_is_a_device_of_the_vault(drive: Drive, tmp_path: Path) -> N
     assert info.returncode == 0, info.stderr
     rows = [line.split(":", 1) for line in info.stdout.splitlines()]
     assert [v.strip().split("'")[1] for k, v in rows if k == "device"] == ["desktop", "laptop"]
-    assert dict(rows)["root record"].strip().startswith("version 2")
+    assert dict(rows)["root record"].strip().startswith("version 3")  # devices and history
 
 
 def test_mount_helper_fstab_and_options(

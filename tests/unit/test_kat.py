@@ -1147,12 +1147,28 @@ class DocReader:
         plain = self.aead_open(self.meta_key, self.obj(obj_id), aad)
         return msgpack.unpackb(plain, raw=False, strict_map_key=False)
 
-    def records(self) -> dict[int, Any]:
+    def root(self) -> dict[str, Any]:
         sealed_root = (self.folder / "pointers" / "root").read_bytes()
-        root = msgpack.unpackb(
+        root: dict[str, Any] = msgpack.unpackb(
             self.aead_open(self.root_key, sealed_root, b"megafs/v1/root\x00" + self.vid),
             raw=False,
         )
+        return root
+
+    def history(self) -> dict[int, tuple[dict[str, Any], dict[str, Any]]]:
+        """Root record version 3 (docs/history.md): generation -> (entry,
+        its lists object), through the history table's pages of 64."""
+        root = self.root()
+        out: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
+        for hi, mid_id in self.meta(1, root["hist"]).items():
+            for lo, leaf_id in self.meta(1, mid_id).items():
+                for gen, entry in self.meta(5, leaf_id).items():
+                    assert gen >> 6 == (hi << 10) | lo
+                    out[gen] = (entry, self.meta(6, entry["l"]))
+        return out
+
+    def records(self, itab: bytes | None = None) -> dict[int, Any]:
+        root = self.root()
         if root["v"] == 1:
             assert root["lease"] is None
         else:  # record version 2: the lease for version 1 writers; devices
@@ -1162,7 +1178,7 @@ class DocReader:
             assert root["lease"] == [bytes(16), "a newer megafs (several devices)", 0, math.inf]
             assert all(d["pfx"] >= 1 for d in root["devs"].values())
         self.packs = self.table(root["ptab"], 4) if root.get("ptab") is not None else {}
-        return self.table(root["itab"], 2)
+        return self.table(itab or root["itab"], 2)
 
     def table(self, top_id: bytes, leaf_kind: int) -> dict[int, Any]:
         """Every record of a paged table (inodes: leaf kind 2; packs: 4)."""
@@ -1189,8 +1205,9 @@ class DocReader:
             if len(entry) == 5:  # packed (format 2): at an offset of a pack
                 assert self.version >= 2
                 off, pno = entry[3:]
-                pack_id, live, size, _live_bytes = self.packs[pno]
-                assert pack_id == obj_id and live >= 1 and len(data) == size
+                if pno in self.packs:  # (a past root's pack may be out of the table)
+                    pack_id, live, size, _live_bytes = self.packs[pno]
+                    assert pack_id == obj_id and live >= 1 and len(data) == size
                 data = data[off : off + sealed_len]
             assert len(data) == sealed_len
             sb = self.block + 28
@@ -1218,8 +1235,9 @@ class DocReader:
             out[idx * self.chunk : idx * self.chunk + length] = plain
         return bytes(out)
 
-    def tree(self) -> dict[bytes, Read]:
-        recs = self.records()
+    def tree(self, itab: bytes | None = None) -> dict[bytes, Read]:
+        """The tree of the root (or of the past root whose inode table is ``itab``)."""
+        recs = self.records(itab)
         bodies = {ino: r["b"] if "b" in r else self.meta(3, r["B"]) for ino, r in recs.items()}
         out: dict[bytes, Read] = {}
         todo = [(b"", ROOT_INO)]

@@ -10,6 +10,7 @@
 - :mod:`.fsck_command`: ``fsck``.
 - :mod:`.history_commands`: ``snapshots``, ``snapshot``, ``retention``,
   ``prune``, ``versions``, ``restore`` (docs/history.md).
+- :mod:`.trash_command`: ``trash`` (list, restore, empty; the desktop trash too).
 - :mod:`.completion_command`: ``completion`` (bash and zsh, made by shtab).
 
 A foreseeable failure prints one line, ``megafs: <message>``, on stderr and
@@ -41,6 +42,9 @@ from . import fsck_command
 from . import history_commands
 
 # isort: split
+from . import trash_command
+
+# isort: split
 from . import completion_command
 
 # isort: split
@@ -54,6 +58,7 @@ COMMAND_MODULES = (
     mount_commands,
     fsck_command,
     history_commands,
+    trash_command,
     completion_command,
 )
 

@@ -15,7 +15,8 @@ costs what walking the live tree does.
 goes). The attributes of ``.snapshots`` itself are the history's controls:
 ``user.megafs.retention`` reads and sets the policy, setting
 ``user.megafs.prune`` applies it now, and ``user.megafs.pruned`` tells what
-that dropped and freed ("ROOTS OBJECTS BYTES"). Every other change under
+that dropped and freed ("ROOTS OBJECTS BYTES"), and ``user.megafs.deleted``
+lists what was deleted between kept roots (JSON; :mod:`.trash`). Every other change under
 ``.snapshots`` is EROFS.
 
 Inode numbers: the live tree's are the vault's (below 2**62). ``.snapshots``
@@ -37,7 +38,9 @@ Concurrency: trio, one thread, like the filesystem.
 from __future__ import annotations
 
 import errno
+import json
 import logging
+import os
 import re
 import stat
 import time
@@ -51,6 +54,7 @@ from ..vault.retention import Policy
 from .filesystem import Filesystem
 from .inode import ROOT_INO, Attr
 from .keeper import PruneResult
+from .trash import deleted
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +65,9 @@ SNAPDIR_NAME = b".snapshots"
 RETENTION_XATTR = b"user.megafs.retention"
 PRUNE_XATTR = b"user.megafs.prune"
 PRUNED_XATTR = b"user.megafs.pruned"
+DELETED_XATTR = b"user.megafs.deleted"
+#: The largest attribute value Linux hands over (XATTR_SIZE_MAX).
+XATTR_MAX = 65536
 #: Past filesystems kept open with no inode of theirs known to the kernel.
 IDLE_PAST = 8
 _PIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+@-]{0,63}")
@@ -98,6 +105,8 @@ class Views:
         self._past: OrderedDict[int, Filesystem] = OrderedDict()
         self._entries: dict[int, Entry] = {}
         self._pruned = PruneResult()
+        self._names: dict[bytes, Entry] | None = None
+        self._listed = 0  # the live root's generation when listed
 
     # --- inode numbers -------------------------------------------------------
 
@@ -142,9 +151,14 @@ class Views:
             del self._past[g]
 
     async def _listing(self) -> dict[bytes, Entry]:
-        names = folder_names(await self.live.history())
-        self._entries = {e.gen: e for e in names.values()}
-        return names
+        """The kept roots by folder name; read again only once the live root
+        changed (``ls -l .snapshots`` looks every folder up)."""
+        gen = self.live.root.generation
+        if self._names is None or gen != self._listed:
+            self._names = folder_names(await self.live.history())
+            self._entries = {e.gen: e for e in self._names.values()}
+            self._listed = gen
+        return self._names
 
     def _snapdir_attr(self) -> Attr:
         t = max((e.time_ns for e in self._entries.values()), default=time.time_ns())
@@ -287,7 +301,7 @@ class Views:
         if not self.virtual(ino):
             return await self.live.getxattr(ino, name)
         if ino == SNAPDIR:
-            return self._control_get(name)
+            return await self._control_get(name)
         gen, inner = self._resolve(ino)
         return await (await self._open_past(gen)).getxattr(inner, name)
 
@@ -295,19 +309,44 @@ class Views:
         if not self.virtual(ino):
             return await self.live.listxattr(ino)
         if ino == SNAPDIR:
-            return [RETENTION_XATTR, PRUNED_XATTR]
+            return [RETENTION_XATTR, PRUNED_XATTR, DELETED_XATTR]
         gen, inner = self._resolve(ino)
         return await (await self._open_past(gen)).listxattr(inner)
 
     # --- the control attributes of .snapshots -------------------------------------
 
-    def _control_get(self, name: bytes) -> bytes:
+    async def _control_get(self, name: bytes) -> bytes:
+        if name == DELETED_XATTR:
+            return await self._deleted()
         if name == RETENTION_XATTR:
             return self.live.retention.spec().encode()
         if name == PRUNED_XATTR:
             r = self._pruned
             return f"{r.dropped} {r.freed} {r.freed_bytes}".encode()
         raise FsError(errno.ENODATA)
+
+    async def _deleted(self) -> bytes:
+        """The items deleted between kept roots (:func:`~.trash.deleted`), as
+        JSON (newest deletions first, as many as fit in an attribute)."""
+        names = {e.gen: n.decode() for n, e in (await self._listing()).items()}
+        devices = {k: d.name for k, d in self.live.root.devices.items()}
+        items = [
+            {
+                "path": os.fsdecode(i.path),
+                "folder": names.get(i.held_by.gen, ""),
+                "dir": i.is_dir,
+                "size": i.size,
+                "mtime_ns": i.mtime_ns,
+                "deleted_ns": i.deleted_by.time_ns,
+                "device": devices.get(i.deleted_by.device, i.deleted_by.device.hex()[:8]),
+            }
+            for i in await deleted(self.live)
+        ]
+        while True:
+            out = json.dumps(items).encode()
+            if len(out) <= XATTR_MAX:
+                return out
+            items = items[: len(items) * 3 // 4]
 
     async def _control_set(self, name: bytes, value: bytes) -> None:
         """``user.megafs.retention``: store a policy (:meth:`Policy.parse`'s
@@ -318,8 +357,10 @@ class Views:
             except (UnicodeDecodeError, ValueError) as e:
                 raise FsError(errno.EINVAL, str(e)) from None
             await self.live.set_retention(policy)
+            self._names = None  # the history changed
         elif name == PRUNE_XATTR:
             self._pruned = await self.live.prune()
+            self._names = None  # the history changed
         else:
             raise _erofs()
 
@@ -337,6 +378,7 @@ class Views:
         if any(e.name == text for e in names.values()):
             raise FsError(errno.EEXIST)
         await self.live.pin(text)
+        self._names = None  # the history changed
         entry = await self._find(name)
         return self._past_root_attr(entry, await self.live.getattr(ROOT_INO))
 
@@ -350,6 +392,7 @@ class Views:
         if entry.name is None:
             raise FsError(errno.EPERM, "only pinned snapshots are removed by hand")
         await self.live.unpin(entry.name)
+        self._names = None  # the history changed
 
     # --- changing the live tree ---------------------------------------------
 

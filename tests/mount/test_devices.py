@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import re
 import subprocess
@@ -278,4 +279,39 @@ def test_three_mounts_at_random(tmp_path: Path, any_store_url: tuple[str, dict[s
         assert sum(d.log_text().count("merged with ") for d in drives) >= 3
         print(f"{len(acked)} fsynced, {len(acked - superseded)} kept to the end")
     fsck = drives[0].megafs("fsck", url)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+
+
+def test_history_and_trash_of_two_devices(
+    tmp_path: Path, any_store_url: tuple[str, dict[str, str]]
+) -> None:
+    """Each device's commits are kept past states that both list; what
+    either deleted is in both devices' trash and comes back on either."""
+    url, env = any_store_url
+    with devices(url, tmp_path, env, 2) as (a, b):
+        (a.mountpoint / "a.txt").write_bytes(b"from a")
+        (b.mountpoint / "b.txt").write_bytes(b"from b")
+        for d in (a, b):
+            eventually(reads(d, "a.txt", b"from a"), "a's file")
+            eventually(reads(d, "b.txt", b"from b"), "b's file")
+        (a.mountpoint / "a.txt").unlink()
+        (b.mountpoint / "b.txt").unlink()
+        for d in (a, b):
+            eventually(gone(d, "a.txt"), "a's deletion")
+            eventually(gone(d, "b.txt"), "b's deletion")
+
+        def trash(d: Drive) -> dict[str, str]:
+            proc = d.megafs("trash", "list", str(d.mountpoint), "--json")
+            assert proc.returncode == 0, proc.stderr
+            items = [json.loads(line) for line in proc.stdout.splitlines()]
+            return {str(i["path"]): str(i["device"]) for i in items}
+
+        for d in (a, b):
+            eventually(lambda d=d: trash(d) == {"a.txt": "dev0", "b.txt": "dev1"}, "the trash")
+        proc = b.megafs("trash", "restore", str(b.mountpoint / "a.txt"))
+        assert proc.returncode == 0, proc.stderr
+        eventually(reads(a, "a.txt", b"from a"), "a's file restored on b, seen on a")
+        listed = a.megafs("snapshots", url).stdout
+        assert "dev0" in listed and "dev1" in listed
+    fsck = a.megafs("fsck", url)
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr

@@ -306,8 +306,9 @@ def test_history_and_trash_of_two_devices(
             items = [json.loads(line) for line in proc.stdout.splitlines()]
             return {str(i["path"]): str(i["device"]) for i in items}
 
+        both = {"a.txt": "dev0", "b.txt": "dev1"}
         for d in (a, b):
-            eventually(lambda d=d: trash(d) == {"a.txt": "dev0", "b.txt": "dev1"}, "the trash")
+            eventually(functools.partial(lambda d: trash(d) == both, d), "the trash")
         proc = b.megafs("trash", "restore", str(b.mountpoint / "a.txt"))
         assert proc.returncode == 0, proc.stderr
         eventually(reads(a, "a.txt", b"from a"), "a's file restored on b, seen on a")

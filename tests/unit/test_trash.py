@@ -49,3 +49,32 @@ async def test_deleted_items_are_found_and_read_back(any_store: Store) -> None:
             k: v for k, v in before.items() if k.startswith(item.path)
         }
     await fs.close()
+
+
+async def test_a_root_holding_deleted_items_is_kept_for_the_horizon(any_store: Store) -> None:
+    """The policy keeps one root an hour; the roots from before a deletion
+    stay anyway (up to the policy's horizon, here an hour), so the deleted
+    file stays in the trash, while roots that hold nothing deleted go."""
+    from megafs.vault.retention import Policy
+
+    fs = await Filesystem.load(await new_vault(any_store))
+    await fs.set_retention(Policy(every=0, tiers=((3600, 1),)))
+    await mkfile(fs, ROOT_INO, b"doomed.txt", b"delete me")
+    await fs.commit()
+    await mkfile(fs, ROOT_INO, b"other.txt", b"nothing deleted here")
+    await fs.commit()
+    await fs.unlink(ROOT_INO, b"doomed.txt")
+    await fs.commit()
+    await mkfile(fs, ROOT_INO, b"later.txt", b"after")
+    await fs.prune()
+    history = await fs.history()
+    assert len(history) == 2, history
+    holder = history[0]
+    assert holder.holds_deleted is True
+    assert [i.path for i in await deleted(fs)] == [b"doomed.txt"]
+    past = await read_tree(await fs.past(holder))
+    assert past[b"doomed.txt"] == b"delete me"
+    # beyond the horizon (a policy that keeps nothing), it goes
+    await fs.set_retention(Policy(every=0, tiers=()))
+    assert len(await fs.history()) == 1 and await deleted(fs) == []
+    await fs.close()

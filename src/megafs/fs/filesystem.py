@@ -92,6 +92,7 @@ from .oplog import OpLog
 from .records import RecordCodec
 from .replay import apply_record
 from .table import InodeTable
+from .trash import deleted_between
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +166,8 @@ class Filesystem:
             fsync_local=fsync_local,
         )
         self.committer.purge = self.namespace.purge_if_unused
+        # the trash: a root holding what its successor deleted is kept
+        self.committer.keeper.holds_deleted = self._holds_deleted
         #: Journal records applied when this filesystem was opened.
         self.replayed = 0
 
@@ -185,6 +188,21 @@ class Filesystem:
         else:
             fs.namespace.make_root_dir()
         return fs
+
+    async def _holds_deleted(self, older: Entry, newer: Entry | None) -> bool:
+        """Whether kept root ``older`` holds items ``newer`` deleted (None:
+        the root being committed, i.e. this filesystem, built on ``older``)."""
+        small = 1 << 20
+        past = await self.past(older, block_cache_bytes=small)
+        if newer is None:
+            found = await deleted_between(
+                past, self, older, older, pages=set(self.table.dirty_pages)
+            )
+        else:
+            found = await deleted_between(
+                past, await self.past(newer, block_cache_bytes=small), older, newer
+            )
+        return bool(found)
 
     async def pin(self, name: str) -> None:
         """Keep the current state under ``name`` until unpinned: commits."""

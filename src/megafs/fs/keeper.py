@@ -21,9 +21,11 @@ note a request.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
 
 from ..vault.history import HIST_PAGE_BITS, Entry, HistoryTable, Lists, fold
 from ..vault.retention import Policy
@@ -78,6 +80,14 @@ class Keeper:
         self._last_prune = -PRUNE_EVERY
         self._force = False
         self._plan: list[Entry] = []
+        #: generation -> whether it holds what its successor deleted, found
+        #: by this prune (written into the entries by :meth:`stage`)
+        self._flags: dict[int, bool] = {}
+        #: compares two kept roots (the filesystem's): does the older hold
+        #: items the newer deleted? None: no trash check
+        #: (None as the newer: the root being committed, whose entry the newest
+        #: one is the base of)
+        self.holds_deleted: Callable[[Entry, Entry | None], Awaitable[bool]] | None = None
         self._latest: Entry | None = None
         self.last_prune = PruneResult()
 
@@ -137,7 +147,9 @@ class Keeper:
             for e in entries
         ]
         keep = policy.keep([*seen, _Now(now_ns)], now_ns)
-        drop = [e for e in entries if e.gen not in keep][:DROPS_PER_COMMIT]
+        drop = [e for e in entries if e.gen not in keep]
+        drop = (await self._keep_trash(drop, entries, policy, now_ns))[:DROPS_PER_COMMIT]
+        keep = {e.gen for e in entries} - {e.gen for e in drop}
         order = [e.gen for e in entries]
         for e in drop:
             await self.table.lists(e)
@@ -146,6 +158,38 @@ class Keeper:
                 nxt = next(x for x in entries if x.gen == later[0])
                 await self.table.lists(nxt)
         self._plan = drop
+
+    async def _keep_trash(
+        self, drop: list[Entry], entries: list[Entry], policy: Policy, now_ns: int
+    ) -> list[Entry]:
+        """``drop`` less the roots that hold items their successor deleted
+        and are younger than the policy's horizon: deleted items stay
+        restorable that long. Each root is checked once (a comparison of
+        the pages that changed between it and its successor) and the answer
+        kept in its entry."""
+        if self.holds_deleted is None:
+            return drop
+        horizon_ns = policy.horizon() * 10**9
+        after = {a.gen: b for a, b in itertools.pairwise(entries)}
+        out: list[Entry] = []
+        checks = 0
+        newest = entries[-1].gen if entries else None
+        for e in drop:
+            nxt = after.get(e.gen)
+            if now_ns - e.time_ns >= horizon_ns:
+                out.append(e)
+                continue
+            if nxt is None and e.gen != newest:
+                continue  # (not in the listing: never happens)
+            held = self._flags.get(e.gen, e.holds_deleted)
+            if held is None:
+                if checks >= DROPS_PER_COMMIT:
+                    continue  # checked by a later commit; kept till then
+                checks += 1
+                held = self._flags[e.gen] = await self.holds_deleted(e, nxt)
+            if not held:
+                out.append(e)
+        return out
 
     def stage(
         self,
@@ -179,6 +223,10 @@ class Keeper:
         for e in list(_all(t)):
             if e.name is not None and (e.name == name or e.name in self._unpins):
                 t.rename(e, None)  # a name names one root
+        for fgen, held in self._flags.items():
+            found = t.pages.get(fgen >> HIST_PAGE_BITS, {}).get(fgen)
+            if found is not None and found.holds_deleted != held:
+                t.put(replace(found, holds_deleted=held))
         order = [*sorted(_all(t), key=lambda e: e.gen), new]
         lists: dict[int, Lists] = {}
         for s in self._plan:
@@ -205,11 +253,7 @@ class Keeper:
         for g, folded in lists.items():
             e = next(x for x in order if x.gen == g)
             staged.garbage.append(e.lists)
-            t.put(
-                Entry(
-                    e.gen, e.time_ns, e.device, e.itab, e.stats, t.new_lists_object(folded), e.name
-                )
-            )
+            t.put(replace(e, lists=t.new_lists_object(folded)))
         new = Entry(gen, time_ns, self.device_id, itab, stats, t.new_lists_object(mine), name)
         t.put(new)
         staged.top = t.snapshot(meta_jobs, staged.garbage)
@@ -237,6 +281,7 @@ class Keeper:
                     len(staged.freed),
                 )
         self._plan = []
+        self._flags = {}
 
     def policy_for(self, root: Root) -> None:
         """Write the policy a request set into ``root`` (the one being committed)."""
@@ -250,6 +295,7 @@ class Keeper:
         self.table.lists_cache = cache
         self.policy = root.retention or Policy()
         self._plan = []
+        self._flags = {}
 
 
 class _Now:

@@ -25,12 +25,15 @@ from __future__ import annotations
 import itertools
 import stat
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..errors import FsError
 from ..vault.history import Entry
 from ..vault.tables import MID_BITS, RadixIndex
-from .filesystem import Filesystem
 from .inode import ROOT_INO, Inode
+
+if TYPE_CHECKING:  # the filesystem asks this module, so no import at run time
+    from .filesystem import Filesystem
 
 
 @dataclass(frozen=True)
@@ -84,14 +87,20 @@ async def _path(fs: Filesystem, ino: int) -> bytes | None:
 
 
 async def deleted_between(
-    older: Filesystem, newer: Filesystem, a: Entry, b: Entry
+    older: Filesystem, newer: Filesystem, a: Entry, b: Entry, pages: set[int] | None = None
 ) -> list[Deleted]:
-    """Top-level items ``older``'s root has and ``newer``'s lost."""
-    if a.itab is None or a.itab == b.itab:
+    """Top-level items ``older``'s root has and ``newer``'s lost. ``pages``:
+    the inode pages that may differ (default: those whose objects differ;
+    for a live filesystem on ``older``'s root, its changed pages)."""
+    if a.itab is None or (pages is None and a.itab == b.itab):
         return []
     old_leaves = await _leaves(older.table.index)
-    new_leaves = await _leaves(newer.table.index) if b.itab is not None else {}
-    changed = [p for p, leaf in old_leaves.items() if new_leaves.get(p) != leaf]
+    if pages is None:
+        new_leaves = await _leaves(newer.table.index) if b.itab is not None else {}
+        changed = [p for p, leaf in old_leaves.items() if new_leaves.get(p) != leaf]
+    else:
+        new_leaves = old_leaves
+        changed = sorted(p for p in pages if p in old_leaves)
     out: list[Deleted] = []
     for page in changed:
         await older.load_page(page)

@@ -50,7 +50,8 @@ HIST_PAGE_BITS = 6
 @dataclass(frozen=True)
 class Entry:
     """One kept root: generation, time, the device that made it, its inode
-    table and statistics, its lists object, and its name if pinned."""
+    table and statistics, its lists object, its name if pinned, and whether
+    it holds items the next root deleted (the trash; None: not checked)."""
 
     gen: int
     time_ns: int
@@ -59,6 +60,7 @@ class Entry:
     stats: tuple[int, int]
     lists: bytes
     name: str | None = None
+    holds_deleted: bool | None = None
 
     def encode(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -70,6 +72,8 @@ class Entry:
         }
         if self.name is not None:
             d["n"] = self.name
+        if self.holds_deleted is not None:
+            d["x"] = int(self.holds_deleted)
         return d
 
     @classmethod
@@ -84,6 +88,7 @@ class Entry:
             stats=(_signed(ino), _signed(size)),
             lists=expect_bytes(raw["l"]),
             name=_expect_str(raw["n"]) if "n" in raw else None,
+            holds_deleted=bool(_int(raw["x"])) if "x" in raw else None,
         )
         if any(len(b) != crypto.ID_SIZE for b in (e.device, e.lists, e.itab or bytes(16))):
             raise ValueError("an id is not 16 bytes")

@@ -81,6 +81,11 @@ class Policy:
             kept |= {e.gen for e in newest.values()}
         return kept
 
+    def horizon(self) -> int:
+        """How far back the policy keeps anything (seconds): deleted items
+        stay restorable this long (docs/history.md, the trash)."""
+        return max([self.every, *(w * c for w, c in self.tiers)])
+
     def encode(self) -> list[Any]:
         return [self.every, [list(t) for t in self.tiers]]
 

@@ -220,14 +220,15 @@ class Keeper:
         page = gen >> HIST_PAGE_BITS
         t.pages.setdefault(page, {})
         new = Entry(gen, time_ns, self.device_id, itab, stats, bytes(16), name)
-        for e in list(_all(t)):
-            if e.name is not None and (e.name == name or e.name in self._unpins):
-                t.rename(e, None)  # a name names one root
+        if name is not None or self._unpins:
+            for e in list(_all(t)):
+                if e.name is not None and (e.name == name or e.name in self._unpins):
+                    t.rename(e, None)  # a name names one root
         for fgen, held in self._flags.items():
             found = t.pages.get(fgen >> HIST_PAGE_BITS, {}).get(fgen)
             if found is not None and found.holds_deleted != held:
                 t.put(replace(found, holds_deleted=held))
-        order = [*sorted(_all(t), key=lambda e: e.gen), new]
+        order = [*sorted(_all(t), key=lambda e: e.gen), new] if self._plan else [new]
         lists: dict[int, Lists] = {}
         for s in self._plan:
             pos = next((i for i, e in enumerate(order) if e.gen == s.gen), None)

@@ -175,7 +175,7 @@ class HistoryTable:
         out = HistoryTable(self.vault, self.index.top_id)
         out.index.top = dict(self.index.top)
         out.index.mids = {hi: dict(m) for hi, m in self.index.mids.items()}
-        out.pages = {p: dict(e) for p, e in self.pages.items()}
+        out.pages = dict(self.pages)  # each page copied when first changed there
         out.lists_cache = self.lists_cache
         out._opened = self._opened
         return out
@@ -259,15 +259,19 @@ class HistoryTable:
 
     # --- staging (synchronous; pages must be loaded) -------------------------
 
+    def _own(self, page: int) -> dict[int, Entry]:
+        """Page ``page``, copied first if this table shares it with the one
+        it was copied from (a staged commit never changes the committed one)."""
+        if page not in self.dirty:
+            self.pages[page] = dict(self.pages.get(page, {}))
+            self.dirty.add(page)
+        return self.pages[page]
+
     def put(self, entry: Entry) -> None:
-        page = entry.gen >> HIST_PAGE_BITS
-        self.pages.setdefault(page, {})[entry.gen] = entry
-        self.dirty.add(page)
+        self._own(entry.gen >> HIST_PAGE_BITS)[entry.gen] = entry
 
     def delete(self, gen: int) -> None:
-        page = gen >> HIST_PAGE_BITS
-        del self.pages[page][gen]
-        self.dirty.add(page)
+        del self._own(gen >> HIST_PAGE_BITS)[gen]
 
     def new_lists_object(self, lists: Lists) -> bytes:
         obj = crypto.new_id()

@@ -25,15 +25,32 @@ from __future__ import annotations
 import itertools
 import stat
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ..errors import FsError
 from ..vault.history import Entry
 from ..vault.tables import MID_BITS, RadixIndex
 from .inode import ROOT_INO, Inode
+from .table import InodeTable
 
-if TYPE_CHECKING:  # the filesystem asks this module, so no import at run time
-    from .filesystem import Filesystem
+
+class Tree(Protocol):
+    """What this module reads of a filesystem (the filesystem calls this
+    module, so it names no class of it)."""
+
+    table: InodeTable
+
+    async def load_page(self, page: int) -> None: ...
+
+    async def load_body(self, node: Inode) -> None: ...
+
+
+class Live(Tree, Protocol):
+    """A filesystem with a history of kept roots."""
+
+    async def history(self) -> list[Entry]: ...
+
+    async def past(self, entry: Entry, *, block_cache_bytes: int = ...) -> Tree: ...
 
 
 @dataclass(frozen=True)
@@ -56,7 +73,7 @@ async def _leaves(index: RadixIndex) -> dict[int, bytes]:
     return out
 
 
-async def _node(fs: Filesystem, ino: int) -> Inode | None:
+async def _node(fs: Tree, ino: int) -> Inode | None:
     try:
         node = await fs.table.get(ino)
     except (FsError, KeyError):
@@ -66,7 +83,7 @@ async def _node(fs: Filesystem, ino: int) -> Inode | None:
     return node
 
 
-async def _path(fs: Filesystem, ino: int) -> bytes | None:
+async def _path(fs: Tree, ino: int) -> bytes | None:
     """The path of folder ``ino`` in ``fs`` (None if it is not reachable)."""
     parts: list[bytes] = []
     for _ in range(4096):
@@ -87,7 +104,7 @@ async def _path(fs: Filesystem, ino: int) -> bytes | None:
 
 
 async def deleted_between(
-    older: Filesystem, newer: Filesystem, a: Entry, b: Entry, pages: set[int] | None = None
+    older: Tree, newer: Tree, a: Entry, b: Entry, pages: set[int] | None = None
 ) -> list[Deleted]:
     """Top-level items ``older``'s root has and ``newer``'s lost. ``pages``:
     the inode pages that may differ (default: those whose objects differ;
@@ -135,15 +152,15 @@ async def deleted_between(
     return out
 
 
-async def deleted(fs: Filesystem) -> list[Deleted]:
+async def deleted(fs: Live) -> list[Deleted]:
     """Every deleted item the kept roots still hold, newest deletion first;
     an item deleted more than once is listed once, from the newest root
     that holds it."""
     entries = await fs.history()
     seen: dict[bytes, Deleted] = {}
-    pasts: dict[int, Filesystem] = {}
+    pasts: dict[int, Tree] = {}
 
-    async def past(e: Entry) -> Filesystem:
+    async def past(e: Entry) -> Tree:
         if e.gen not in pasts:
             pasts[e.gen] = await fs.past(e, block_cache_bytes=1 << 20)
         return pasts[e.gen]
@@ -158,4 +175,4 @@ async def deleted(fs: Filesystem) -> list[Deleted]:
     return sorted(seen.values(), key=lambda i: (-i.deleted_by.gen, i.path))
 
 
-__all__ = ["Deleted", "deleted", "deleted_between"]
+__all__ = ["Deleted", "Live", "Tree", "deleted", "deleted_between"]

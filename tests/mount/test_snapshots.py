@@ -136,3 +136,23 @@ def test_pinning_and_unpinning_through_the_mount(slow_drive: Drive) -> None:
         (mnt / ".snapshots").write_bytes(b"x")
     proc = subprocess.run(["mkdir", str(mnt / ".snapshots")], capture_output=True, check=False)
     assert proc.returncode != 0
+
+
+def test_snapdir_visible_lists_the_folder(
+    tmp_path: Path, any_store_url: tuple[str, dict[str, str]]
+) -> None:
+    url, env = any_store_url
+    d = Drive(url, tmp_path / "d", env)
+    try:
+        d.init()
+        d.mount("-o", "snapdir=visible")
+        mnt = d.mountpoint
+        (mnt / "a.txt").write_bytes(b"a")
+        commit(mnt)
+        assert sorted(os.listdir(mnt)) == [".snapshots", "a.txt"]
+        found = d.sh("find", mnt, "-name", "a.txt").stdout.decode().split()
+        assert len(found) >= 2  # the live file and at least one past copy
+        proc = d.megafs("mount", url, str(tmp_path), "-o", "snapdir=sometimes")
+        assert proc.returncode == 2 and "snapdir=sometimes" in proc.stderr
+    finally:
+        d.cleanup()

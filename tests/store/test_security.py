@@ -159,16 +159,9 @@ async def find_roles(store: Store) -> dict[str, str]:
         "ptab_mid": obj_name(fs.committer.packs.index.top[hi]),
         "ptab_leaf": obj_name(fs.committer.packs.index.mids[hi][lo]),
     }
-    # the history (docs/history.md): top index, mid index, page, one entry's lists
+    # the history (docs/history.md): one entry, in the root itself (no object)
     [entry] = await fs.history()
-    history = fs.committer.keeper.table.index
-    assert fs.root.hist is not None and list(history.top) == [0]
-    roles |= {
-        "hist": obj_name(fs.root.hist),
-        "hist_mid": obj_name(history.top[0]),
-        "hist_leaf": obj_name(history.mids[0][0]),
-        "hist_lists": obj_name(entry.lists),
-    }
+    assert fs.root.hist is None and entry.inline is not None and entry.lists is None
     names = {n async for n, _ in store.list()}
     assert set(roles.values()) == names, "every object has a known role"
     return roles
@@ -434,9 +427,7 @@ async def test_header_flips_seen_through_the_recovery_slot(store: Store) -> None
     assert (await Vault.unlock_recovery(store, recovery)).keys.master == vault.keys.master
 
 
-@pytest.mark.parametrize(
-    "role", ["root", "top", "mid", "leaf", "body", "big0", "big3", "hist_leaf", "hist_lists"]
-)
+@pytest.mark.parametrize("role", ["root", "top", "mid", "leaf", "body", "big0", "big3"])
 async def test_flipped_byte_is_detected(store: Store, role: str) -> None:
     s = await make_sample(store)
     name = "root" if role == "root" else s.roles[role]
@@ -499,7 +490,7 @@ async def test_inline_data_lives_inside_the_authenticated_leaf(store: Store) -> 
     await exercise(s)
 
 
-@pytest.mark.parametrize("role", ["top", "mid", "leaf", "body", "big2", "hist", "hist_lists"])
+@pytest.mark.parametrize("role", ["top", "mid", "leaf", "body", "big2"])
 async def test_deleted_object_is_an_integrity_error(store: Store, role: str) -> None:
     s = await make_sample(store)
     await store.delete(s.roles[role])

@@ -1159,13 +1159,20 @@ class DocReader:
         """Root record version 3 (docs/history.md): generation -> (entry,
         its lists object), through the history table's pages of 64."""
         root = self.root()
-        out: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
-        for hi, mid_id in self.meta(1, root["hist"]).items():
-            for lo, leaf_id in self.meta(1, mid_id).items():
-                for gen, entry in self.meta(5, leaf_id).items():
-                    assert gen >> 6 == (hi << 10) | lo
-                    out[gen] = (entry, self.meta(6, entry["l"]))
-        return out
+        found: dict[int, dict[str, Any]] = {}
+        if root.get("hist") is not None:
+            for hi, mid_id in self.meta(1, root["hist"]).items():
+                for lo, leaf_id in self.meta(1, mid_id).items():
+                    for gen, entry in self.meta(5, leaf_id).items():
+                        assert gen >> 6 == (hi << 10) | lo
+                        found[gen] = entry
+        for gen, entry in root.get("hnew", []):  # the newest, in the root itself
+            assert gen not in found and all(gen > g for g in found)
+            found[gen] = entry
+        # the lists: inline ("L"), or in their own object ("l")
+        return {
+            gen: (e, e["L"] if "L" in e else self.meta(6, e["l"])) for gen, e in found.items()
+        }
 
     def records(self, itab: bytes | None = None) -> dict[int, Any]:
         root = self.root()
@@ -1174,7 +1181,8 @@ class DocReader:
         else:  # record version 2: the lease for version 1 writers; devices
             # (version 3: the same, and a history table: docs/history.md)
             assert root["v"] in (2, 3) and root["dlease"] is None
-            assert (root["v"] == 3) == (root.get("hist") is not None or "ret" in root)
+            history = root.get("hist") is not None or bool(root.get("hnew")) or "ret" in root
+            assert (root["v"] == 3) == history
             assert root["lease"] == [bytes(16), "a newer megafs (several devices)", 0, math.inf]
             assert all(d["pfx"] >= 1 for d in root["devs"].values())
         self.packs = self.table(root["ptab"], 4) if root.get("ptab") is not None else {}

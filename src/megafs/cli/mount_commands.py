@@ -52,7 +52,8 @@ def mount_options(p: argparse.ArgumentParser) -> None:
         metavar="OPTS",
         help="comma-separated mount options: ro, allow_other, default_permissions, uid=N, "
         "gid=N, umask=OCTAL, cache_dir=DIR, cache_size=SIZE, store_timeout=SECONDS, "
-        "passfile=FILE, endpoint=URL, device_name=NAME, poll_interval=SECONDS",
+        "passfile=FILE, endpoint=URL, device_name=NAME, poll_interval=SECONDS, "
+        "fsync=store|local, snapdir=hidden|visible",
     )
     p.add_argument("--cache-dir", metavar="DIR", help="default: $XDG_CACHE_HOME/megafs/<vault id>")
     p.add_argument(

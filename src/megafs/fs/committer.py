@@ -266,6 +266,7 @@ class Committer:
         self.device.time_ns, self.device.generation = done.time_ns, done.generation
         self.data.committed(snap.chunk_jobs, snap.pack_jobs)
         self.root.hist = self.root_for_commit.hist
+        self.root.hist_recent = self.root_for_commit.hist_recent
         self.root.retention = self.root_for_commit.retention
         staged = snap.history
         assert staged is not None
@@ -373,6 +374,7 @@ class Committer:
         root.next_ino, root.next_pack = theirs.next_ino, theirs.next_pack
         root.orphans, root.journal, root.lease = list(theirs.orphans), theirs.journal, None
         root.hist, root.retention = theirs.hist, theirs.retention
+        root.hist_recent = list(theirs.hist_recent)
         self.keeper.reset(theirs)
         for k, d in theirs.devices.items():
             if k != self.device_id:
@@ -494,7 +496,7 @@ class Committer:
             snap.meta_jobs,
         )
         unborn |= {obj for _, obj, _ in snap.meta_jobs}
-        new.hist = snap.history.top
+        new.hist, new.hist_recent = snap.history.top, snap.history.recent
         self.keeper.policy_for(new)
         self.root_for_commit = new
         self.meta_dirty = False

@@ -137,8 +137,9 @@ async def _check(fs: Filesystem, report: Report, repair: bool, progress: Progres
     await tree.check(fs, head=True)
 
     # the history: its table, lists, and every kept root's tree
-    if fs.root.hist is not None:
-        reachable.add(fs.root.hist)
+    if fs.root.hist is not None or fs.root.hist_recent:
+        if fs.root.hist is not None:
+            reachable.add(fs.root.hist)
         history = fs.committer.keeper.table
         try:
             await history.latest()
@@ -148,7 +149,8 @@ async def _check(fs: Filesystem, report: Report, repair: bool, progress: Progres
             entries = []
         await walk(history.index)
         for i, entry in enumerate(entries):
-            reachable.add(entry.lists)
+            if entry.lists is not None:
+                reachable.add(entry.lists)
             await guarded(f"history lists of generation {entry.gen}", _lists(history, entry))
             if entry.itab == fs.root.itab:
                 continue  # the live tree, checked above

@@ -26,8 +26,9 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
-from ..vault.history import HIST_PAGE_BITS, Entry, HistoryTable, Lists, fold
+from ..vault.history import HIST_PAGE_BITS, RECENT_MAX, Entry, HistoryTable, Lists, fold
 from ..vault.retention import Policy
 from ..vault.root import Root
 from ..vault.tables import MetaJob
@@ -48,6 +49,8 @@ class Staged:
 
     table: HistoryTable
     top: bytes | None
+    #: the newest entries, kept in the root
+    recent: list[Any] = field(default_factory=list)
     #: replaced history pages, index nodes and lists objects (no root of
     #: the history keeps them: they go at once, or after the grace period)
     garbage: list[bytes] = field(default_factory=list)
@@ -72,7 +75,7 @@ class Keeper:
     def __init__(self, vault: Vault, root: Root, device_id: bytes | None) -> None:
         self.vault = vault
         self.device_id = device_id
-        self.table = HistoryTable(vault, root.hist)
+        self.table = HistoryTable(vault, root.hist, root.hist_recent)
         self.policy = root.retention or Policy()
         self._policy_set: Policy | None = None
         self._pins: list[str] = []
@@ -135,6 +138,10 @@ class Keeper:
         drops and of their newer neighbours. Blocks on the store."""
         self._latest = await self.table.latest()
         self._plan = []
+        if self.table.flush_due() or len(self.table.recent) >= RECENT_MAX - 1:
+            # this commit may move the recent entries into the pages: load them
+            for page in sorted(self.table.pages_to_flush()):
+                await self.table.load(page)
         if not (self.due() or self._unpins):
             return
         entries = await self.table.entries()
@@ -217,15 +224,13 @@ class Keeper:
             staged.freed.update(dict.fromkeys(mine.dead, 0))
             mine = Lists({}, set())
         name = self._pins[-1] if self._pins else None
-        page = gen >> HIST_PAGE_BITS
-        t.pages.setdefault(page, {})
-        new = Entry(gen, time_ns, self.device_id, itab, stats, bytes(16), name)
+        new = Entry(gen, time_ns, self.device_id, itab, stats, None, name, inline=Lists())
         if name is not None or self._unpins:
             for e in list(_all(t)):
                 if e.name is not None and (e.name == name or e.name in self._unpins):
                     t.rename(e, None)  # a name names one root
         for fgen, held in self._flags.items():
-            found = t.pages.get(fgen >> HIST_PAGE_BITS, {}).get(fgen)
+            found = t.recent.get(fgen) or t.pages.get(fgen >> HIST_PAGE_BITS, {}).get(fgen)
             if found is not None and found.holds_deleted != held:
                 t.put(replace(found, holds_deleted=held))
         order = [*sorted(_all(t), key=lambda e: e.gen), new] if self._plan else [new]
@@ -235,13 +240,14 @@ class Keeper:
             if pos is None or pos == len(order) - 1:
                 continue
             n = order[pos + 1]
-            s_lists = lists.get(s.gen) or t.lists_cache.get(s.lists)
-            n_lists = mine if n is new else (lists.get(n.gen) or t.lists_cache.get(n.lists))
+            s_lists = lists.get(s.gen) or _cached(t, s)
+            n_lists = mine if n is new else (lists.get(n.gen) or _cached(t, n))
             if s_lists is None or n_lists is None:
                 continue  # evicted meanwhile: the next commit drops it
             folded, freed = fold(s_lists, n_lists, oldest=pos == 0)
             staged.freed.update(freed)
-            staged.garbage.append(s.lists)
+            if s.lists is not None:
+                staged.garbage.append(s.lists)
             if s.gen in lists:  # folded into by an earlier drop: its new lists go too
                 del lists[s.gen]
             t.delete(s.gen)
@@ -253,11 +259,12 @@ class Keeper:
             staged.dropped += 1
         for g, folded in lists.items():
             e = next(x for x in order if x.gen == g)
-            staged.garbage.append(e.lists)
-            t.put(replace(e, lists=t.new_lists_object(folded)))
-        new = Entry(gen, time_ns, self.device_id, itab, stats, t.new_lists_object(mine), name)
-        t.put(new)
+            if e.lists is not None:
+                staged.garbage.append(e.lists)
+            t.put(t.with_lists(e, folded))
+        t.put(Entry(gen, time_ns, self.device_id, itab, stats, None, name, inline=mine))
         staged.top = t.snapshot(meta_jobs, staged.garbage)
+        staged.recent = t.recent_raw()
         staged.pruned = bool(self._plan) or self.due()
         return staged
 
@@ -292,11 +299,18 @@ class Keeper:
     def reset(self, root: Root) -> None:
         """A merge: theirs' history (and policy) is the committed one now."""
         cache = self.table.lists_cache
-        self.table = HistoryTable(self.vault, root.hist)
+        self.table = HistoryTable(self.vault, root.hist, root.hist_recent)
         self.table.lists_cache = cache
         self.policy = root.retention or Policy()
         self._plan = []
         self._flags = {}
+
+
+def _cached(t: HistoryTable, e: Entry) -> Lists | None:
+    """``e``'s lists if they are at hand (inline, or loaded by prepare)."""
+    if e.inline is not None:
+        return e.inline
+    return t.lists_cache.get(e.lists) if e.lists is not None else None
 
 
 class _Now:
@@ -309,7 +323,8 @@ class _Now:
 
 
 def _all(t: HistoryTable) -> list[Entry]:
-    return [e for page in t.pages.values() for e in page.values()]
+    """Every entry at hand: the recent ones and those of loaded pages."""
+    return [*t.recent.values(), *(e for page in t.pages.values() for e in page.values())]
 
 
 @dataclass

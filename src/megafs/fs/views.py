@@ -1,7 +1,8 @@
 """The live tree and the kept past roots under one inode space.
 
 The mount shows the live filesystem, plus a hidden read-only folder
-``.snapshots`` at its root (not listed by ``readdir`` of the root, so
+``.snapshots`` at its root (not listed by ``readdir`` of the root unless
+``-o snapdir=visible``, so
 ``find``, ``du`` and backups of the mount do not walk it; ``cd .snapshots``
 and ``ls .snapshots/`` work). It holds one folder per kept root
 (docs/history.md), named by its UTC time (``2026-12-05T021040Z``, with
@@ -61,6 +62,8 @@ log = logging.getLogger(__name__)
 #: The inode number of ``.snapshots``; past inodes are numbered above it.
 SNAPDIR = 1 << 63
 SNAPDIR_NAME = b".snapshots"
+#: Its readdir cookie in the root, with ``-o snapdir=visible``.
+SNAPDIR_COOKIE = 2
 #: Attributes of ``.snapshots`` that read and change the history's settings.
 RETENTION_XATTR = b"user.megafs.retention"
 PRUNE_XATTR = b"user.megafs.prune"
@@ -94,8 +97,10 @@ def _erofs() -> FsError:
 class Views:
     """The filesystem the adapter serves: the live tree, and ``.snapshots``."""
 
-    def __init__(self, live: Filesystem) -> None:
+    def __init__(self, live: Filesystem, *, snapdir_visible: bool = False) -> None:
         self.live = live
+        #: list ``.snapshots`` in the root (``-o snapdir=visible``)
+        self.snapdir_visible = snapdir_visible
         #: inode number -> (generation, past inode); and back
         self._map: dict[int, tuple[int, int]] = {}
         self._rev: dict[tuple[int, int], int] = {}
@@ -257,7 +262,12 @@ class Views:
         is its generation, so roots kept meanwhile come in order and dropped
         ones just go."""
         if not self.virtual(ino):
-            return await self.live.readdir(ino, after)
+            batch = await self.live.readdir(ino, after)
+            if ino == ROOT_INO and self.snapdir_visible and after < SNAPDIR_COOKIE:
+                # cookie 2 is ".." in a directory body, which readdir never returns
+                await self._listing()
+                batch.insert(0, (SNAPDIR_NAME, self._snapdir_attr(), SNAPDIR_COOKIE))
+            return batch
         if ino == SNAPDIR:
             names = await self._listing()
             live_root = await self.live.getattr(ROOT_INO)

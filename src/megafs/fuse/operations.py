@@ -148,6 +148,8 @@ class Options:
     uid: int | None = None
     gid: int | None = None
     umask: int | None = None
+    #: ``readdir`` of the root lists ``.snapshots``
+    snapdir_visible: bool = False
 
 
 class Operations(pyfuse3.Operations):
@@ -159,8 +161,8 @@ class Operations(pyfuse3.Operations):
     def __init__(self, fs: Filesystem, options: Options | None = None) -> None:
         super().__init__()
         #: the live tree and, under ``.snapshots``, the kept past roots
-        self.fs = Views(fs)
         self.opts = options or Options()
+        self.fs = Views(fs, snapdir_visible=self.opts.snapdir_visible)
         self._handles: dict[int, int] = {}
         self._next_fh = 1
         self.active = 0  # handlers in flight

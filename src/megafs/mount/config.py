@@ -59,6 +59,8 @@ class MountConfig:
     log_file: str | None = None
     #: This device's name in the vault (``megafs info``); None: the host name.
     device_name: str | None = None
+    #: Whether ``readdir`` of the root lists ``.snapshots`` (docs/history.md).
+    snapdir_visible: bool = False
     extra: dict[str, str] = field(default_factory=dict)
 
     def apply_options(self, opts: str) -> None:
@@ -105,6 +107,10 @@ class MountConfig:
                         raise ValueError(val)
                 elif key == "readahead_kb":
                     self.readahead_kb = int(val)
+                elif key == "snapdir":
+                    if val not in ("hidden", "visible"):
+                        raise ValueError(val)
+                    self.snapdir_visible = val == "visible"
                 elif key in ("device_name", "device-name"):
                     if not val:
                         raise ValueError(val)

@@ -166,7 +166,14 @@ async def serve(cfg: MountConfig, passphrase: str, ready: Callable[[], None]) ->
         # Mounting fails fast; once the folder is in use, operations ride out outages.
         store.set_timeout(cfg.store_timeout)
         ops = Operations(
-            fs, Options(read_only=cfg.read_only, uid=cfg.uid, gid=cfg.gid, umask=cfg.umask)
+            fs,
+            Options(
+                read_only=cfg.read_only,
+                uid=cfg.uid,
+                gid=cfg.gid,
+                umask=cfg.umask,
+                snapdir_visible=cfg.snapdir_visible,
+            ),
         )
         session = FuseSession.open(ops, cfg.mountpoint, cfg.fuse_options())
         # The model's background work (chunk uploads, read-ahead) lives in

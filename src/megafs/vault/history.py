@@ -34,6 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import msgpack
 import trio
 
 from ..errors import IntegrityError
@@ -58,9 +59,10 @@ class Entry:
     device: bytes
     itab: bytes | None
     stats: tuple[int, int]
-    lists: bytes
+    lists: bytes | None  # the lists object's id; None: the lists are inline
     name: str | None = None
     holds_deleted: bool | None = None
+    inline: Lists | None = None
 
     def encode(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -68,8 +70,11 @@ class Entry:
             "d": self.device,
             "i": self.itab,
             "s": list(self.stats),
-            "l": self.lists,
         }
+        if self.inline is not None:
+            d["L"] = self.inline.encode()
+        else:
+            d["l"] = self.lists
         if self.name is not None:
             d["n"] = self.name
         if self.holds_deleted is not None:
@@ -86,13 +91,27 @@ class Entry:
             device=expect_bytes(raw["d"]),
             itab=expect_bytes(itab) if itab is not None else None,
             stats=(_signed(ino), _signed(size)),
-            lists=expect_bytes(raw["l"]),
+            lists=expect_bytes(raw["l"]) if "L" not in raw else None,
             name=_expect_str(raw["n"]) if "n" in raw else None,
             holds_deleted=bool(_int(raw["x"])) if "x" in raw else None,
+            inline=Lists.decode(raw["L"], "history entry") if "L" in raw else None,
         )
-        if any(len(b) != crypto.ID_SIZE for b in (e.device, e.lists, e.itab or bytes(16))):
+        ids = (e.device, e.lists or bytes(16), e.itab or bytes(16))
+        if any(len(b) != crypto.ID_SIZE for b in ids):
             raise ValueError("an id is not 16 bytes")
         return e
+
+
+#: ``recent`` goes into the pages once it holds this many entries or its
+#: encoding is larger than this (the root stays a few KiB).
+RECENT_MAX = 32
+RECENT_BYTES = 6144
+#: Lists of at most this many ids stay inline in their entry.
+INLINE_IDS = 24
+
+
+def _small(lists: Lists) -> bool:
+    return len(lists.born) + len(lists.dead) <= INLINE_IDS
 
 
 def _signed(value: Any) -> int:
@@ -154,9 +173,12 @@ class HistoryTable:
     and snapshots; the committer keeps the copy once its root is in.
     """
 
-    def __init__(self, vault: Vault, top_id: bytes | None) -> None:
+    def __init__(self, vault: Vault, top_id: bytes | None, recent: Any = None) -> None:
         self.vault = vault
         self.index = RadixIndex(vault, top_id)
+        #: the newest entries, kept in the root (``hnew``) until a flush
+        #: moves them into the pages: most commits write no history object
+        self.recent: dict[int, Entry] = self.decode_recent(recent or [])
         self.pages: dict[int, dict[int, Entry]] = {}
         self.dirty: set[int] = set()
         #: lists objects read or made (immutable, by object id)
@@ -173,6 +195,7 @@ class HistoryTable:
     def copy(self) -> HistoryTable:
         """A table to stage a commit's changes in; this one stays as it is. No I/O."""
         out = HistoryTable(self.vault, self.index.top_id)
+        out.recent = dict(self.recent)
         out.index.top = dict(self.index.top)
         out.index.mids = {hi: dict(m) for hi, m in self.index.mids.items()}
         out.pages = dict(self.pages)  # each page copied when first changed there
@@ -201,6 +224,19 @@ class HistoryTable:
         return self.pages.setdefault(page, entries)
 
     @staticmethod
+    def decode_recent(raw: Any) -> dict[int, Entry]:
+        """The root's ``hnew``: [[generation, entry], ...]."""
+        try:
+            out = {_int(g): Entry.decode(g, e) for g, e in raw}
+        except (KeyError, TypeError, ValueError, IntegrityError) as e:
+            raise IntegrityError("root", f"malformed recent history entries: {e!r}") from None
+        return out
+
+    def recent_raw(self) -> list[Any]:
+        """``recent`` as the root stores it."""
+        return [[g, self.recent[g].encode()] for g in sorted(self.recent)]
+
+    @staticmethod
     def decode_page(raw: Any, page: int, name: str) -> dict[int, Entry]:
         if not isinstance(raw, dict):
             raise IntegrityError(name, "malformed history page")
@@ -226,13 +262,15 @@ class HistoryTable:
 
     async def entries(self) -> list[Entry]:
         """Every entry, oldest first (one request per page not loaded yet)."""
-        out: list[Entry] = []
+        out: list[Entry] = list(self.recent.values())
         for page in set(await self.pages_in_use()) | set(self.pages):
             out += (await self.load(page)).values()
         return sorted(out, key=lambda e: e.gen)
 
     async def latest(self) -> Entry | None:
-        """The newest entry (two or three requests the first time)."""
+        """The newest entry (none, or two or three requests the first time)."""
+        if self.recent:
+            return self.recent[max(self.recent)]
         pages = [p for p in self.pages if self.pages[p]]
         await self._open()
         if self.index.top:
@@ -247,6 +285,9 @@ class HistoryTable:
 
     async def lists(self, entry: Entry) -> Lists:
         """The lists of ``entry`` (one request the first time)."""
+        if entry.inline is not None:
+            return entry.inline
+        assert entry.lists is not None
         got = self.lists_cache.get(entry.lists) or self.new_lists.get(entry.lists)
         if got is not None:
             return got
@@ -267,16 +308,55 @@ class HistoryTable:
             self.dirty.add(page)
         return self.pages[page]
 
+    def _in_pages(self, gen: int) -> bool:
+        return gen in self.pages.get(gen >> HIST_PAGE_BITS, {})
+
     def put(self, entry: Entry) -> None:
-        self._own(entry.gen >> HIST_PAGE_BITS)[entry.gen] = entry
+        """Add or replace an entry: a new one, or one of ``recent``, goes to
+        ``recent`` (with its lists inline); one of a page, to its page."""
+        if self._in_pages(entry.gen):
+            self._own(entry.gen >> HIST_PAGE_BITS)[entry.gen] = entry
+        else:
+            if entry.inline is None:
+                raise ValueError("a recent entry keeps its lists inline")
+            self.recent[entry.gen] = entry
 
     def delete(self, gen: int) -> None:
-        del self._own(gen >> HIST_PAGE_BITS)[gen]
+        if gen in self.recent:
+            del self.recent[gen]
+        else:
+            del self._own(gen >> HIST_PAGE_BITS)[gen]
 
-    def new_lists_object(self, lists: Lists) -> bytes:
+    def with_lists(self, entry: Entry, lists: Lists) -> Entry:
+        """``entry`` with new lists: inline in ``recent`` or when small, else a
+        new lists object (uploaded by :meth:`snapshot`)."""
+        if entry.gen in self.recent or not self._in_pages(entry.gen) or _small(lists):
+            return replace(entry, lists=None, inline=lists)
         obj = crypto.new_id()
         self.new_lists[obj] = lists
-        return obj
+        return replace(entry, lists=obj, inline=None)
+
+    def flush_due(self) -> bool:
+        """Whether ``recent`` is big enough to go into the pages."""
+        if len(self.recent) >= RECENT_MAX:
+            return True
+        return len(msgpack.packb(self.recent_raw(), use_bin_type=True)) > RECENT_BYTES
+
+    def pages_to_flush(self) -> set[int]:
+        """The pages a flush writes (they must be loaded first)."""
+        return {g >> HIST_PAGE_BITS for g in self.recent}
+
+    def _flush(self) -> None:
+        moving, self.recent = self.recent, {}
+        for gen, e in sorted(moving.items()):
+            assert e.inline is not None
+            page = self._own(gen >> HIST_PAGE_BITS)
+            if _small(e.inline):
+                page[gen] = e
+            else:
+                obj = crypto.new_id()
+                self.new_lists[obj] = e.inline
+                page[gen] = replace(e, lists=obj, inline=None)
 
     def rename(self, entry: Entry, name: str | None) -> Entry:
         new = replace(entry, name=name)
@@ -284,8 +364,11 @@ class HistoryTable:
         return new
 
     def snapshot(self, meta_jobs: list[MetaJob], garbage: list[bytes]) -> bytes | None:
-        """Encode the dirty pages and new lists objects; return the new top id.
+        """Move ``recent`` into the pages if it is due and they are loaded;
+        encode the dirty pages and new lists objects; return the new top id.
         Replaced objects go to ``garbage``. Synchronous."""
+        if self.recent and self.flush_due() and all(p in self.pages for p in self.pages_to_flush()):
+            self._flush()
         for obj, lists in self.new_lists.items():
             meta_jobs.append((KIND_HLIST, obj, lists.encode()))
             self.lists_cache[obj] = lists

@@ -162,6 +162,9 @@ class Root:
     #: no history yet), and the retention policy (None: the default)
     hist: bytes | None = None
     retention: Policy | None = None
+    #: the newest history entries, not in the history table yet (raw:
+    #: :class:`~.history.HistoryTable` reads them)
+    hist_recent: list[Any] = field(default_factory=list)
     #: the record version the root was read with (``v``); a writer refuses
     #: one above :data:`RECORD_VERSION` (it would drop what it does not know)
     record: int = field(default=1, compare=False)
@@ -170,7 +173,7 @@ class Root:
     def version(self) -> int:
         """The record version: 3 once the root keeps history, 2 once a
         device has registered, else 1."""
-        if self.hist is not None or self.retention is not None:
+        if self.hist is not None or self.hist_recent or self.retention is not None:
             return 3
         return 2 if self.devices else 1
 
@@ -230,6 +233,7 @@ class Root:
             self,
             orphans=list(self.orphans),
             stats=list(self.stats),
+            hist_recent=list(self.hist_recent),
             devices={k: d.copy() for k, d in self.devices.items()},
         )
 
@@ -255,6 +259,8 @@ class Root:
             rec["devs"] = {k: self.devices[k].encode() for k in sorted(self.devices)}
         if self.hist is not None:
             rec["hist"] = self.hist
+        if self.hist_recent:
+            rec["hnew"] = self.hist_recent
         if self.retention is not None:
             rec["ret"] = self.retention.encode()
         packed: bytes = msgpack.packb(rec, use_bin_type=True)
@@ -281,6 +287,7 @@ class Root:
                 devices=devices,
                 hist=expect_bytes(d["hist"]) if d.get("hist") is not None else None,
                 retention=Policy.decode(d["ret"]) if d.get("ret") is not None else None,
+                hist_recent=_list(d.get("hnew", [])),
                 record=_int(d["v"]),
             )
         except (KeyError, TypeError, ValueError, IndexError, OverflowError, AttributeError) as e:
@@ -316,6 +323,12 @@ def unpack(data: bytes, name: str) -> Any:
         return msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True)
     except Exception as e:  # msgpack raises many types on garbage
         raise IntegrityError(name, f"malformed record: {type(e).__name__}") from None
+
+
+def _list(value: Any) -> list[Any]:
+    if not isinstance(value, list):
+        raise TypeError(f"expected a list, got {type(value).__name__}")
+    return value
 
 
 def _int(value: Any) -> int:

@@ -587,7 +587,7 @@ def test_file_growing_while_read(drive: Drive, tmp_path: Path) -> None:
     for r in results:
         _, end, passes, _ = r.split()
         assert int(end) == GROW_TO
-        assert int(passes) > 5, f"the reader did not race the writer: {r}"
+        assert int(passes) > 2, f"the reader did not race the writer: {r}"
     drive.remount()
     with open(path, "rb") as f:
         assert f.read() == pattern(0, GROW_TO)

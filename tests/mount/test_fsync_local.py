@@ -18,9 +18,10 @@ from megafs.client.journal import Journal
 from megafs.fs.filesystem import Filesystem
 from megafs.fs.inode import ROOT_INO
 from megafs.stores import Store
+from megafs.stores.base import ForwardingStore
 from megafs.vault.vault import Vault
 
-from ..support.helpers import FAST_KDF, PASS, SMALL, ForwardingStore
+from ..support.helpers import FAST_KDF, PASS, SMALL
 from ..support.mounting import Drive
 
 

@@ -23,10 +23,10 @@ from megafs.format.crypto import Layout
 from megafs.fs.filesystem import Filesystem
 from megafs.fs.inode import ROOT_INO
 from megafs.stores import Pointer, Store, open_store
-from megafs.stores.base import MAX_POINTER_SIZE
+from megafs.stores.base import MAX_POINTER_SIZE, ForwardingStore
 from megafs.vault.vault import Vault
 
-from ..support.helpers import FAST_KDF, PASS, ForwardingStore
+from ..support.helpers import FAST_KDF, PASS
 from ..support.mounting import Drive, mounted_drive
 
 SMALL = Layout(chunk_size=16384, block_size=4096)

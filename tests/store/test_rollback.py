@@ -24,11 +24,11 @@ from megafs.fs import committer
 from megafs.fs.filesystem import Filesystem
 from megafs.fs.inode import ROOT_INO
 from megafs.stores import Pointer, Store
-from megafs.stores.base import MAX_POINTER_SIZE
+from megafs.stores.base import MAX_POINTER_SIZE, ForwardingStore
 from megafs.vault.root import root_digest
 from megafs.vault.vault import Vault
 
-from ..support.helpers import FAST_KDF, PASS, ForwardingStore
+from ..support.helpers import FAST_KDF, PASS
 
 SMALL = Layout(chunk_size=16384, block_size=4096)
 

@@ -40,13 +40,14 @@ from megafs.format import crypto, header
 from megafs.fs.filesystem import Filesystem
 from megafs.fs.inode import ROOT_INO
 from megafs.stores import LocalStore, Store
+from megafs.stores.base import ForwardingStore
 from megafs.stores.s3 import S3Store
 from megafs.vault.retention import Policy
 from megafs.vault.root import DEVICE_BITS
 from megafs.vault.tables import MID_BITS, PAGE_BITS
 from megafs.vault.vault import KIND_BODY, KIND_INDEX, KIND_LEAF, Vault, obj_name
 
-from ..support.helpers import FAST_KDF, PASS, SMALL, ForwardingStore, new_vault
+from ..support.helpers import FAST_KDF, PASS, SMALL, new_vault
 from ..support.seaweed import SeaweedFS, signed_request
 
 MARKER = "MEGAFS-MARKER-7f3a"

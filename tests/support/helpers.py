@@ -6,7 +6,7 @@ import secrets
 import stat
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -15,8 +15,7 @@ import pytest
 from megafs.format.crypto import KdfParams, Layout
 from megafs.fs.filesystem import Filesystem
 from megafs.fs.inode import ROOT_INO
-from megafs.stores import Pointer, Store
-from megafs.stores.base import MAX_OBJECT_SIZE, MAX_POINTER_SIZE, Refused
+from megafs.stores import Store
 from megafs.vault.retention import Policy
 from megafs.vault.vault import Vault
 
@@ -95,55 +94,6 @@ async def read_tree(fs: Filesystem) -> dict[bytes, bytes | None]:
 async def reopen(store: Store, *, writable: bool = True) -> Filesystem:
     vault = await Vault.unlock(store, PASS)
     return await Filesystem.load(vault, writable=writable)
-
-
-class ForwardingStore(Store):
-    """A store that passes every call to ``inner``: the base of the tests'
-    hostile or watching stores, which override only what they change."""
-
-    def __init__(self, inner: Store) -> None:
-        self.inner = inner
-        self.url = inner.url
-
-    async def put(self, name: str, data: bytes) -> None:
-        await self.inner.put(name, data)
-
-    async def get(self, name: str, max_size: int = MAX_OBJECT_SIZE) -> bytes:
-        return await self.inner.get(name, max_size)
-
-    async def get_range(self, name: str, offset: int, length: int) -> bytes:
-        return await self.inner.get_range(name, offset, length)
-
-    async def delete(self, name: str) -> None:
-        await self.inner.delete(name)
-
-    async def delete_many(self, names: Sequence[str]) -> list[str]:
-        return await self.inner.delete_many(names)
-
-    async def list(
-        self,
-        prefix: str = "",
-        *,
-        refused: list[Refused] | None = None,
-        ages: dict[str, float] | None = None,
-    ) -> AsyncIterator[tuple[str, int]]:
-        async for item in self.inner.list(prefix, refused=refused, ages=ages):
-            yield item
-
-    async def read_pointer(self, name: str, max_size: int = MAX_POINTER_SIZE) -> Pointer | None:
-        return await self.inner.read_pointer(name, max_size)
-
-    async def cas_pointer(self, name: str, data: bytes, expected: str | None) -> str:
-        return await self.inner.cas_pointer(name, data, expected)
-
-    async def sync(self) -> None:
-        await self.inner.sync()
-
-    async def check(self) -> None:
-        await self.inner.check()
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
 
 def unique_prefix() -> str:

@@ -33,7 +33,14 @@ from ..mount import (
     umount,
 )
 from .exit_codes import exit_code, reason
-from .options import get_passphrase, passphrase_options, positive_float, size_arg, store_arg
+from .options import (
+    get_passphrase,
+    passphrase_options,
+    positive_float,
+    positive_int,
+    size_arg,
+    store_arg,
+)
 from .registry import command
 
 log = logging.getLogger("megafs")
@@ -53,7 +60,8 @@ def mount_options(p: argparse.ArgumentParser) -> None:
         help="comma-separated mount options: ro, allow_other, default_permissions, uid=N, "
         "gid=N, umask=OCTAL, cache_dir=DIR, cache_size=SIZE, store_timeout=SECONDS, "
         "passfile=FILE, endpoint=URL, device_name=NAME, poll_interval=SECONDS, "
-        "fsync=store|local, snapdir=hidden|visible",
+        "fsync=store|local, snapdir=hidden|visible, upload_limit=RATE, download_limit=RATE, "
+        "transfers=N",
     )
     p.add_argument("--cache-dir", metavar="DIR", help="default: $XDG_CACHE_HOME/megafs/<vault id>")
     p.add_argument(
@@ -84,6 +92,24 @@ def mount_options(p: argparse.ArgumentParser) -> None:
         default=None,
         help="how long a file operation waits for an unreachable store before it fails "
         "with EIO (default 60)",
+    )
+    p.add_argument(
+        "--upload-limit",
+        metavar="RATE",
+        type=size_arg,
+        help="send at most RATE bytes per second of objects (K, M, G suffixes; e.g. 2M)",
+    )
+    p.add_argument(
+        "--download-limit",
+        metavar="RATE",
+        type=size_arg,
+        help="receive at most RATE bytes per second of objects",
+    )
+    p.add_argument(
+        "--transfers",
+        metavar="N",
+        type=positive_int,
+        help="at most N object uploads and downloads at once",
     )
     p.add_argument("--log-file", metavar="FILE", help="where the background daemon logs")
     p.add_argument(
@@ -137,6 +163,9 @@ def cmd_mount(args: argparse.Namespace) -> None:
         cfg.cache_size = args.cache_size
     if args.store_timeout is not None:
         cfg.store_timeout = args.store_timeout
+    for key in ("upload_limit", "download_limit", "transfers"):
+        if getattr(args, key) is not None:
+            setattr(cfg, key, getattr(args, key))
     if cfg.extra.get("passfile") and not args.passfile:
         args.passfile = cfg.extra["passfile"]
     if cfg.extra.get("extpass") and not args.extpass:

@@ -61,6 +61,11 @@ class MountConfig:
     device_name: str | None = None
     #: Whether ``readdir`` of the root lists ``.snapshots`` (docs/history.md).
     snapdir_visible: bool = False
+    #: Object bytes per second sent and received at most (None: no limit),
+    #: and object transfers at once at most (:mod:`megafs.stores.limits`).
+    upload_limit: int | None = None
+    download_limit: int | None = None
+    transfers: int | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
     def apply_options(self, opts: str) -> None:
@@ -107,6 +112,15 @@ class MountConfig:
                         raise ValueError(val)
                 elif key == "readahead_kb":
                     self.readahead_kb = int(val)
+                elif key in ("upload_limit", "download_limit"):
+                    rate = parse_size(val)
+                    if rate <= 0:
+                        raise ValueError(val)
+                    setattr(self, key, rate)
+                elif key == "transfers":
+                    self.transfers = int(val)
+                    if self.transfers < 1:
+                        raise ValueError(val)
                 elif key == "snapdir":
                     if val not in ("hidden", "visible"):
                         raise ValueError(val)

@@ -35,7 +35,8 @@ from ..client.journal import Journal, claim_cache_dir
 from ..errors import MegafsError, StoreAuthError, StoreReadOnly, first_leaf
 from ..fs.filesystem import Filesystem
 from ..fuse.operations import FuseSession, Operations, Options
-from ..stores import LocalStore, open_store
+from ..stores import LocalStore, Store, open_store
+from ..stores.limits import LimitedStore
 from ..vault.vault import Vault
 from .config import DEFAULT_CACHE_SIZE, MountConfig, default_cache_dir
 from .notify import SystemdNotifier
@@ -129,7 +130,15 @@ async def serve(cfg: MountConfig, passphrase: str, ready: Callable[[], None]) ->
     usable and ``STOPPING=1`` when unmounting begins (:mod:`.notify`).
     """
     systemd = SystemdNotifier.from_environment()  # READY=1 once usable, STOPPING=1
-    store = open_store(cfg.store_url, endpoint=cfg.endpoint)
+    store: Store = open_store(cfg.store_url, endpoint=cfg.endpoint)
+    local_store = isinstance(store, LocalStore)
+    if cfg.upload_limit or cfg.download_limit or cfg.transfers:
+        store = LimitedStore(
+            store,
+            upload=cfg.upload_limit,
+            download=cfg.download_limit,
+            transfers=cfg.transfers,
+        )
     try:
         vault = await Vault.unlock(store, passphrase)
         # no other process of this machine writes the vault as this device
@@ -139,7 +148,7 @@ async def serve(cfg: MountConfig, passphrase: str, ready: Callable[[], None]) ->
         journal = None if cfg.read_only else Journal(cache_dir, vault.keys)
         cache_size = cfg.cache_size
         if cache_size is None:
-            cache_size = 0 if isinstance(store, LocalStore) else DEFAULT_CACHE_SIZE
+            cache_size = 0 if local_store else DEFAULT_CACHE_SIZE
         cache = ContentCache(cache_dir, cache_size, vault.layout.sealed_block)
         try:
             fs = await Filesystem.load(

@@ -238,3 +238,58 @@ class Store(abc.ABC):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+class ForwardingStore(Store):
+    """A store that passes every call to ``inner``: the base of stores that
+    change one thing about another (limits; the tests' hostile or watching
+    stores), which override only what they change."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.url = inner.url
+
+    async def put(self, name: str, data: bytes) -> None:
+        await self.inner.put(name, data)
+
+    async def get(self, name: str, max_size: int = MAX_OBJECT_SIZE) -> bytes:
+        return await self.inner.get(name, max_size)
+
+    async def get_range(self, name: str, offset: int, length: int) -> bytes:
+        return await self.inner.get_range(name, offset, length)
+
+    async def delete(self, name: str) -> None:
+        await self.inner.delete(name)
+
+    async def delete_many(self, names: Sequence[str]) -> list[str]:
+        return await self.inner.delete_many(names)
+
+    async def list(
+        self,
+        prefix: str = "",
+        *,
+        refused: list[Refused] | None = None,
+        ages: dict[str, float] | None = None,
+    ) -> AsyncIterator[tuple[str, int]]:
+        async for item in self.inner.list(prefix, refused=refused, ages=ages):
+            yield item
+
+    async def read_pointer(self, name: str, max_size: int = MAX_POINTER_SIZE) -> Pointer | None:
+        return await self.inner.read_pointer(name, max_size)
+
+    async def cas_pointer(self, name: str, data: bytes, expected: str | None) -> str:
+        return await self.inner.cas_pointer(name, data, expected)
+
+    async def sync(self) -> None:
+        await self.inner.sync()
+
+    def set_timeout(self, seconds: float) -> None:
+        self.inner.set_timeout(seconds)
+
+    async def check(self) -> None:
+        await self.inner.check()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import trio
 
+from .. import __version__
 from ..client import passphrase
 from ..errors import WrongPassphrase
 from ..format.crypto import KdfParams, Keys
@@ -218,6 +219,7 @@ def cmd_info(args: argparse.Namespace) -> None:
     kdf = _passphrase_kdf(hdr)
     files, nbytes = [*root.stats, 0, 0][:2]
     rows = [
+        ("megafs", __version__),
         ("store", vault.store.url),
         ("vault id", vault.vault_id.hex()),
         ("format version", str(hdr.version)),

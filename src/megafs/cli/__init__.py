@@ -8,6 +8,7 @@
 - :mod:`.vault_commands`: ``init``, ``passwd``, ``recover``, ``info``.
 - :mod:`.mount_commands`: ``mount``, ``umount``.
 - :mod:`.fsck_command`: ``fsck``.
+- :mod:`.status_command`: ``status`` (asks the running daemons).
 - :mod:`.history_commands`: ``snapshots``, ``snapshot``, ``retention``,
   ``prune``, ``versions``, ``restore`` (docs/history.md).
 - :mod:`.trash_command`: ``trash`` (list, restore, empty; the desktop trash too).
@@ -39,6 +40,9 @@ from . import mount_commands
 from . import fsck_command
 
 # isort: split
+from . import status_command
+
+# isort: split
 from . import history_commands
 
 # isort: split
@@ -57,6 +61,7 @@ COMMAND_MODULES = (
     vault_commands,
     mount_commands,
     fsck_command,
+    status_command,
     history_commands,
     trash_command,
     completion_command,

@@ -149,6 +149,11 @@ class Committer:
         self._journal_sync_lock = trio.Lock()
 
     @property
+    def durable_mutations(self) -> int:
+        """How many mutations the last successful commit covered."""
+        return self._durable_mutations
+
+    @property
     def busy(self) -> bool:
         """A commit runs now."""
         return self._lock.locked()

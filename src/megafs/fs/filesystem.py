@@ -58,7 +58,9 @@ under the commit lock. These orders never reverse, so they cannot deadlock.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import secrets
 import socket
 import time
@@ -87,6 +89,7 @@ from .committer import MERGE_RETRIES, Committer
 from .data import DataPath
 from .inode import ROOT_INO, Attr, Inode
 from .keeper import PruneResult
+from .merge_records import Outcome
 from .namespace import NAME_MAX, Namespace
 from .oplog import OpLog
 from .records import RecordCodec
@@ -168,6 +171,11 @@ class Filesystem:
         self.committer.purge = self.namespace.purge_if_unused
         # the trash: a root holding what its successor deleted is kept
         self.committer.keeper.holds_deleted = self._holds_deleted
+        #: conflict copies merges made (folder, name, time), newest last
+        self.conflicts: list[tuple[int, bytes, float]] = []
+        self.committer.on_merge.append(self._note_conflicts)
+        #: when the oldest change not yet committed was made (None: none)
+        self.changed_since: float | None = None
         #: Journal records applied when this filesystem was opened.
         self.replayed = 0
 
@@ -203,6 +211,59 @@ class Filesystem:
                 past, await self.past(newer, block_cache_bytes=small), older, newer
             )
         return bool(found)
+
+    def _note_conflicts(self, outcome: Outcome) -> None:
+        now = time.time()
+        self.conflicts += [(d, name, now) for d, name, _ in outcome.conflicts]
+        del self.conflicts[:-20]
+
+    async def status(self) -> dict[str, Any]:
+        """What ``megafs status`` shows of the model (:mod:`megafs.mount.status`)."""
+        c = self.committer
+        pending_ops = max(0, self.oplog.mutations - c.durable_mutations)
+        if pending_ops == 0 and not self.has_changes():
+            self.changed_since = None
+        elif self.changed_since is None:
+            self.changed_since = time.time()
+        journal = 0
+        if self.journal is not None:
+            with contextlib.suppress(OSError):
+                journal = sum(e.stat().st_size for e in os.scandir(self.journal.dir))
+        mine = self.root.devices.get(c.device_id) if c.device_id is not None else None
+        cache = self.cache
+        return {
+            "pending": {
+                "operations": pending_ops,
+                "dirty_bytes": self.data.dirty_bytes,
+                "uploads": len(self.data.pending),
+                "since": self.changed_since,
+                "journal_bytes": journal,
+            },
+            "last_commit": {
+                "time": mine.time_ns / 1e9 if mine is not None and mine.time_ns else None,
+                "generation": self.root.generation,
+                "commits": c.commits,
+            },
+            "cache": {
+                "bytes": cache.bytes if cache is not None else 0,
+                "limit": cache.max_bytes if cache is not None else 0,
+                "hits": cache.hits if cache is not None else 0,
+                "misses": cache.misses if cache is not None else 0,
+            },
+            "devices": [
+                {
+                    "name": d.name,
+                    "last_commit": d.time_ns / 1e9 if d.time_ns else None,
+                    "generation": d.generation,
+                    "this": k == c.device_id,
+                }
+                for k, d in sorted(self.root.devices.items(), key=lambda kv: -kv[1].time_ns)
+            ],
+            "conflicts": [
+                {"folder": d, "name": os.fsdecode(n), "time": t} for d, n, t in self.conflicts
+            ],
+            "history": {"kept": len(await self.history())},
+        }
 
     async def pin(self, name: str) -> None:
         """Keep the current state under ``name`` until unpinned: commits."""

@@ -23,8 +23,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
+import socket
 import stat
+from typing import Any
 
 from ..errors import LocalFolderError
 
@@ -111,6 +114,33 @@ def ident_path(pid_file: str) -> str:
 def status_path(pid_file: str) -> str:
     """``<key>.pid.status``, next to ``pid_file``: the daemon's exit status, once it is out."""
     return pid_file + ".status"
+
+
+def socket_path(pid_file: str) -> str:
+    """``<key>.sock``, next to ``pid_file``: where the daemon answers ``megafs status``."""
+    return pid_file[:-4] + ".sock"
+
+
+#: Largest status answer a client reads.
+STATUS_MAX = 1 << 20
+
+
+def ask_status(path: str, timeout: float = 15.0) -> dict[str, Any]:
+    """The status of the daemon listening on ``path`` (:mod:`.status`).
+    Blocking. OSError if nobody answers; ValueError if the answer is not one."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(path)
+        buf = b""
+        while len(buf) < STATUS_MAX:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    answer = json.loads(buf)
+    if not isinstance(answer, dict):
+        raise ValueError("not a status")
+    return answer
 
 
 def log_path(mountpoint: str) -> str:

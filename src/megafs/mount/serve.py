@@ -36,16 +36,25 @@ from ..errors import MegafsError, StoreAuthError, StoreReadOnly, first_leaf
 from ..fs.filesystem import Filesystem
 from ..fuse.operations import FuseSession, Operations, Options
 from ..stores import LocalStore, Store, open_store
-from ..stores.limits import LimitedStore
+from ..stores.limits import LimitedStore, Meter
 from ..vault.vault import Vault
+from . import status as status_server
 from .config import DEFAULT_CACHE_SIZE, MountConfig, default_cache_dir
 from .notify import SystemdNotifier
-from .runtime import ident_path, pid_path, process_identity, status_path, write_runtime_file
+from .runtime import (
+    ident_path,
+    pid_path,
+    process_identity,
+    socket_path,
+    status_path,
+    write_runtime_file,
+)
+from .status import MountState
 
 log = logging.getLogger("megafs.mount")
 
 
-async def _commit_loop(fs: Filesystem, interval: float) -> None:
+async def _commit_loop(fs: Filesystem, interval: float, state: MountState) -> None:
     """Commit every ``interval`` seconds when there are changes.
 
     A failed commit (the store away, full, refusing) is logged and tried
@@ -57,8 +66,10 @@ async def _commit_loop(fs: Filesystem, interval: float) -> None:
         try:
             if fs.has_changes():
                 await fs.commit()
+                state.committed()
         except* MegafsError as failed:
             log.warning("background commit failed, will retry: %s", first_leaf(failed))
+            state.failed(str(first_leaf(failed)))
 
 
 async def _poll_loop(fs: Filesystem, interval: float) -> None:
@@ -132,6 +143,8 @@ async def serve(cfg: MountConfig, passphrase: str, ready: Callable[[], None]) ->
     systemd = SystemdNotifier.from_environment()  # READY=1 once usable, STOPPING=1
     store: Store = open_store(cfg.store_url, endpoint=cfg.endpoint)
     local_store = isinstance(store, LocalStore)
+    meter = Meter(store)  # what megafs status reports of the traffic
+    store = meter
     if cfg.upload_limit or cfg.download_limit or cfg.transfers:
         store = LimitedStore(
             store,
@@ -184,6 +197,8 @@ async def serve(cfg: MountConfig, passphrase: str, ready: Callable[[], None]) ->
                 snapdir_visible=cfg.snapdir_visible,
             ),
         )
+        # (before mounting: resolving the mountpoint afterwards would ask ourselves)
+        status_socket = socket_path(pid_path(cfg.mountpoint))
         session = FuseSession.open(ops, cfg.mountpoint, cfg.fuse_options())
         # The model's background work (chunk uploads, read-ahead) lives in
         # its own nursery, which is left to drain after the kernel is gone.
@@ -193,8 +208,17 @@ async def serve(cfg: MountConfig, passphrase: str, ready: Callable[[], None]) ->
                 ready()
                 systemd.notify("READY=1")
                 async with trio.open_nursery() as nursery:
+                    state = MountState(cfg.mountpoint, cfg.store_url, cfg.read_only)
+                    nursery.start_soon(
+                        status_server.serve,
+                        status_socket,
+                        fs,
+                        store,
+                        meter,
+                        state,
+                    )
                     if not cfg.read_only:
-                        nursery.start_soon(_commit_loop, fs, cfg.commit_interval)
+                        nursery.start_soon(_commit_loop, fs, cfg.commit_interval, state)
                         ops.start_invalidator(nursery)  # merges happen in commits too
                         if cfg.poll_interval > 0:
                             nursery.start_soon(_poll_loop, fs, cfg.poll_interval)

@@ -1,4 +1,4 @@
-"""Bandwidth and concurrency limits for any store (``--upload-limit``,
+"""Bandwidth and concurrency limits, and a traffic meter, for any store (``--upload-limit``,
 ``--download-limit``, ``--transfers``), for metered or shared links.
 
 :class:`LimitedStore` wraps a store: at most ``transfers`` object transfers
@@ -17,6 +17,8 @@ Concurrency: trio; the buckets are fair (first come, first served).
 """
 
 from __future__ import annotations
+
+import time
 
 import trio
 
@@ -96,4 +98,49 @@ class LimitedStore(ForwardingStore):
         return data
 
 
-__all__ = ["Bucket", "LimitedStore"]
+class Meter(ForwardingStore):
+    """Counts the object bytes ``inner`` sends and receives (``megafs
+    status``): totals, and rates over the last :data:`WINDOW` seconds."""
+
+    WINDOW = 10.0
+
+    def __init__(self, inner: Store) -> None:
+        super().__init__(inner)
+        self.uploaded = 0
+        self.downloaded = 0
+        self._recent: list[tuple[float, int, int]] = []  # (time, up, down)
+
+    def _note(self, up: int, down: int) -> None:
+        now = time.monotonic()
+        self.uploaded += up
+        self.downloaded += down
+        self._recent.append((now, up, down))
+        while self._recent and self._recent[0][0] < now - self.WINDOW:
+            self._recent.pop(0)
+
+    def traffic(self) -> dict[str, float]:
+        now = time.monotonic()
+        recent = [(u, d) for t, u, d in self._recent if t >= now - self.WINDOW]
+        return {
+            "upload_bps": round(sum(u for u, _ in recent) / self.WINDOW),
+            "download_bps": round(sum(d for _, d in recent) / self.WINDOW),
+            "uploaded": self.uploaded,
+            "downloaded": self.downloaded,
+        }
+
+    async def put(self, name: str, data: bytes) -> None:
+        await self.inner.put(name, data)
+        self._note(len(data), 0)
+
+    async def get(self, name: str, max_size: int = MAX_OBJECT_SIZE) -> bytes:
+        data = await self.inner.get(name, max_size)
+        self._note(0, len(data))
+        return data
+
+    async def get_range(self, name: str, offset: int, length: int) -> bytes:
+        data = await self.inner.get_range(name, offset, length)
+        self._note(0, len(data))
+        return data
+
+
+__all__ = ["Bucket", "LimitedStore", "Meter"]

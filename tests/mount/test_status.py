@@ -10,11 +10,12 @@ import os
 import stat
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from ..support.mounting import Drive
 
 
-def status(d: Drive, *args: str) -> list[dict[str, object]]:
+def status(d: Drive, *args: str) -> list[dict[str, Any]]:
     proc = d.megafs("status", *args, "--json")
     assert proc.returncode == 0, proc.stderr
     return [json.loads(line) for line in proc.stdout.splitlines()]
@@ -29,25 +30,25 @@ def test_status_of_a_mount(tmp_path: Path, any_store_url: tuple[str, dict[str, s
         mnt = d.mountpoint
         [st] = status(d, str(mnt))
         assert st["mountpoint"] == str(mnt) and st["read_only"] is False
-        gen = st["last_commit"]["generation"]  # type: ignore[index]
+        gen = st["last_commit"]["generation"]
         assert st["store_state"] == {
             "reachable": True,
             "latency_ms": st["store_state"]["latency_ms"],
-        }  # type: ignore[index]
+        }
         (mnt / "big.bin").write_bytes(os.urandom(3 << 20))
         [st] = status(d, str(mnt))
         pending = st["pending"]
-        assert pending["operations"] > 0 and pending["since"] is not None  # type: ignore[index]
-        assert pending["journal_bytes"] > 3 << 20  # type: ignore[index]
+        assert pending["operations"] > 0 and pending["since"] is not None
+        assert pending["journal_bytes"] > 3 << 20
         fd = os.open(mnt / "big.bin", os.O_RDONLY)
         os.fsync(fd)
         os.close(fd)
         [st] = status(d)  # every mount of the user: this one
-        assert st["pending"]["operations"] == 0 and st["pending"]["dirty_bytes"] == 0  # type: ignore[index]
-        assert st["last_commit"]["generation"] > gen and st["last_commit"]["error"] is None  # type: ignore[index]
-        assert st["traffic"]["uploaded"] >= 3 << 20  # type: ignore[index]
-        assert [dev["this"] for dev in st["devices"]] == [True]  # type: ignore[union-attr]
-        assert st["history"]["kept"] >= 2  # type: ignore[index]
+        assert st["pending"]["operations"] == 0 and st["pending"]["dirty_bytes"] == 0
+        assert st["last_commit"]["generation"] > gen and st["last_commit"]["error"] is None
+        assert st["traffic"]["uploaded"] >= 3 << 20
+        assert [dev["this"] for dev in st["devices"]] == [True]
+        assert st["history"]["kept"] >= 2
         text = d.megafs("status", str(mnt)).stdout
         assert "everything is in the store" in text and "reachable" in text
         # the socket: 0600, in the private runtime folder, silent to other users

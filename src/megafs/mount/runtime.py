@@ -125,18 +125,33 @@ def socket_path(pid_file: str) -> str:
 STATUS_MAX = 1 << 20
 
 
+def short_socket_path(path: str, folder_fd: int) -> str:
+    """``path`` as a socket address short enough for ``sockaddr_un`` (108
+    bytes): through ``/proc/self/fd`` and ``folder_fd``, an open descriptor
+    of its folder (a deep runtime folder would not fit otherwise)."""
+    return f"/proc/self/fd/{folder_fd}/{os.path.basename(path)}"
+
+
 def ask_status(path: str, timeout: float = 15.0) -> dict[str, Any]:
     """The status of the daemon listening on ``path`` (:mod:`.status`).
     Blocking. OSError if nobody answers; ValueError if the answer is not one."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        s.connect(path)
-        buf = b""
-        while len(buf) < STATUS_MAX:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            buf += chunk
+    folder = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(short_socket_path(path, folder))
+            return _read_status(s)
+    finally:
+        os.close(folder)
+
+
+def _read_status(s: socket.socket) -> dict[str, Any]:
+    buf = b""
+    while len(buf) < STATUS_MAX:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        buf += chunk
     answer = json.loads(buf)
     if not isinstance(answer, dict):
         raise ValueError("not a status")

@@ -49,6 +49,7 @@ from ..errors import MegafsError
 from ..fs.filesystem import Filesystem
 from ..stores.base import Store
 from ..stores.limits import Meter
+from .runtime import short_socket_path
 
 log = logging.getLogger(__name__)
 
@@ -119,13 +120,31 @@ def _peer_uid(sock: trio.socket.SocketType) -> int:
 
 async def serve(path: str, fs: Filesystem, store: Store, meter: Meter, state: MountState) -> None:
     """Answer status requests on ``path`` until cancelled; the socket file
-    is removed on the way out."""
+    is removed on the way out. A socket that cannot be made is logged, and
+    the mount goes on without ``megafs status``."""
+    try:
+        await _serve(path, fs, store, meter, state)
+    except OSError as e:
+        log.warning("megafs status will not answer for this mount: %s", e)
+
+
+async def _serve(path: str, fs: Filesystem, store: Store, meter: Meter, state: MountState) -> None:
+    folder = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        await _listen(path, short_socket_path(path, folder), fs, store, meter, state)
+    finally:
+        os.close(folder)
+
+
+async def _listen(
+    path: str, address: str, fs: Filesystem, store: Store, meter: Meter, state: MountState
+) -> None:
     with trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)  # one left by a killed daemon
         old = os.umask(0o177)
         try:
-            await listener.bind(path)
+            await listener.bind(address)  # (a deep runtime folder: sockaddr_un is short)
         finally:
             os.umask(old)
         os.chmod(path, 0o600)

@@ -6,27 +6,12 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from ..support.mounting import Drive, assert_same_tree, make_tree
 from .test_snapshots import commit
-
-
-@pytest.fixture
-def slow_drive(tmp_path: Path, any_store_url: tuple[str, dict[str, str]]) -> Iterator[Drive]:
-    url, env = any_store_url
-    d = Drive(url, tmp_path / "d", env)
-    try:
-        d.init()
-        d.mount("--commit-interval", "3600")
-        yield d
-    finally:
-        d.cleanup()
-    problems = d.log_problems()
-    assert not problems, "the daemon logged problems:\n" + "\n".join(problems)
 
 
 def ok(d: Drive, *args: str) -> str:

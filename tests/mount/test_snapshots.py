@@ -9,27 +9,11 @@ import errno
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from ..support.mounting import Drive, assert_same_tree, make_tree
-
-
-@pytest.fixture
-def slow_drive(tmp_path: Path, any_store_url: tuple[str, dict[str, str]]) -> Iterator[Drive]:
-    """A mounted vault that commits only when asked (fsync) or at unmount."""
-    url, env = any_store_url
-    d = Drive(url, tmp_path / "d", env)
-    try:
-        d.init()
-        d.mount("--commit-interval", "3600")
-        yield d
-    finally:
-        d.cleanup()
-    problems = d.log_problems()
-    assert not problems, "the daemon logged problems:\n" + "\n".join(problems)
 
 
 def commit(mnt: Path) -> None:

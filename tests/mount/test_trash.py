@@ -8,28 +8,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from ..support.helpers import MEGAFS
 from ..support.mounting import Drive, assert_same_tree, make_tree
 from .test_snapshots import commit
-
-
-@pytest.fixture
-def slow_drive(tmp_path: Path, any_store_url: tuple[str, dict[str, str]]) -> Iterator[Drive]:
-    url, env = any_store_url
-    d = Drive(url, tmp_path / "d", env)
-    try:
-        d.init()
-        d.mount("--commit-interval", "3600")
-        yield d
-    finally:
-        d.cleanup()
-    problems = d.log_problems()
-    assert not problems, "the daemon logged problems:\n" + "\n".join(problems)
 
 
 def trash_list(d: Drive) -> list[dict[str, object]]:

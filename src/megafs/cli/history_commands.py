@@ -349,6 +349,38 @@ def restore_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="replace DEST (or PATH) if it exists")
 
 
+def destination(live: Path, to: str | None, force: bool, when: float) -> Path:
+    """Where a restore puts its copy: ``to``, else ``live`` if it is gone,
+    else beside it as ``NAME (restored DATE).EXT``. Whatever is there goes
+    first with ``force``; without it, an existing ``to`` is a UsageError."""
+    if to is not None:
+        dest = Path(to)
+    elif force or not os.path.lexists(live):
+        dest = live
+    else:
+        stamp = time.strftime("%Y-%m-%d %H%M%S", time.localtime(when))
+        dest = live.with_name(f"{live.stem} (restored {stamp}){live.suffix}")
+    if os.path.lexists(dest):
+        if not force:
+            raise UsageError(f"{dest} exists (--force replaces it)")
+        if dest.is_dir() and not dest.is_symlink():
+            shutil.rmtree(dest)
+        else:
+            dest.unlink()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    return dest
+
+
+def copy_back(source: Path, dest: Path) -> None:
+    """Copy ``source`` (under .snapshots) to ``dest`` with ``cp -a``: modes,
+    times, xattrs and the hard links within a folder kept."""
+    proc = subprocess.run(
+        ["cp", "-a", "--", str(source), str(dest)], capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0:
+        raise UsageError(f"could not restore: {proc.stderr.strip()}")
+
+
 def _at(text: str) -> float:
     try:
         return time.time() - parse_duration(text)
@@ -385,26 +417,8 @@ def cmd_restore(args: argparse.Namespace) -> None:
         v = older[-1]
     else:
         v = found[-1]
-    live = root / rel
-    if args.to is not None:
-        dest = Path(args.to)
-    elif args.force or not os.path.lexists(live):
-        dest = live  # asked to, or it is gone: back where it was
-    else:
-        stamp = time.strftime("%Y-%m-%d %H%M%S", time.localtime(v.mtime_ns / 1e9))
-        dest = live.with_name(f"{live.stem} (restored {stamp}){live.suffix}")
-    if os.path.lexists(dest):
-        if not args.force:
-            raise UsageError(f"{dest} exists (--force replaces it)")
-        if dest.is_dir() and not dest.is_symlink():
-            shutil.rmtree(dest)
-        else:
-            dest.unlink()
-    proc = subprocess.run(
-        ["cp", "-a", "--", str(v.path), str(dest)], capture_output=True, text=True, check=False
-    )
-    if proc.returncode != 0:
-        raise UsageError(f"could not restore: {proc.stderr.strip().splitlines()[-1:]}")
+    dest = destination(root / rel, args.to, args.force, v.mtime_ns / 1e9)
+    copy_back(v.path, dest)
     say(args, f"restored version {v.number} ({_when(v.mtime_ns)}) to {dest}")
 
 

@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import time
 import urllib.parse
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..vault.retention import parse_duration
-from .history_commands import SNAPDIR, mount_root
+from .history_commands import SNAPDIR, copy_back, destination, mount_root
 from .options import say
 from .registry import command
 from .vault_commands import human_size
@@ -208,31 +207,12 @@ def _find(args: argparse.Namespace) -> tuple[Path, Item]:
 
 def _restore(args: argparse.Namespace) -> None:
     root, item = _find(args)
-    dest = Path(args.to) if args.to else root / item.path
-    if os.path.lexists(dest):
-        if args.force:
-            if dest.is_dir() and not dest.is_symlink():
-                shutil.rmtree(dest)
-            else:
-                dest.unlink()
-        elif args.to:
-            raise UsageError(f"{dest} exists (--force replaces it)")
-        else:
-            stamp = time.strftime("%Y-%m-%d %H%M%S", time.localtime(item.deleted))
-            dest = dest.with_name(f"{dest.stem} (restored {stamp}){dest.suffix}")
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest = destination(root / item.path, args.to, args.force, item.deleted)
     if item.info is not None:  # the desktop trash: move it back, as file managers do
         os.rename(item.source, dest)
         item.info.unlink()
     else:
-        proc = subprocess.run(
-            ["cp", "-a", "--", str(item.source), str(dest)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if proc.returncode != 0:
-            raise UsageError(f"could not restore: {proc.stderr.strip()}")
+        copy_back(item.source, dest)
     say(args, f"restored {item.path} to {dest}")
 
 

@@ -147,6 +147,10 @@ class Committer:
         #: with ``fsync_local``: how many mutations the journal holds durably
         self._journal_durable = 0
         self._journal_sync_lock = trio.Lock()
+        #: A commit whose root write got no answer (an error after it was
+        #: sent, or cancelled at unmount): its snapshot and the mutations it
+        #: covers, until :meth:`_resolve_doubt` finds out whether it landed.
+        self._doubt: tuple[_Snapshot, int] | None = None
 
     @property
     def durable_mutations(self) -> int:
@@ -232,6 +236,7 @@ class Committer:
     async def _commit_locked(self) -> bool:
         """:meth:`commit`, with the commit lock held by the caller."""
         covers = self.oplog.mutations
+        await self._resolve_doubt()
         if not self.has_changes():
             self._durable_mutations = max(self._durable_mutations, covers)
             return False
@@ -247,6 +252,10 @@ class Committer:
                         nursery.start_soon(self.data.upload_pack, job)
                     for kind, obj_id, payload in snap.meta_jobs:
                         nursery.start_soon(self.vault.put_meta, kind, obj_id, payload)
+            except BaseException:
+                self._unsnapshot(snap)
+                raise
+            try:
                 await self.vault.commit_root(self.root_for_commit)
             except CommitConflict:
                 self._unsnapshot(snap)
@@ -260,9 +269,17 @@ class Committer:
                 await trio.sleep(_JITTER.uniform(0, 0.02 * (1 << min(attempt, 5))))
                 continue
             except BaseException:
-                self._unsnapshot(snap)
+                # The root may be in the store or not: the next commit (or
+                # merge) asks the store before anything else.
+                self._doubt = (snap, covers)
                 raise
             break
+        await self._committed(snap, covers)
+        return True
+
+    async def _committed(self, snap: _Snapshot, covers: int) -> None:
+        """The root of ``snap`` is in the store: it is the base from now on,
+        what it covers is durable, and what it replaced goes to the collector."""
         assert self.device is not None and self.device_id is not None  # writable: see __init__
         self.base = self.root_for_commit.copy()
         done = self.root_for_commit.devices[self.device_id]
@@ -276,8 +293,7 @@ class Committer:
         staged = snap.history
         assert staged is not None
         self.keeper.committed(staged, self.root_for_commit)
-        self.collector.unborn -= snap.born.keys()
-        self.collector.unborn -= set(snap.fresh)
+        self.collector.unborn.difference_update(snap.born, snap.fresh)
         self.commits += 1
         self._durable_mutations = max(self._durable_mutations, covers)
         mark = done.journal
@@ -286,7 +302,23 @@ class Committer:
         await self.collector.collect(
             snap.fresh + snap.head_garbage + staged.garbage + list(staged.freed)
         )
-        return True
+
+    async def _resolve_doubt(self) -> None:
+        """If a commit's root write got no answer, ask the store whether it
+        landed (one read of the root pointer): if so, finish that commit as
+        if the answer had come; if not, undo its snapshot. Until then every
+        other commit or merge would take this device's own root for a
+        rollback. Blocks on the store; the caller holds the commit lock."""
+        if self._doubt is None:
+            return
+        snap, covers = self._doubt
+        landed = await self.vault.attempt_landed()
+        self._doubt = None
+        if landed:
+            log.info("the root write that got no answer had landed")
+            await self._committed(snap, covers)
+        else:
+            self._unsnapshot(snap)
 
     async def refresh(self) -> bool:
         """Catch up with other devices' commits: if the root in the store is
@@ -296,6 +328,7 @@ class Committer:
         if self.device is None:
             return False
         async with self._lock:
+            await self._resolve_doubt()
             if not await self.vault.root_changed():
                 return False
             await self._merge()
@@ -309,6 +342,7 @@ class Committer:
         """Merge with the newest root now, whether or not it moved (a journal
         replayed onto this device's base, at open). Blocks on the store."""
         async with self._lock:
+            await self._resolve_doubt()
             await self._merge()
 
     async def _merge(self) -> None:
@@ -488,7 +522,7 @@ class Committer:
         # What was never in a committed root goes at once; what the last
         # root held is kept by the history as long as a kept root needs it.
         unborn = self.collector.unborn
-        unborn |= born.keys()
+        unborn.update(born)  # (not |= born.keys(): that makes a new set)
         snap.fresh = [g for g in garbage if g in unborn]
         dead_objs = {g for g in garbage if g not in unborn}
         snap.history = self.keeper.stage(
@@ -500,7 +534,7 @@ class Committer:
             dead_objs,
             snap.meta_jobs,
         )
-        unborn |= {obj for _, obj, _ in snap.meta_jobs}
+        unborn.update(obj for _, obj, _ in snap.meta_jobs)
         new.hist, new.hist_recent = snap.history.top, snap.history.recent
         self.keeper.policy_for(new)
         self.root_for_commit = new

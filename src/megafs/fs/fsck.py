@@ -327,7 +327,7 @@ class _Tree:
         for item in chunks:
             if item[2].obj not in self.verified:
                 by_object.setdefault(item[2].obj, []).append(item)
-        self.verified |= by_object.keys()
+        self.verified.update(by_object)
 
         async def verify_object(obj: bytes, items: list[tuple[int, int, ChunkRef]]) -> None:
             nonlocal done

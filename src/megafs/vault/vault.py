@@ -231,6 +231,8 @@ class Vault:
         self._root_digest: bytes | None = None  # of the root the next commit replaces
         self._root_sealed: bytes | None = None  # the root last read or committed
         self._attempted = 0  # highest generation a commit has tried
+        # the last root write that got no answer: (generation, digest, sealed)
+        self._unanswered: tuple[int, bytes, bytes] | None = None
         self.read_only = True
 
     # --- creation and unlocking ------------------------------------------
@@ -455,6 +457,7 @@ class Vault:
         """
         if self._root_etag is None:
             raise CommitConflict("root was never read")
+        self._unanswered = None
         await self.store.sync()  # every object the new root names is durable first
         if root.generation <= self.state.generation:
             raise ValueError("root generation not from next_generation()")
@@ -469,12 +472,42 @@ class Vault:
                 "the vault was changed by another client; this client's changes were not committed"
             ) from None
         except BaseException:  # no answer, or an error: the write may or may not be in
+            self._unanswered = (root.generation, digest, sealed)
             self.state.failed(root.generation)
             raise
         self._root_digest = digest
         self._root_sealed = sealed
         self.state.saw(root.generation, digest)
         self.state.keep_base(sealed)
+
+    async def attempt_landed(self) -> bool:
+        """Whether the last root write that got no answer (an error after it
+        was sent, or a cancellation) is in the store: the pointer holds it,
+        or a root that holds this client's device record as that write made
+        it (its generation is this client's alone: other devices' roots
+        built on it). If so, it is the root this client last committed from
+        now on, as if the answer had come. One read of the pointer; False if
+        no write is in doubt. Raises store errors (the doubt then stays).
+        """
+        if self._unanswered is None:
+            return False
+        generation, digest, sealed = self._unanswered
+        ptr = await self.store.read_pointer(ROOT, max_size=ROOT_MAX)
+        self._unanswered = None
+        if ptr is None:
+            return False
+        if root_digest(ptr.data) == digest:
+            self._root_etag = ptr.etag
+        else:
+            mine = self.open_root(ptr.data).devices.get(self.state.client_id)
+            if mine is None or mine.generation != generation:
+                return False
+            # built upon already: the old tag makes the next swap fail and merge
+        self._root_digest = digest
+        self._root_sealed = sealed
+        self.state.saw(generation, digest)
+        self.state.keep_base(sealed)
+        return True
 
     def my_lease(self) -> Lease:
         return Lease(

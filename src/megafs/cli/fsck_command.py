@@ -1,8 +1,8 @@
 """The ``fsck`` command: check a vault, list or remove garbage, draw the progress bar.
 
 Owns: what fsck prints (the counts, one line per problem, missing or refused
-object, the progress bar on a terminal's stderr) and its exit code (6 when
-something is damaged or missing).
+object, the progress of each stage on a terminal's stderr through
+:mod:`.progress`) and its exit code (6 when something is damaged or missing).
 May not touch: how objects are checked (:mod:`megafs.fs.fsck`), the vault's or
 the model's internals.
 """
@@ -10,12 +10,12 @@ the model's internals.
 from __future__ import annotations
 
 import argparse
-import sys
 
 import trio
 
 from ..errors import IntegrityError
 from .options import get_passphrase, passphrase_options, say, store_arg, unlocked_vault
+from .progress import progress
 from .registry import command
 
 
@@ -39,22 +39,23 @@ def cmd_fsck(args: argparse.Namespace) -> None:
     from ..fs.fsck import Report, check
 
     secret = get_passphrase(args)
-    tty = sys.stderr.isatty() and not args.quiet
-
-    def progress(stage: str, done: int, total: int) -> None:
-        if tty and total:
-            width = 30
-            filled = width * done // total
-            bar = "#" * filled + "." * (width - filled)
-            print(f"\r{stage:>9} [{bar}] {done}/{total}", end="", file=sys.stderr, flush=True)
 
     async def run() -> Report:
-        async with unlocked_vault(args, secret) as vault:
-            return await check(vault, repair=args.repair, progress=progress)
+        with progress(enabled=not args.quiet) as bar:
+            stage_now = ""
+
+            def step(stage: str, done: int, total: int) -> None:
+                nonlocal stage_now
+                if stage != stage_now:
+                    stage_now = stage
+                    bar.stage(stage, total)
+                bar.set_total(total)
+                bar.set(done)
+
+            async with unlocked_vault(args, secret) as vault:
+                return await check(vault, repair=args.repair, progress=step)
 
     report = trio.run(run)
-    if tty:
-        print(file=sys.stderr)
     say(args, f"{report.inodes} inodes, {report.bytes} bytes, {report.objects} objects in store")
     for line in report.problems:
         print(f"problem: {line}")

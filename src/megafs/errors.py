@@ -139,6 +139,22 @@ class CommitConflict(VaultError):
     """The root pointer changed between our read and our compare-and-swap."""
 
 
+class ShareError(MegafsError):
+    """A share link that cannot be used (docs/sharing.md); one line for the user."""
+
+
+class WrongLinkKey(ShareError):
+    """The link's key (or its password) does not open the share."""
+
+
+class TamperedShare(ShareError):
+    """A share's page, manifest or data failed authentication or is malformed."""
+
+
+class LinkGone(ShareError):
+    """The link expired or was revoked: the store no longer serves it."""
+
+
 class StoreError(MegafsError):
     """A failure talking to the store."""
 

@@ -49,6 +49,9 @@ from . import history_commands
 from . import trash_command
 
 # isort: split
+from . import share_commands
+
+# isort: split
 from . import completion_command
 
 # isort: split
@@ -64,6 +67,7 @@ COMMAND_MODULES = (
     status_command,
     history_commands,
     trash_command,
+    share_commands,
     completion_command,
 )
 

@@ -21,6 +21,7 @@ from ..errors import (
     CommitConflict,
     CorruptHeader,
     IntegrityError,
+    LinkGone,
     LocalFolderError,
     MegafsError,
     MountError,
@@ -30,10 +31,12 @@ from ..errors import (
     StoreAuthError,
     StoreError,
     StoreUnreachable,
+    TamperedShare,
     UnsupportedVersion,
     UsageError,
     VaultBusy,
     VaultExists,
+    WrongLinkKey,
     WrongPassphrase,
     first_leaf,
 )
@@ -83,6 +86,8 @@ class Exit(IntEnum):
     #: a symlink) or holds a symlink for the log; or the cache folder belongs
     #: to another vault; megafs changed nothing in that folder
     LOCAL_FOLDER = 15
+    #: a share link that expired or was revoked (``megafs get``)
+    LINK_GONE = 16
     #: interrupted (Ctrl-C)
     INTERRUPTED = 130
 
@@ -107,6 +112,9 @@ EXIT_CODES: dict[type[BaseException], Exit] = {
     StoreError: Exit.STORE,  # StoreFull, StoreReadOnly, ObjectNotFound, ...
     MountError: Exit.MOUNT,
     LocalFolderError: Exit.LOCAL_FOLDER,
+    WrongLinkKey: Exit.WRONG_SECRET,  # or its password
+    TamperedShare: Exit.CORRUPT,
+    LinkGone: Exit.LINK_GONE,
     MegafsError: Exit.INTERNAL,
 }
 

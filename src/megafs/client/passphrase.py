@@ -42,12 +42,14 @@ from ..errors import PassphraseError
 ENV_PASSPHRASE = "MEGAFS_PASSPHRASE"
 ENV_NEW_PASSPHRASE = "MEGAFS_NEW_PASSPHRASE"
 ENV_RECOVERY_KEY = "MEGAFS_RECOVERY_KEY"
+#: The password of a share link (``megafs share --password``, ``megafs get``).
+ENV_LINK_PASSWORD = "MEGAFS_LINK_PASSWORD"
 #: The systemd credential (``LoadCredential=NAME:FILE``) a passphrase is read
 #: from, in the folder systemd names in ``$CREDENTIALS_DIRECTORY``.
 CREDENTIAL = "megafs-passphrase"
 
 #: Every environment variable that may hold a secret of ours.
-SECRET_ENV = (ENV_PASSPHRASE, ENV_NEW_PASSPHRASE, ENV_RECOVERY_KEY)
+SECRET_ENV = (ENV_PASSPHRASE, ENV_NEW_PASSPHRASE, ENV_RECOVERY_KEY, ENV_LINK_PASSWORD)
 #: Store credentials the process itself may need (the AWS credential chain
 #: reads them), but that no command megafs runs does: kept from its children.
 STORE_SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")

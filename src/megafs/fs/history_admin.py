@@ -88,7 +88,7 @@ async def usage(vault: Vault) -> tuple[int, int, Policy]:
 
 
 @asynccontextmanager
-async def _as_device(vault: Vault) -> AsyncIterator[Filesystem]:
+async def as_device(vault: Vault) -> AsyncIterator[Filesystem]:
     vault.state.check_no_writer()
     fs = await Filesystem.load(vault)
     try:
@@ -99,18 +99,18 @@ async def _as_device(vault: Vault) -> AsyncIterator[Filesystem]:
 
 async def pin(vault: Vault, name: str) -> None:
     """Keep the vault's current state under ``name``."""
-    async with _as_device(vault) as fs:
+    async with as_device(vault) as fs:
         await fs.pin(name)
 
 
 async def set_retention(vault: Vault, policy: Policy) -> None:
-    async with _as_device(vault) as fs:
+    async with as_device(vault) as fs:
         await fs.set_retention(policy)
 
 
 async def prune(vault: Vault) -> PruneResult:
     """Apply the policy now; what it dropped and freed."""
-    async with _as_device(vault) as fs:
+    async with as_device(vault) as fs:
         return await fs.prune()
 
 

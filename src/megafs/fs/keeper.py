@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ..format.share import share_pin_expired
 from ..vault.history import HIST_PAGE_BITS, RECENT_MAX, Entry, HistoryTable, Lists, fold
 from ..vault.retention import Policy
 from ..vault.root import Root
@@ -80,6 +81,8 @@ class Keeper:
         self._policy_set: Policy | None = None
         self._pins: list[str] = []
         self._unpins: list[str] = []
+        #: share pins past their expiry, found by the prune being prepared
+        self._expired: list[str] = []
         self._last_prune = -PRUNE_EVERY
         self._force = False
         self._plan: list[Entry] = []
@@ -138,6 +141,7 @@ class Keeper:
         drops and of their newer neighbours. Blocks on the store."""
         self._latest = await self.table.latest()
         self._plan = []
+        self._expired = []
         if self.table.flush_due() or len(self.table.recent) >= RECENT_MAX - 1:
             # this commit may move the recent entries into the pages: load them
             for page in sorted(self.table.pages_to_flush()):
@@ -149,8 +153,12 @@ class Keeper:
             return
         policy = self._policy_set or self.policy
         # as the policy sees them: unpinned entries without their names
+        # (and shares past their expiry: unpinned by this prune)
+        now = now_ns / 1e9
+        self._expired = [e.name for e in entries if e.name and share_pin_expired(e.name, now)]
+        gone = {*self._unpins, *self._expired}
         seen = [
-            _Plain(e.gen, e.time_ns) if e.name is not None and e.name in self._unpins else e
+            _Plain(e.gen, e.time_ns) if e.name is not None and e.name in gone else e
             for e in entries
         ]
         keep = policy.keep([*seen, _Now(now_ns)], now_ns)
@@ -225,9 +233,10 @@ class Keeper:
             mine = Lists({}, set())
         name = self._pins[-1] if self._pins else None
         new = Entry(gen, time_ns, self.device_id, itab, stats, None, name, inline=Lists())
-        if name is not None or self._unpins:
+        gone = {*self._unpins, *self._expired}
+        if name is not None or gone:
             for e in list(_all(t)):
-                if e.name is not None and (e.name == name or e.name in self._unpins):
+                if e.name is not None and (e.name == name or e.name in gone):
                     t.rename(e, None)  # a name names one root
         for fgen, held in self._flags.items():
             found = t.recent.get(fgen) or t.pages.get(fgen >> HIST_PAGE_BITS, {}).get(fgen)

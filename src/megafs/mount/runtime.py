@@ -135,11 +135,19 @@ def short_socket_path(path: str, folder_fd: int) -> str:
 def ask_status(path: str, timeout: float = 15.0) -> dict[str, Any]:
     """The status of the daemon listening on ``path`` (:mod:`.status`).
     Blocking. OSError if nobody answers; ValueError if the answer is not one."""
+    return ask(path, {"op": "status"}, timeout)
+
+
+def ask(path: str, request: dict[str, Any], timeout: float = 15.0) -> dict[str, Any]:
+    """Send ``request`` (one JSON object: ``op`` and its arguments) to the
+    daemon listening on ``path`` and return its answer (:mod:`.status`).
+    Blocking. OSError if nobody answers; ValueError if the answer is not one."""
     folder = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(timeout)
             s.connect(short_socket_path(path, folder))
+            s.sendall(json.dumps(request).encode() + b"\n")
             return _read_status(s)
     finally:
         os.close(folder)

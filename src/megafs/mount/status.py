@@ -33,6 +33,7 @@ Concurrency: trio, the mount's thread; one short task per connection.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -45,7 +46,8 @@ from typing import Any
 import trio
 
 from .. import __version__
-from ..errors import MegafsError
+from ..errors import MegafsError, UsageError, first_leaf
+from ..fs import shares
 from ..fs.filesystem import Filesystem
 from ..stores.base import Store
 from ..stores.limits import Meter
@@ -159,6 +161,69 @@ async def _listen(
                 os.unlink(path)
 
 
+#: The largest request a client may send.
+REQUEST_MAX = 64 << 10
+
+
+async def _request(conn: trio.socket.SocketType) -> dict[str, Any]:
+    """The client's request: one JSON object on one line (an empty one, or
+    none within a few seconds, asks for the status)."""
+    buf = b""
+    with trio.move_on_after(5):
+        while b"\n" not in buf and len(buf) < REQUEST_MAX:
+            part = await conn.recv(4096)
+            if not part:
+                break
+            buf += part
+    try:
+        req = json.loads(buf.split(b"\n", 1)[0] or b"{}")
+    except ValueError:
+        req = None
+    return req if isinstance(req, dict) else {"op": "invalid"}
+
+
+async def _handle(
+    req: dict[str, Any], fs: Filesystem, store: Store, meter: Meter, state: MountState
+) -> dict[str, Any]:
+    """The answer to one request. ``status`` (the default) is :func:`gather`;
+    ``share``, ``shares`` and ``unshare`` manage share links
+    (:mod:`megafs.fs.shares`; a failure answers ``error`` and ``kind``, the
+    exception's class name in :mod:`megafs.errors`)."""
+    op = req.get("op", "status")
+    if op == "status":
+        with trio.move_on_after(PROBE_TIMEOUT + 5):
+            return await gather(fs, store, meter, state)
+        return {"error": "the status took too long", "kind": "MegafsError"}
+    leaf: BaseException
+    try:
+        return await _share_op(op, req, fs, state)
+    except* MegafsError as failed:
+        leaf = first_leaf(failed)
+    return {"error": str(leaf), "kind": type(leaf).__name__}
+
+
+async def _share_op(
+    op: object, req: dict[str, Any], fs: Filesystem, state: MountState
+) -> dict[str, Any]:
+    if state.read_only:
+        raise UsageError("the vault is mounted read-only: shares are made by a writable mount")
+    if op == "share":
+        info = await shares.share(
+            fs,
+            str(req["path"]),
+            expires=req.get("expires"),
+            password=req.get("password"),
+            base_url=req.get("base_url"),
+        )
+        return {"share": dataclasses.asdict(info)}
+    if op == "shares":
+        return {"shares": [dataclasses.asdict(i) for i in await shares.list_shares(fs)]}
+    if op == "unshare":
+        await shares.unshare(fs, str(req["id"]))
+        return {"ok": True}
+    raise UsageError(f"unknown request {op!r}")
+
+
 async def _answer(
     conn: trio.socket.SocketType, fs: Filesystem, store: Store, meter: Meter, state: MountState
 ) -> None:
@@ -166,11 +231,11 @@ async def _answer(
         try:
             if _peer_uid(conn) != os.getuid():
                 return  # another user's process: nothing to say
-            with trio.move_on_after(PROBE_TIMEOUT + 5):
-                data = json.dumps(await gather(fs, store, meter, state)).encode() + b"\n"
-                while data:
-                    sent = await conn.send(data)
-                    data = data[sent:]
+            answer = await _handle(await _request(conn), fs, store, meter, state)
+            data = json.dumps(answer).encode() + b"\n"
+            while data:
+                sent = await conn.send(data)
+                data = data[sent:]
         except OSError as e:
             log.debug("status connection: %s", e)
 

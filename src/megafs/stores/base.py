@@ -43,7 +43,7 @@ from dataclasses import dataclass
 
 import trio
 
-from ..errors import StoreError
+from ..errors import StoreError, UsageError
 
 #: The shape of every object name: 16 random bytes as lowercase hex.
 OBJECT_NAME = re.compile(r"[0-9a-f]{32}")
@@ -56,6 +56,18 @@ POINTER_NAMES = frozenset({"header", "root"})
 #: 1 MiB (a header or a root is a few hundred bytes): the ceiling of
 #: :meth:`Store.read_pointer`'s ``max_size``.
 MAX_POINTER_SIZE = 1 << 20
+
+#: The largest share page a store reads back (a manifest of about 100 000 chunks).
+MAX_PAGE_SIZE = 64 << 20
+
+#: The shape of a share id: 16 random bytes as lowercase hex.
+SHARE_NAME = OBJECT_NAME
+
+
+def check_share_name(share: str) -> None:
+    if not SHARE_NAME.fullmatch(share):
+        raise ValueError(f"not a share id: {share!r}")
+
 
 #: The ceiling of :meth:`Store.get`'s ``max_size``, and the largest object
 #: :meth:`Store.put` accepts: 256 MiB (chunks and packs are a few MiB at most).
@@ -230,6 +242,37 @@ class Store(abc.ABC):
         """Verify the store is reachable and usable; raise a StoreError if not."""
         await self.read_pointer("header")
 
+    # --- the share area (docs/sharing.md) -------------------------------------
+    # One page per share, outside the objects (listings never see it): the
+    # only things besides pointers a store ever overwrites or deletes by name.
+
+    async def put_page(self, share: str, data: bytes) -> None:
+        """Write the page of share ``share`` (32 hex digits), readable by a web browser."""
+        raise UsageError(f"{self.url} cannot hold share links")
+
+    async def get_page(self, share: str) -> bytes | None:
+        """The page of ``share`` (at most :data:`MAX_PAGE_SIZE` bytes), None if absent."""
+        raise UsageError(f"{self.url} cannot hold share links")
+
+    async def delete_page(self, share: str) -> None:
+        """Delete the page of ``share``; nothing happens if it is absent."""
+        raise UsageError(f"{self.url} cannot hold share links")
+
+    async def check_share_urls(self, *, base_url: str | None, expires_in: int) -> None:
+        """Raise UsageError, before anything is written, if :meth:`share_urls`
+        would refuse (no ``base_url`` where one is needed, a lifetime
+        presigned URLs cannot have)."""
+        raise UsageError(f"{self.url} cannot hold share links")
+
+    async def share_urls(
+        self, share: str, objects: Sequence[str], *, base_url: str | None, expires_in: int
+    ) -> tuple[str, Sequence[str]]:
+        """(URL of the page of ``share``, URLs of ``objects``) as a browser
+        fetches them: under ``base_url`` (where a web server publishes the
+        store; object URLs are then relative to the page's), or presigned
+        for ``expires_in`` seconds where the store can sign."""
+        raise UsageError(f"{self.url} cannot hold share links")
+
     async def aclose(self) -> None:  # noqa: B027 - optional hook, default does nothing
         """Release connections. Idempotent."""
 
@@ -292,4 +335,19 @@ class ForwardingStore(Store):
     async def aclose(self) -> None:
         await self.inner.aclose()
 
+    async def put_page(self, share: str, data: bytes) -> None:
+        await self.inner.put_page(share, data)
 
+    async def get_page(self, share: str) -> bytes | None:
+        return await self.inner.get_page(share)
+
+    async def delete_page(self, share: str) -> None:
+        await self.inner.delete_page(share)
+
+    async def check_share_urls(self, *, base_url: str | None, expires_in: int) -> None:
+        await self.inner.check_share_urls(base_url=base_url, expires_in=expires_in)
+
+    async def share_urls(
+        self, share: str, objects: Sequence[str], *, base_url: str | None, expires_in: int
+    ) -> tuple[str, Sequence[str]]:
+        return await self.inner.share_urls(share, objects, base_url=base_url, expires_in=expires_in)

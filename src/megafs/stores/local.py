@@ -56,15 +56,18 @@ from ..errors import (
     StoreError,
     StoreFull,
     StoreReadOnly,
+    UsageError,
 )
 from .base import (
     MAX_OBJECT_SIZE,
+    MAX_PAGE_SIZE,
     MAX_POINTER_SIZE,
     Pointer,
     Refused,
     Store,
     check_object_name,
     check_pointer_name,
+    check_share_name,
     is_object_name,
 )
 
@@ -269,9 +272,7 @@ class LocalStore(Store):
         stack.callback(os.close, fd)
         return fd
 
-    def _folder(
-        self, stack: contextlib.ExitStack, *parts: str, create: bool = False
-    ) -> int | None:
+    def _folder(self, stack: contextlib.ExitStack, *parts: str, create: bool = False) -> int | None:
         """Open ``root/parts...`` one folder at a time, never through a symlink.
 
         The descriptors close with ``stack``. None if a folder is missing
@@ -332,6 +333,71 @@ class LocalStore(Store):
             raise ObjectNotFound(name) from None
         stack.callback(os.close, fd)
         return fd, size
+
+    # --- the share area: shares/<id>.html --------------------------------------
+
+    async def put_page(self, share: str, data: bytes) -> None:
+        check_share_name(share)
+
+        def work() -> None:
+            with contextlib.ExitStack() as stack:
+                folder = self._folder(stack, "shares", create=True)
+                assert folder is not None
+                _atomic_write(folder, f"{share}.html", data)
+
+        await self._run(work, f"share {share}", reading=False)
+
+    async def get_page(self, share: str) -> bytes | None:
+        check_share_name(share)
+
+        def work() -> bytes | None:
+            with contextlib.ExitStack() as stack:
+                folder = self._folder(stack, "shares")
+                if folder is None:
+                    return None
+                entry = f"shares/{share}.html"
+                try:
+                    fd, size = _open_regular(folder, f"{share}.html", entry)
+                except FileNotFoundError:
+                    return None
+                stack.callback(os.close, fd)
+                return _read_capped(fd, size, MAX_PAGE_SIZE, entry)
+
+        return await self._run(work, f"share {share}")
+
+    async def delete_page(self, share: str) -> None:
+        check_share_name(share)
+
+        def work() -> None:
+            with contextlib.ExitStack() as stack:
+                folder = self._folder(stack, "shares")
+                if folder is not None:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(f"{share}.html", dir_fd=folder)
+
+        await self._run(work, f"share {share}", reading=False)
+
+    async def check_share_urls(self, *, base_url: str | None, expires_in: int) -> None:
+        if not base_url:
+            raise UsageError(
+                "a link to a local-folder vault needs --base-url: the URL where a web "
+                "server publishes this folder (a link needs a store the recipient can reach)"
+            )
+        if not base_url.startswith(("http://", "https://")):
+            raise UsageError(f"--base-url must be an http:// or https:// URL: {base_url}")
+
+    async def share_urls(
+        self, share: str, objects: Sequence[str], *, base_url: str | None, expires_in: int
+    ) -> tuple[str, Sequence[str]]:
+        """Under ``base_url`` only: the page is ``BASE/shares/<id>.html``, the
+        objects ``../objects/<xx>/<name>`` relative to it."""
+        await self.check_share_urls(base_url=base_url, expires_in=expires_in)
+        check_share_name(share)
+        assert base_url is not None
+        for name in objects:
+            check_object_name(name)
+        page = f"{base_url.rstrip('/')}/shares/{share}.html"
+        return page, [f"../objects/{name[:2]}/{name}" for name in objects]
 
     async def get(self, name: str, max_size: int = MAX_OBJECT_SIZE) -> bytes:
         check_object_name(name)
@@ -470,9 +536,7 @@ class LocalStore(Store):
         if refused is not None:
             refused.extend(bad)
         elif bad:
-            log.warning(
-                "listing of %s refused %d entries (first: %s)", self.url, len(bad), bad[0]
-            )
+            log.warning("listing of %s refused %d entries (first: %s)", self.url, len(bad), bad[0])
         for item in items:
             yield item
 

@@ -325,6 +325,19 @@ class Requester:
             remember_secrets(self._frozen)
         return self._frozen
 
+    async def presign(self, key: str, expires_in: int) -> str:
+        """A URL that GETs ``key`` without credentials for ``expires_in``
+        seconds (SigV4 query signing; at most 7 days). Signs with the
+        current credentials: a URL signed with temporary ones stops working
+        when they expire, whatever ``expires_in`` says."""
+        frozen = await self._frozen_credentials()
+        assert self._resolved is not None
+        req = botocore.awsrequest.AWSRequest(method="GET", url=self._url(key), headers={})
+        botocore.auth.S3SigV4QueryAuth(
+            frozen, "s3", self._resolved.region, expires=expires_in
+        ).add_auth(req)
+        return str(req.url)
+
     # -- one HTTP exchange, retried -----------------------------------------------
 
     def _sign(

@@ -45,17 +45,22 @@ import httpx
 from ...errors import NoSuchBucket, PreconditionFailed, StoreError, UsageError
 from ..base import (
     MAX_OBJECT_SIZE,
+    MAX_PAGE_SIZE,
     MAX_POINTER_SIZE,
     Pointer,
     Refused,
     Store,
     check_object_name,
     check_pointer_name,
+    check_share_name,
     is_object_name,
 )
 from .bodies import Expect
 from .request import Requester, error_code
 from .scrub import LOGGER_NAME
+
+#: The longest a presigned URL may be valid (SigV4: 7 days).
+PRESIGN_MAX = 7 * 24 * 3600
 
 log = logging.getLogger(LOGGER_NAME)
 
@@ -437,6 +442,69 @@ class S3Store(Store):
                 log.info("S3 CAS of %s: an earlier attempt was applied; treating as success", name)
                 return current.etag
         raise err
+
+    # -- the share area: PREFIX/s/<id>.html ------------------------------------------
+
+    def _page_key(self, share: str) -> str:
+        check_share_name(share)
+        return f"{self.prefix}s/{share}.html"
+
+    async def put_page(self, share: str, data: bytes) -> None:
+        """PUT the page with its content type, so that a browser shows it."""
+        key = self._page_key(share)
+        resp, _ = await self._requests.exchange(
+            "PUT",
+            key,
+            what=f"share {share}",
+            body=data,
+            headers={"Content-Type": "text/html; charset=utf-8"},
+        )
+        if resp.status_code != 200:
+            raise self._requests.error(resp, f"share {share}")
+
+    async def get_page(self, share: str) -> bytes | None:
+        expect = Expect(f"share {share}", MAX_PAGE_SIZE)
+        resp, _ = await self._requests.exchange(
+            "GET", self._page_key(share), what=f"share {share}", expect=expect
+        )
+        if resp.status_code == 404:
+            return None
+        if resp.status_code != 200:
+            raise self._requests.error(resp, f"share {share}")
+        return resp.content
+
+    async def delete_page(self, share: str) -> None:
+        resp, _ = await self._requests.exchange(
+            "DELETE", self._page_key(share), what=f"share {share}"
+        )
+        if resp.status_code not in (200, 204, 404):
+            raise self._requests.error(resp, f"share {share}")
+
+    async def check_share_urls(self, *, base_url: str | None, expires_in: int) -> None:
+        if base_url is not None:
+            if not base_url.startswith(("http://", "https://")):
+                raise UsageError(f"--base-url must be an http:// or https:// URL: {base_url}")
+        elif expires_in > PRESIGN_MAX:
+            raise UsageError(
+                "a presigned S3 link lasts at most 7 days: give --expires 7d or less, or "
+                "publish the prefix's s/ and o/ keys (a bucket policy) and give --base-url"
+            )
+
+    async def share_urls(
+        self, share: str, objects: Sequence[str], *, base_url: str | None, expires_in: int
+    ) -> tuple[str, Sequence[str]]:
+        """Presigned GET URLs (valid ``expires_in`` seconds, at most 7 days),
+        or with ``base_url`` (the URL of this prefix, published by a bucket
+        policy) ``BASE/s/<id>.html`` and ``../o/<name>`` relative to it."""
+        await self.check_share_urls(base_url=base_url, expires_in=expires_in)
+        page_key = self._page_key(share)
+        if base_url is not None:
+            for name in objects:
+                check_object_name(name)
+            return f"{base_url.rstrip('/')}/s/{share}.html", [f"../o/{name}" for name in objects]
+        page = await self._requests.presign(page_key, expires_in)
+        urls = [await self._requests.presign(self._obj_key(n), expires_in) for n in objects]
+        return page, urls
 
     async def aclose(self) -> None:
         """Close the connection pool. Idempotent."""

@@ -1,0 +1,242 @@
+"""``megafs get LINK [DEST]``: download a share without the vault.
+
+Fetches the page (the link without its fragment), opens the manifest with
+the link key (and password), then fetches each file's chunks with ranged
+GETs, a few at a time, verifies every block (:func:`~megafs.format.share.open_chunk`)
+and writes only verified bytes, in order, to ``NAME.megafs-<id>.part``
+beside the destination; a complete file is renamed into place and gets
+its mode and time. Interrupted, it resumes: a part file keeps its whole
+chunks, a file already in place with its size is not fetched again. A
+share that fails verification leaves no file behind (its part file is
+removed); one that expired or was revoked fails before anything is written.
+
+May not touch: vaults, stores, the filesystem model (a recipient has only
+the link).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urljoin
+
+import httpx
+import trio
+
+from ..errors import LinkGone, ShareError, StoreUnreachable, TamperedShare, UsageError
+from ..format import share as fmt
+
+#: Chunks fetched at once.
+PARALLEL = 8
+#: Seconds an HTTP exchange may stall.
+TIMEOUT = 60.0
+
+
+@dataclass
+class Opened:
+    """A link whose manifest opened."""
+
+    url: str
+    envelope: fmt.Envelope
+    manifest: fmt.Manifest
+
+    @property
+    def total(self) -> int:
+        return sum(e.size for e in self.manifest.entries if e.kind == "file")
+
+
+def _refused(resp: httpx.Response, what: str) -> Exception:
+    """The one-line error for a store's refusal of a link's URL."""
+    body = resp.text[:2000] if resp.headers.get("content-type", "").endswith("xml") else ""
+    if resp.status_code == 403 and ("expired" in body.lower() or "Expires" in body):
+        return LinkGone(f"the link has expired (the store refused {what}: HTTP 403)")
+    if resp.status_code in (403, 404, 410):
+        return LinkGone(
+            f"the link was revoked or has expired (the store refused {what}: "
+            f"HTTP {resp.status_code})"
+        )
+    return ShareError(f"the store answered HTTP {resp.status_code} for {what}")
+
+
+async def _get(
+    client: httpx.AsyncClient,
+    url: str,
+    what: str,
+    *,
+    limit: int,
+    rng: tuple[int, int] | None = None,
+) -> bytes:
+    """GET ``url`` (bytes ``rng`` = (offset, length) of it), reading at most
+    ``limit`` bytes of a whole answer. A server without ranges answers 200
+    with everything: the range is cut out of it."""
+    headers = {}
+    if rng is not None:
+        headers["Range"] = f"bytes={rng[0]}-{rng[0] + rng[1] - 1}"
+    try:
+        async with client.stream("GET", url, headers=headers) as resp:
+            if resp.status_code not in (200, 206):
+                await resp.aread()
+                raise _refused(resp, what)
+            data = bytearray()
+            async for part in resp.aiter_bytes():
+                data += part
+                if len(data) > limit:
+                    raise TamperedShare(f"{what} is larger than it can be")
+    except httpx.TransportError as e:
+        raise StoreUnreachable(f"cannot fetch {what}: {e.__class__.__name__}: {e}") from None
+    if rng is not None and resp.status_code == 200:
+        return bytes(data[rng[0] : rng[0] + rng[1]])
+    return bytes(data)
+
+
+async def open_link(
+    client: httpx.AsyncClient, link: str, password: Callable[[], str] | None = None
+) -> Opened:
+    """Fetch the page and open its manifest. Raises ShareError subclasses
+    (LinkGone: expired or revoked; WrongLinkKey; TamperedShare) or
+    StoreUnreachable. ``password`` is asked only for a password link."""
+    url, key = fmt.parse_link(link)
+    page = await _get(client, url, "the share page", limit=fmt.MAX_PAGE_SIZE)
+    env = fmt.Envelope.from_page(page)
+    secret = None
+    if env.password is not None:
+        if password is None:
+            raise UsageError("this link needs its password (give --password)")
+        secret = password()
+    mkey = await trio.to_thread.run_sync(fmt.manifest_key, key, env.share_id, secret, env.password)
+    m = fmt.open_manifest(mkey, env)
+    if m.expires is not None and m.expires <= time.time():
+        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(m.expires))
+        raise LinkGone(f"the link expired on {when}")
+    return Opened(url, env, m)
+
+
+def destination(opened: Opened, dest: str | None) -> Path:
+    """Where the share goes: DEST, DEST/NAME if DEST is a folder, else ./NAME."""
+    name = opened.manifest.name
+    if dest is None:
+        return Path(name)
+    p = Path(dest)
+    if p.is_dir() and (opened.manifest.kind == "file" or p.exists()):
+        return p / name
+    return p
+
+
+async def download(
+    client: httpx.AsyncClient,
+    opened: Opened,
+    dest: Path,
+    progress: Callable[[int], None] | None = None,
+) -> None:
+    """Download every file of the share under ``dest`` (the file itself, or
+    the top folder). Raises as :func:`open_link`; on TamperedShare the file
+    being written is removed."""
+    m = opened.manifest
+    tag = opened.envelope.share_id.hex()[:8]
+    dirs: list[tuple[Path, fmt.Entry]] = []
+    if m.kind == "dir":
+        _mkdir(dest)
+    for e in m.entries:
+        target = dest / e.path if e.path else dest
+        if e.kind == "dir":
+            _mkdir(target)
+            dirs.append((target, e))
+            continue
+        await _file(client, opened, e, target, tag, progress)
+    for target, e in reversed(dirs):  # children first: their writes moved the times
+        os.chmod(target, e.mode)
+        os.utime(target, (e.mtime, e.mtime))
+
+
+def _mkdir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"cannot make the folder {path}: {err.strerror}") from None
+
+
+def _open_part(target: Path, part: Path, size: int) -> int | None:
+    """The part file to write ``target`` through; None if ``target`` is
+    complete already (a file of its size: an earlier run's)."""
+    if target.is_file() and not target.is_symlink() and target.stat().st_size == size:
+        return None
+    if (target.exists() or target.is_symlink()) and not part.exists():
+        raise UsageError(f"{target} exists; remove it or give another destination")
+    try:
+        return os.open(part, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    except OSError as err:
+        raise UsageError(f"cannot write {part}: {err.strerror}") from None
+
+
+async def _file(
+    client: httpx.AsyncClient,
+    opened: Opened,
+    e: fmt.Entry,
+    target: Path,
+    tag: str,
+    progress: Callable[[int], None] | None,
+) -> None:
+    m = opened.manifest
+    part = target.with_name(f"{target.name}.megafs-{tag}.part")
+    fd = _open_part(target, part, e.size)
+    if fd is None:
+        if progress:
+            progress(e.size)  # already here (an earlier run): not fetched again
+        return
+    cs = m.chunk_size
+    try:
+        have = os.fstat(fd).st_size
+        start = have // cs  # whole chunks kept from an interrupted run
+        os.ftruncate(fd, start * cs)
+        if progress and start:
+            progress(min(start * cs, e.size))
+        if e.inline is not None:
+            os.pwrite(fd, e.inline, 0)
+            if progress:
+                progress(len(e.inline))
+        todo = [c for c in e.chunks if c.index >= start]
+        for i in range(0, len(todo), PARALLEL):
+            batch = todo[i : i + PARALLEL]
+            got: dict[int, bytes] = {}
+
+            async def one(c: fmt.Chunk, got: dict[int, bytes] = got) -> None:
+                url = urljoin(opened.url, m.objects[c.obj])
+                n = fmt.sealed_length(c.length, m.block_size)
+                sealed = await _get(
+                    client, url, f"chunk {c.index} of {e.path or m.name}", limit=n, rng=(c.off, n)
+                )
+                got[c.index] = await trio.to_thread.run_sync(fmt.open_chunk, m, e, c, sealed)
+
+            async with trio.open_nursery() as nursery:
+                for c in batch:
+                    nursery.start_soon(one, c)
+            for c in batch:  # in order: a part file is always a verified prefix
+                os.pwrite(fd, got[c.index], c.index * cs)
+                if progress:
+                    progress(c.length)
+        os.ftruncate(fd, e.size)  # holes and the tail up to the size are zeros
+        os.fsync(fd)
+    except TamperedShare:
+        os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(part)
+        raise
+    except BaseException:
+        os.close(fd)
+        raise
+    os.close(fd)
+    os.chmod(part, e.mode)
+    os.utime(part, (e.mtime, e.mtime))
+    os.replace(part, target)
+
+
+def client() -> httpx.AsyncClient:
+    """The HTTP client of a download (no credentials: links are public)."""
+    return httpx.AsyncClient(timeout=httpx.Timeout(TIMEOUT), follow_redirects=True)
+
+
+__all__ = ["Opened", "client", "destination", "download", "open_link"]

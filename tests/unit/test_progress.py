@@ -85,7 +85,7 @@ def test_counts_on_a_terminal(term: str, monkeypatch: pytest.MonkeyPatch) -> Non
     assert "objects" in text and "5/5" in text, text
     text = after.decode()
     assert "removing" in text and "2/2" in text, text
-    assert "uploading" in text and "3.00M/4.00M" in text, text
+    assert "uploading" in text and "3.15M/4.19M" in text, text
 
 
 def test_erased_at_the_end_under_script(tmp_path: Path) -> None:
@@ -111,9 +111,9 @@ def test_erased_at_the_end_under_script(tmp_path: Path) -> None:
         check=True,
     )
     out = proc.stdout.decode()
-    assert "uploading" in out and "4.00M/4.00M" in out, out
+    assert "uploading" in out and "4.19M/4.19M" in out, out
     # the bar's line is blanked, and the cursor back at its start, before "done"
     before, _, rest = out.rpartition("done")
-    last_bar = before.rindex("4.00M/4.00M")
+    last_bar = before.rindex("4.19M/4.19M")
     assert re.search(r"\r {20,}\r$", before[last_bar:]), repr(before[last_bar:])
     assert rest.strip() == ""

@@ -7,8 +7,12 @@ environment before the daemon starts
 (:func:`megafs.client.passphrase.scrub_environment`). The daemon logs to its log
 file only (:func:`_log_to`).
 
+``umount`` on a terminal shows what the daemon still uploads while it
+waits (:class:`UploadWatch`); on a pipe it prints nothing but an error.
+
 Owns: the mount options on the command line, the daemon's logging, turning
-a daemon failure into the foreground's exit code and one line.
+a daemon failure into the foreground's exit code and one line, what
+``umount`` shows while it waits.
 May not touch: the runtime files, forking and serving themselves
 (:mod:`megafs.mount`), the vault, the filesystem, FUSE.
 """
@@ -16,9 +20,11 @@ May not touch: the runtime files, forking and serving themselves
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable
 
 from ..client import passphrase
@@ -32,6 +38,7 @@ from ..mount import (
     runtime_dir,
     umount,
 )
+from ..mount.runtime import ask_status, pid_path, socket_path
 from .exit_codes import exit_code, reason
 from .options import (
     get_passphrase,
@@ -41,6 +48,7 @@ from .options import (
     size_arg,
     store_arg,
 )
+from .progress import Progress, progress, size_text, wanted
 from .registry import command
 
 log = logging.getLogger("megafs")
@@ -200,6 +208,54 @@ def cmd_mount(args: argparse.Namespace) -> None:
         raise SystemExit(code)
 
 
+class UploadWatch:
+    """What a stopping daemon still has to upload, for ``megafs umount`` on a terminal.
+
+    Called while umount waits, it asks the daemon's status socket (at most
+    every :attr:`EVERY` seconds) and, once the daemon has anything not in
+    the store, draws a bar (:mod:`.progress`): the bytes sent to the store
+    since umount began, then what is left: data not handed to an upload
+    yet and the uploads still running. It stops asking once the daemon no
+    longer answers (its final commit is done). Blocking, as umount is.
+    """
+
+    EVERY = 0.5
+
+    def __init__(self, socket: str) -> None:
+        self.socket = socket
+        self._next = 0.0
+        self._done = False
+        self._sent_before: int | None = None
+        self._stack = contextlib.ExitStack()
+        self._bar: Progress | None = None
+
+    def __call__(self) -> None:
+        now = time.monotonic()
+        if self._done or now < self._next:
+            return
+        self._next = now + self.EVERY
+        try:
+            st = ask_status(self.socket, timeout=2.0)
+            pending, sent = st["pending"], int(st["traffic"]["uploaded"])
+            unsent, uploads = int(pending["dirty_bytes"]), int(pending["uploads"])
+            changes = int(pending["operations"])
+        except (OSError, ValueError, KeyError, TypeError):
+            self._done = True  # the daemon is past its final commit, or gone
+            return
+        if self._sent_before is None:
+            self._sent_before = sent
+        if self._bar is None:
+            if not (unsent or uploads or changes):
+                return
+            self._bar = self._stack.enter_context(progress(unit="B", desc="uploading"))
+        self._bar.set(max(0, sent - self._sent_before))
+        self._bar.note(f"left: {size_text(unsent)} not sent, {uploads} uploads")
+
+    def close(self) -> None:
+        """Erase the bar, if there is one."""
+        self._stack.close()
+
+
 def umount_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
 
@@ -210,7 +266,15 @@ def umount_options(p: argparse.ArgumentParser) -> None:
     umount_options,
 )
 def cmd_umount(args: argparse.Namespace) -> None:
-    status = umount(args.mountpoint)
+    """Unmount; on a terminal, show what the daemon still uploads (:class:`UploadWatch`)."""
+    watch = None
+    if not args.quiet and wanted():
+        watch = UploadWatch(socket_path(pid_path(args.mountpoint)))
+    try:
+        status = umount(args.mountpoint, waiting=watch)
+    finally:
+        if watch is not None:
+            watch.close()
     if status:
         raise MountError(
             f"unmounted, but the final commit failed (status {status}); the changes stay in "

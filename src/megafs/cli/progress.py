@@ -55,6 +55,11 @@ def _size(stream: TextIO) -> tuple[int, int]:
     return size.columns, size.lines
 
 
+def size_text(n: int) -> str:
+    """``n`` bytes as the bar shows them (``1.54MB``), for notes beside it."""
+    return str(tqdm.format_sizeof(n, "B", 1000))
+
+
 class Progress:
     """One bar: a count (bytes with ``unit="B"``, shown as KiB, MiB, ...)
     towards a total, which may be unknown (None) or change; a description
@@ -111,8 +116,9 @@ def progress(
     """A bar on ``stream`` (default: standard error) for the block, erased at its end.
 
     Drawn only if ``enabled`` (commands pass ``not args.quiet``) and
-    :func:`wanted`. ``unit="B"`` counts bytes (shown with binary prefixes);
-    any other unit is a plain count (``"objects"``, ``"files"``).
+    :func:`wanted`. ``unit="B"`` counts bytes (shown as kB, MB, GB: powers
+    of 1000, as :func:`size_text`); any other unit is a plain count
+    (``"objects"``, ``"files"``).
     """
     stream = sys.stderr if stream is None else stream
     if not (enabled and wanted(stream)):
@@ -125,7 +131,7 @@ def progress(
         desc=desc,
         unit=unit if bytes_ else f" {unit}" if unit else "",
         unit_scale=bytes_,
-        unit_divisor=1024 if bytes_ else 1000,
+        unit_divisor=1000,
         file=stream,
         leave=False,
         # (tqdm draws nothing on a terminal that says it has no lines)
@@ -141,4 +147,4 @@ def progress(
         bar.close()
 
 
-__all__ = ["Progress", "progress", "wanted"]
+__all__ = ["Progress", "progress", "size_text", "wanted"]

@@ -81,8 +81,14 @@ def daemonize(run: Callable[[Callable[[], None]], tuple[int, str]]) -> tuple[int
         return 1, "the mount daemon exited unexpectedly"
 
 
-def umount(mountpoint: str, timeout: float = 3600.0) -> int:
+def umount(
+    mountpoint: str, timeout: float = 3600.0, *, waiting: Callable[[], None] | None = None
+) -> int:
     """Unmount and wait until the daemon has committed and exited. Returns its status.
+
+    While waiting for the daemon, ``waiting`` (if given) is called about
+    every 50 ms; it may ask the daemon's status socket, which answers until
+    the final commit is done.
 
     The daemon is signalled (SIGTERM) only if :func:`is_mount_daemon` confirms
     that the pid in the pid file is the very process that started this mount:
@@ -130,6 +136,8 @@ def umount(mountpoint: str, timeout: float = 3600.0) -> int:
     while time.monotonic() < deadline:
         if not pid_alive(pid):
             break
+        if waiting is not None:
+            waiting()
         time.sleep(0.05)
     else:
         raise MountError(f"the daemon of {mountpoint} did not exit within {timeout:.0f} s")

@@ -7,7 +7,8 @@ session (:class:`megafs.fuse.operations.FuseSession`). When the kernel unmounts
 then everything is committed and the writer lease released before the
 process exits 0. If the final commit fails, the changes are still in the
 local journal and the next mount uploads them; the exit status is then
-non-zero.
+non-zero. ``megafs status`` answers from the start until that final commit
+is done (``megafs umount`` shows from it what is left to upload).
 
 Owns: the order of a mount's steps, the periodic commit loop, the signals
 that end a mount, and the pid, identity and status files while serving.
@@ -23,10 +24,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -123,6 +125,13 @@ async def _raise_readahead(mountpoint: str, kb: int) -> None:
     log.debug("kernel readahead set to %d KiB", kb)
 
 
+async def _in_scope(scope: trio.CancelScope, run: Callable[[], Awaitable[None]]) -> None:
+    """``await run()`` inside ``scope``: a task of a nursery that its owner
+    can end alone."""
+    with scope:
+        await run()
+
+
 async def _signals(on_signal: Callable[[], None]) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
         async for signum in sigs:
@@ -204,19 +213,19 @@ async def serve(cfg: MountConfig, passphrase: str, ready: Callable[[], None]) ->
         # its own nursery, which is left to drain after the kernel is gone.
         async with trio.open_nursery() as background:
             fs.start_background(background)
+            # megafs status answers until the final commit is done (megafs
+            # umount shows what is left to upload), so it lives out here.
+            state = MountState(cfg.mountpoint, cfg.store_url, cfg.read_only)
+            status_scope = trio.CancelScope()
+            background.start_soon(
+                _in_scope,
+                status_scope,
+                functools.partial(status_server.serve, status_socket, fs, store, meter, state),
+            )
             try:
                 ready()
                 systemd.notify("READY=1")
                 async with trio.open_nursery() as nursery:
-                    state = MountState(cfg.mountpoint, cfg.store_url, cfg.read_only)
-                    nursery.start_soon(
-                        status_server.serve,
-                        status_socket,
-                        fs,
-                        store,
-                        meter,
-                        state,
-                    )
                     if not cfg.read_only:
                         nursery.start_soon(_commit_loop, fs, cfg.commit_interval, state)
                         ops.start_invalidator(nursery)  # merges happen in commits too
@@ -231,6 +240,7 @@ async def serve(cfg: MountConfig, passphrase: str, ready: Callable[[], None]) ->
                 systemd.notify("STOPPING=1")
                 session.close()
             await fs.close()
+            status_scope.cancel()  # (on an exception the nursery cancels it)
             fs.stop_background()
         if journal is not None:
             journal.close()

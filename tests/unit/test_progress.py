@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from megafs.cli import history_commands
 from megafs.cli import progress as progress_module
 from megafs.cli.progress import progress, wanted
 
@@ -117,3 +118,31 @@ def test_erased_at_the_end_under_script(tmp_path: Path) -> None:
     last_bar = before.rindex("4.19M/4.19M")
     assert re.search(r"\r {20,}\r$", before[last_bar:]), repr(before[last_bar:])
     assert rest.strip() == ""
+
+
+def test_a_long_restore_shows_its_progress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``megafs restore`` (and ``trash restore``) copy with cp -a; one still
+    copying after SHOW_AFTER seconds (here at once) shows the bytes copied
+    against the source's size; quiet, or on a pipe, it shows nothing."""
+    source = tmp_path / "source"
+    (source / "sub").mkdir(parents=True)
+    for i in range(8):
+        (source / "sub" / f"f{i}").write_bytes(os.urandom(1 << 20))
+    monkeypatch.setattr(history_commands, "SHOW_AFTER", 0)
+    assert history_commands.tree_bytes(source) == 8 << 20
+    master, slave = pty.openpty()
+    try:
+        with os.fdopen(os.dup(slave), "w") as tty:
+            monkeypatch.setattr(sys, "stderr", tty)
+            history_commands.copy_back(source, tmp_path / "quiet", quiet=True)
+            tty.flush()
+            assert read_all(master) == b""
+            history_commands.copy_back(source, tmp_path / "shown")
+            tty.flush()
+            shown = read_all(master).decode()
+    finally:
+        os.close(slave)
+        os.close(master)
+    assert "restoring:" in shown and "/8.39M" in shown, shown
+    for copy in ("quiet", "shown"):
+        assert history_commands.tree_bytes(tmp_path / copy) == 8 << 20

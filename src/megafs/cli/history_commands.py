@@ -9,7 +9,8 @@ give the mountpoint). ``versions`` and ``restore`` take a path in a mounted
 vault and read the kept roots through ``.snapshots``; ``restore`` copies
 with ``cp -a`` (modes, times, xattrs and hard links kept), next to the
 current file unless told otherwise, and never over an existing file
-without ``--force``.
+without ``--force``; a copy that takes more than a second shows its
+progress on a terminal.
 
 Owns: what these commands print, how they find a mount's ``.snapshots``.
 May not touch: the filesystem model beyond :mod:`megafs.fs.history_admin`,
@@ -19,10 +20,12 @@ FUSE, the vault's objects.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +37,7 @@ import trio
 from ..errors import UsageError
 from ..vault.retention import Policy, duration_text, parse_duration
 from .options import get_passphrase, passphrase_options, say, unlocked_vault
+from .progress import progress, wanted
 from .registry import command
 from .vault_commands import human_size
 
@@ -371,14 +375,52 @@ def destination(live: Path, to: str | None, force: bool, when: float) -> Path:
     return dest
 
 
-def copy_back(source: Path, dest: Path) -> None:
+#: A restore still copying after this many seconds shows its progress.
+SHOW_AFTER = 1.0
+
+
+def tree_bytes(path: Path) -> int:
+    """The size of ``path``'s files, or of ``path`` itself if it is not a
+    folder (symlinks not followed; what vanishes meanwhile counts 0)."""
+    total = 0
+    with contextlib.suppress(OSError):
+        total = os.lstat(path).st_size if not path.is_dir() or path.is_symlink() else 0
+    for folder, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(folder, name)).st_size
+    return total
+
+
+def copy_back(source: Path, dest: Path, *, quiet: bool = False) -> None:
     """Copy ``source`` (under .snapshots) to ``dest`` with ``cp -a``: modes,
-    times, xattrs and the hard links within a folder kept."""
-    proc = subprocess.run(
-        ["cp", "-a", "--", str(source), str(dest)], capture_output=True, text=True, check=False
-    )
-    if proc.returncode != 0:
-        raise UsageError(f"could not restore: {proc.stderr.strip()}")
+    times, xattrs and the hard links within a folder kept.
+
+    On a terminal (unless ``quiet``), a copy still running after
+    :data:`SHOW_AFTER` seconds shows the bytes at ``dest`` against the
+    size of ``source`` (:mod:`.progress`), measured again every half second
+    or, for a large tree, less often (at most a fifth of the time goes to
+    measuring).
+    """
+    with tempfile.TemporaryFile("w+") as errors:
+        proc = subprocess.Popen(
+            ["cp", "-a", "--", str(source), str(dest)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=errors,
+        )
+        try:
+            proc.wait(timeout=SHOW_AFTER if not quiet and wanted() else None)
+        except subprocess.TimeoutExpired:
+            with progress(tree_bytes(source), unit="B", desc="restoring") as bar:
+                while proc.poll() is None:
+                    start = time.monotonic()
+                    bar.set(tree_bytes(dest))
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        proc.wait(timeout=max(0.5, 4 * (time.monotonic() - start)))
+        errors.seek(0)
+        if proc.returncode != 0:
+            raise UsageError(f"could not restore: {errors.read().strip()}")
 
 
 def _at(text: str) -> float:
@@ -418,7 +460,7 @@ def cmd_restore(args: argparse.Namespace) -> None:
     else:
         v = found[-1]
     dest = destination(root / rel, args.to, args.force, v.mtime_ns / 1e9)
-    copy_back(v.path, dest)
+    copy_back(v.path, dest, quiet=args.quiet)
     say(args, f"restored version {v.number} ({_when(v.mtime_ns)}) to {dest}")
 
 

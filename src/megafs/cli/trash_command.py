@@ -212,7 +212,7 @@ def _restore(args: argparse.Namespace) -> None:
         os.rename(item.source, dest)
         item.info.unlink()
     else:
-        copy_back(item.source, dest)
+        copy_back(item.source, dest, quiet=args.quiet)
     say(args, f"restored {item.path} to {dest}")
 
 

@@ -49,17 +49,16 @@ class Opened:
         return sum(e.size for e in self.manifest.entries if e.kind == "file")
 
 
-def _refused(resp: httpx.Response, what: str) -> Exception:
-    """The one-line error for a store's refusal of a link's URL."""
-    body = resp.text[:2000] if resp.headers.get("content-type", "").endswith("xml") else ""
-    if resp.status_code == 403 and ("expired" in body.lower() or "Expires" in body):
+def _refused(status: int, body: str, what: str) -> Exception:
+    """The one-line error for a store's refusal (HTTP ``status``, the first
+    bytes of its answer ``body``) of a link's URL."""
+    if status == 403 and "expired" in body.lower():
         return LinkGone(f"the link has expired (the store refused {what}: HTTP 403)")
-    if resp.status_code in (403, 404, 410):
+    if status in (403, 404, 410):
         return LinkGone(
-            f"the link was revoked or has expired (the store refused {what}: "
-            f"HTTP {resp.status_code})"
+            f"the link was revoked or has expired (the store refused {what}: HTTP {status})"
         )
-    return ShareError(f"the store answered HTTP {resp.status_code} for {what}")
+    return ShareError(f"the store answered HTTP {status} for {what}")
 
 
 async def _get(
@@ -79,12 +78,20 @@ async def _get(
     try:
         async with client.stream("GET", url, headers=headers) as resp:
             if resp.status_code not in (200, 206):
-                await resp.aread()
-                raise _refused(resp, what)
+                body = b""
+                async for part in resp.aiter_bytes():
+                    body += part
+                    if len(body) > 65536:
+                        break
+                raise _refused(resp.status_code, body.decode("utf-8", "replace"), what)
+            whole = rng is not None and resp.status_code == 200
+            want = rng[0] + rng[1] if whole and rng is not None else limit
             data = bytearray()
             async for part in resp.aiter_bytes():
                 data += part
-                if len(data) > limit:
+                if whole and len(data) >= want:
+                    break  # (no ranges here: what follows is not needed)
+                if len(data) > want:
                     raise TamperedShare(f"{what} is larger than it can be")
     except httpx.TransportError as e:
         raise StoreUnreachable(f"cannot fetch {what}: {e.__class__.__name__}: {e}") from None
@@ -150,6 +157,13 @@ async def download(
     for target, e in reversed(dirs):  # children first: their writes moved the times
         os.chmod(target, e.mode)
         os.utime(target, (e.mtime, e.mtime))
+
+
+def _holds(exc: BaseException, kind: type[BaseException]) -> bool:
+    """Whether ``exc`` is a ``kind``, or an exception group holding one."""
+    if isinstance(exc, BaseExceptionGroup):
+        return any(_holds(e, kind) for e in exc.exceptions)
+    return isinstance(exc, kind)
 
 
 def _mkdir(path: Path) -> None:
@@ -220,13 +234,11 @@ async def _file(
                     progress(c.length)
         os.ftruncate(fd, e.size)  # holes and the tail up to the size are zeros
         os.fsync(fd)
-    except TamperedShare:
+    except BaseException as exc:
         os.close(fd)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(part)
-        raise
-    except BaseException:
-        os.close(fd)
+        if _holds(exc, TamperedShare):  # nothing damaged is kept to resume from
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(part)
         raise
     os.close(fd)
     os.chmod(part, e.mode)

@@ -5,7 +5,8 @@ mount.fuse3 calls it) and ``umount``.
 before the passphrase is read, and every secret variable is out of the
 environment before the daemon starts
 (:func:`megafs.client.passphrase.scrub_environment`). The daemon logs to its log
-file only (:func:`_log_to`).
+file only, size-capped and rotated, or under systemd to the journal
+(:mod:`.logs`).
 
 ``umount`` on a terminal shows what the daemon still uploads while it
 waits (:class:`UploadWatch`); on a pipe it prints nothing but an error.
@@ -40,6 +41,7 @@ from ..mount import (
 )
 from ..mount.runtime import ask_status, pid_path, socket_path
 from .exit_codes import exit_code, reason
+from .logs import journal_stderr, log_to_file, log_to_journal
 from .options import (
     get_passphrase,
     passphrase_options,
@@ -127,19 +129,6 @@ def mount_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _log_to(log_fd: int, *, debug: bool) -> None:
-    """In the daemon: send every log record to ``log_fd`` alone."""
-    root = logging.getLogger()
-    for h in list(root.handlers):
-        root.removeHandler(h)
-    handler = logging.StreamHandler(os.fdopen(log_fd, "a", buffering=1))
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG if debug else logging.INFO)
-    # httpx logs every request at INFO: only with --debug, or the log grows without end.
-    logging.getLogger("httpx").setLevel(logging.DEBUG if debug else logging.WARNING)
-
-
 @command(
     "mount",
     "mount a vault as a folder (also: megafs STORE MOUNTPOINT -o OPTS, for mount.fuse3)",
@@ -180,20 +169,28 @@ def cmd_mount(args: argparse.Namespace) -> None:
         args.extpass = cfg.extra["extpass"]
     check_mountpoint(cfg.mountpoint)
     runtime_dir()  # an unsafe runtime folder is refused before the passphrase is read
+    journal = journal_stderr() and not cfg.log_file
+    logfile = cfg.log_file or log_path(cfg.mountpoint)
+    follow = cfg.log_file is not None
+    # the daemon's log: the journal (its standard error, kept), else its file
     log_fd = None
     if not cfg.foreground:
-        logfile = cfg.log_file or log_path(cfg.mountpoint)
-        log_fd = open_log(logfile, follow=cfg.log_file is not None)
+        log_fd = os.dup(2) if journal else open_log(logfile, follow=follow)
     try:
         secret = get_passphrase(args)
     finally:
         passphrase.scrub_environment()
     if log_fd is None:
+        if journal:
+            log_to_journal(debug=args.debug)
         run_foreground(cfg, secret, lambda: log.info("mounted %s", cfg.mountpoint))
         return
 
     def child(ready: Callable[[], None]) -> tuple[int, str]:
-        _log_to(log_fd, debug=args.debug)
+        if journal:
+            log_to_journal(os.fdopen(log_fd, "w", buffering=1), debug=args.debug)
+        else:
+            log_to_file(logfile, log_fd, follow=follow, debug=args.debug)
         try:
             run_foreground(cfg, secret, ready)
         except (Exception, KeyboardInterrupt, BaseExceptionGroup) as e:

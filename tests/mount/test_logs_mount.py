@@ -92,3 +92,30 @@ def test_a_daemon_under_systemd_keeps_the_journal(tmp_path: Path) -> None:
         d.cleanup()
     check_journal_lines(text)
     assert not d.log_file.exists()
+
+
+def test_debug_logs_every_fuse_request_with_its_duration(tmp_path: Path) -> None:
+    """``mount -d``: each request in the log with its arguments and how long
+    it took; without ``-d``, none."""
+    d = Drive(str(tmp_path / "store"), tmp_path / "d")
+    try:
+        d.init()
+        d.mount()
+        (d.mountpoint / "before").write_bytes(b"b" * 1000)
+        d.umount()
+        assert "fuse: " not in d.log_text()
+        proc = d.try_mount("-d")  # (its own debug lines go to its stderr)
+        assert proc.returncode == 0, proc.stderr
+        assert os.path.ismount(d.mountpoint)
+        (d.mountpoint / "new").write_bytes(b"n" * 200_000)
+        assert (d.mountpoint / "before").read_bytes() == b"b" * 1000  # cold: a read request
+        d.umount()
+        text = d.log_text()
+    finally:
+        d.cleanup()
+    trace = r"DEBUG megafs\.fuse\.operations: fuse: "
+    ms = r" \d+\.\d\d ms$"
+    assert re.search(trace + r"lookup\(parent=1\) ino=\d+" + ms, text, re.M), text
+    assert re.search(trace + r"write\(fh=\d+, off=0, size=\d+\) \d+" + ms, text, re.M), text
+    assert re.search(trace + r"read\(fh=\d+, off=0, size=\d+\) 1000 bytes" + ms, text, re.M), text
+    assert not d.log_problems()

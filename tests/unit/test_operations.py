@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import stat
 import sys
 from collections.abc import Awaitable, Callable
@@ -536,3 +537,29 @@ async def test_readdir_continues_past_one_batch(
     assert await listing.read(ops, d) == names
     assert len({c for _, _, c in listing.replies}) == 300
     assert await listing.read(ops, d, listing.next_id) == []
+
+
+async def test_requests_are_traced_only_with_debug_logging(
+    fs: Filesystem, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``-d``: each request logged with its main arguments, its answer and
+    its duration; without DEBUG the handlers are the class's own, unwrapped."""
+    caplog.set_level(logging.INFO, logger="megafs.fuse.operations")
+    assert "read" not in vars(Operations(fs))
+    caplog.set_level(logging.DEBUG, logger="megafs.fuse.operations")
+    ops = Operations(fs)
+    ino, fh = await new_file(ops, b"secret-name", b"hello")
+    assert await ops.read(fh, 1, 3) == b"ell"
+    assert await fuse_errno(ops.getxattr(ino, b"user.none", CTX)) == errno.ENODATA
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("fuse: ")]
+    ms = r" \d+\.\d\d ms"
+    expected = [
+        rf"fuse: create\(parent=1, mode=644, flags=0x2\) fh=\d+, ino={ino}" + ms,
+        rf"fuse: write\(fh={fh}, off=0, size=5\) 5" + ms,
+        rf"fuse: read\(fh={fh}, off=1, size=3\) 3 bytes" + ms,
+        rf"fuse: getxattr\(ino={ino}\) ENODATA" + ms,
+    ]
+    assert len(lines) == len(expected), lines
+    for line, pattern in zip(lines, expected, strict=True):
+        assert re.fullmatch(pattern, line), (line, pattern)
+    assert not any("secret-name" in line or "user.none" in line for line in lines)

@@ -34,9 +34,11 @@ from __future__ import annotations
 
 import errno
 import functools
+import inspect
 import logging
 import math
 import os
+import time
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
@@ -110,6 +112,10 @@ def _errno_for(e: BaseException) -> int:
     return errno.EIO
 
 
+#: The names of the request handlers (every method wrapped by :func:`_boundary`).
+_HANDLERS: list[str] = []
+
+
 def _boundary(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
     """Wrap a handler so that only FUSEError leaves it.
 
@@ -117,6 +123,7 @@ def _boundary(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[
     operation of the model holds an inode across an await, and the model may
     evict clean inode pages (:meth:`Filesystem.evict`).
     """
+    _HANDLERS.append(fn.__name__)
 
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -140,6 +147,75 @@ def _boundary(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[
     return wrapper
 
 
+#: The arguments a traced request shows (:func:`_traced`): label and how;
+#: names, link targets and xattr values are left out (they are the user's data).
+_TRACED_ARGS: dict[str, tuple[str, Callable[[Any], str]]] = {
+    "inode": ("ino", str),
+    "parent_inode": ("parent", str),
+    "parent_inode_old": ("parent", str),
+    "new_parent_inode": ("new_parent", str),
+    "parent_inode_new": ("new_parent", str),
+    "fh": ("fh", str),
+    "start_id": ("after", str),
+    "off": ("off", str),
+    "size": ("size", str),
+    "buf": ("size", lambda b: str(len(b))),
+    "value": ("size", lambda b: str(len(b))),
+    "inode_list": ("inodes", lambda v: str(len(v))),
+    "mode": ("mode", lambda m: f"{m:o}"),
+    "flags": ("flags", hex),
+    "datasync": ("datasync", str),
+}
+
+
+def _outcome(result: Any) -> str:
+    """A handler's answer in a trace line: its size, its number, the inode found."""
+    if isinstance(result, bytes):
+        return f"{len(result)} bytes"
+    if isinstance(result, int):
+        return str(result)
+    if isinstance(result, tuple):  # create: (FileInfo, EntryAttributes)
+        return ", ".join(_outcome(r) for r in result)
+    if isinstance(result, FileInfo):
+        return f"fh={result.fh}"
+    if isinstance(result, pyfuse3.EntryAttributes):
+        return f"ino={result.st_ino}"
+    return "ok"
+
+
+def _traced(
+    name: str, handler: Callable[..., Coroutine[Any, Any, Any]]
+) -> Callable[..., Coroutine[Any, Any, Any]]:
+    """``handler`` (a bound request handler) logging each request at DEBUG,
+    once it is answered: ``fuse: read(fh=3, off=0, size=131072) 131072 bytes
+    0.84 ms``, ``fuse: getxattr(ino=5) ENODATA 0.05 ms`` (the errno's name
+    instead of the result; a lookup of a missing name answers ``ino=0``)."""
+    params = list(inspect.signature(handler).parameters)
+    shown = [(i, p, *_TRACED_ARGS[p]) for i, p in enumerate(params) if p in _TRACED_ARGS]
+
+    @functools.wraps(handler)
+    async def traced(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        outcome = "cancelled"
+        try:
+            result = await handler(*args, **kwargs)
+            outcome = _outcome(result)
+            return result
+        except FUSEError as e:
+            outcome = errno.errorcode.get(e.errno, str(e.errno))
+            raise
+        finally:
+            ms = (time.perf_counter() - start) * 1000
+            what = ", ".join(
+                f"{label}={fmt(args[i] if i < len(args) else kwargs[p])}"
+                for i, p, label, fmt in shown
+                if i < len(args) or p in kwargs
+            )
+            log.debug("fuse: %s(%s) %s %.2f ms", name, what, outcome, ms)
+
+    return traced
+
+
 @dataclass(frozen=True)
 class Options:
     """Mount options that change what the adapter reports."""
@@ -153,7 +229,12 @@ class Options:
 
 
 class Operations(pyfuse3.Operations):
-    """pyfuse3 handlers over a :class:`Filesystem`. All run in the trio thread."""
+    """pyfuse3 handlers over a :class:`Filesystem`. All run in the trio thread.
+
+    With DEBUG logging on when it is made (``megafs mount -d``), every
+    request is logged with its main arguments, its result and how long it
+    took (:func:`_traced`); otherwise the handlers are not wrapped at all.
+    """
 
     supports_dot_lookup = True
     enable_writeback_cache = False
@@ -166,6 +247,9 @@ class Operations(pyfuse3.Operations):
         self._handles: dict[int, int] = {}
         self._next_fh = 1
         self.active = 0  # handlers in flight
+        if log.isEnabledFor(logging.DEBUG):  # decided once: no cost without -d
+            for name in _HANDLERS:
+                setattr(self, name, _traced(name, getattr(self, name)))
 
     # --- other devices' changes ------------------------------------------
 

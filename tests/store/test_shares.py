@@ -295,3 +295,44 @@ async def test_wrong_key_and_malformed_manifests_are_refused() -> None:
         sealed = crypto.seal_committed(key, json.dumps(raw).encode(), fmt.AAD_MANIFEST + sid)
         with pytest.raises(TamperedShare):
             fmt.open_manifest(key, fmt.Envelope(sid, sealed, b""))
+
+
+async def test_an_interrupted_get_resumes_where_it_stopped(
+    fs: Filesystem, any_store: Store, base_url: str | None, tmp_path: Path
+) -> None:
+    """A chunk object missing halfway (the store failing) stops the download
+    with the verified prefix kept in the part file; the next run fetches
+    only the chunks after it, and the file is whole."""
+    data = os.urandom(40 * 64 * 1024)  # 40 chunks, whole objects
+    ino = await _write(fs, ROOT_INO, b"f", data)
+    info = await shares.share(fs, "/f", base_url=base_url)
+    node = await fs.table.get(ino)
+    missing = obj_name(node.chunks[20].obj)
+    saved = await any_store.get(missing)
+    await any_store.delete(missing)
+    out = tmp_path / "out" / "f"
+    out.parent.mkdir()
+    async with fetch.client() as c:
+        opened = await fetch.open_link(c, info.link)
+        with pytest.raises(BaseException) as failed:
+            await fetch.download(c, opened, out)
+    assert "revoked" in str(failed.value) or "LinkGone" in repr(failed.value)
+    parts = list(out.parent.iterdir())
+    assert len(parts) == 1 and parts[0].name.endswith(".part")
+    kept = parts[0].stat().st_size
+    assert 0 < kept <= 20 * 64 * 1024 and kept % (64 * 1024) == 0
+    assert parts[0].read_bytes() == data[:kept]
+    await any_store.put(missing, saved)
+    fetched: list[str] = []
+
+    async def count(request: object) -> None:
+        fetched.append(str(getattr(request, "url", "")))
+
+    import httpx
+
+    async with httpx.AsyncClient(event_hooks={"request": [count]}) as c:
+        opened = await fetch.open_link(c, info.link)
+        fetched.clear()
+        await fetch.download(c, opened, out)
+    assert len(fetched) == 40 - kept // (64 * 1024)
+    assert out.read_bytes() == data and list(out.parent.iterdir()) == [out]

@@ -30,8 +30,8 @@ import trio
 from ..errors import LinkGone, ShareError, StoreUnreachable, TamperedShare, UsageError
 from ..format import share as fmt
 
-#: Chunks fetched at once.
-PARALLEL = 8
+#: Chunks fetched at once, or fetched and waiting to be written in order.
+WINDOW = 16
 #: Seconds an HTTP exchange may stall.
 TIMEOUT = 60.0
 
@@ -213,23 +213,33 @@ async def _file(
             if progress:
                 progress(len(e.inline))
         todo = [c for c in e.chunks if c.index >= start]
-        for i in range(0, len(todo), PARALLEL):
-            batch = todo[i : i + PARALLEL]
-            got: dict[int, bytes] = {}
+        # A window of chunks in flight or waiting, written strictly in order
+        # (so a part file is always a verified prefix).
+        window = trio.Semaphore(WINDOW)
+        got: dict[int, bytes] = {}
+        ready = {c.index: trio.Event() for c in todo}
 
-            async def one(c: fmt.Chunk, got: dict[int, bytes] = got) -> None:
-                url = urljoin(opened.url, m.objects[c.obj])
-                n = fmt.sealed_length(c.length, m.block_size)
-                sealed = await _get(
-                    client, url, f"chunk {c.index} of {e.path or m.name}", limit=n, rng=(c.off, n)
-                )
-                got[c.index] = await trio.to_thread.run_sync(fmt.open_chunk, m, e, c, sealed)
+        async def one(c: fmt.Chunk) -> None:
+            url = urljoin(opened.url, m.objects[c.obj])
+            n = fmt.sealed_length(c.length, m.block_size)
+            sealed = await _get(
+                client, url, f"chunk {c.index} of {e.path or m.name}", limit=n, rng=(c.off, n)
+            )
+            got[c.index] = await trio.to_thread.run_sync(fmt.open_chunk, m, e, c, sealed)
+            ready[c.index].set()
 
-            async with trio.open_nursery() as nursery:
-                for c in batch:
-                    nursery.start_soon(one, c)
-            for c in batch:  # in order: a part file is always a verified prefix
-                os.pwrite(fd, got[c.index], c.index * cs)
+        async def start_all(nursery: trio.Nursery) -> None:
+            for c in todo:
+                await window.acquire()  # released once the chunk is written
+                nursery.start_soon(one, c)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(start_all, nursery)
+            for c in todo:
+                await ready[c.index].wait()
+                data = got.pop(c.index)
+                await trio.to_thread.run_sync(os.pwrite, fd, data, c.index * cs)
+                window.release()
                 if progress:
                     progress(c.length)
         os.ftruncate(fd, e.size)  # holes and the tail up to the size are zeros

@@ -247,7 +247,7 @@ async def test_the_shared_version_survives_edits_pruning_and_the_collector(
     await fs.commit()
     await fs.prune()
     report = await fsck.check(fs.vault)
-    assert not report.missing and not report.problems, report
+    assert report.clean, report
     proc = _get(info.link, tmp_path / "f")
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "f").read_bytes() == data
@@ -262,6 +262,8 @@ async def test_the_shared_version_survives_edits_pruning_and_the_collector(
 async def test_expired_shares_are_unpinned_by_the_next_prune(
     fs: Filesystem, base_url: str | None
 ) -> None:
+    """Past its expiry, a share's pin is dropped by the next prune (the
+    periodic one of a commit, or megafs prune) and its page deleted."""
     await _write(fs, ROOT_INO, b"f", os.urandom(5000))
     info = await shares.share(fs, "/f", base_url=base_url, expires=time.time() + 1)
     assert [s.share_id for s in await shares.list_shares(fs)] == [info.share_id]
@@ -270,6 +272,7 @@ async def test_expired_shares_are_unpinned_by_the_next_prune(
     assert await shares.list_shares(fs) == []
     names = [e.name for e in await fs.committer.keeper.entries()]
     assert not any(n and n.startswith("share-") for n in names)
+    assert await fs.vault.store.get_page(info.share_id) is None  # its page went too
 
 
 async def test_wrong_key_and_malformed_manifests_are_refused() -> None:

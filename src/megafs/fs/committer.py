@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from ..client.journal import sync_files
-from ..errors import CommitConflict, IntegrityError, RollbackError
+from ..errors import CommitConflict, IntegrityError, RollbackError, StoreError
 from ..vault.root import ROOT, Device, Root
 from ..vault.tables import MetaJob, PackRecord, PackTable
 from ..vault.vault import Vault
@@ -302,6 +302,11 @@ class Committer:
         await self.collector.collect(
             snap.fresh + snap.head_garbage + staged.garbage + list(staged.freed)
         )
+        for share_id in self.keeper.take_released_shares():
+            try:
+                await self.vault.delete_page(share_id)
+            except StoreError as e:  # harmless: it holds an expired manifest only
+                log.warning("the page of expired share %s stays: %s", share_id.hex(), e)
 
     async def _resolve_doubt(self) -> None:
         """If a commit's root write got no answer, ask the store whether it

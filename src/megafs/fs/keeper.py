@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..format.share import share_pin_expired
+from ..format.share import parse_share_pin, share_pin_expired
 from ..vault.history import HIST_PAGE_BITS, RECENT_MAX, Entry, HistoryTable, Lists, fold
 from ..vault.retention import Policy
 from ..vault.root import Root
@@ -83,6 +83,9 @@ class Keeper:
         self._unpins: list[str] = []
         #: share pins past their expiry, found by the prune being prepared
         self._expired: list[str] = []
+        #: ids of shares whose expired pins a committed prune dropped: their
+        #: pages go next (:meth:`take_released_shares`)
+        self._released: list[bytes] = []
         self._last_prune = -PRUNE_EVERY
         self._force = False
         self._plan: list[Entry] = []
@@ -282,6 +285,11 @@ class Keeper:
         self.table = staged.table
         self._pins.clear()
         self._unpins.clear()
+        for name in self._expired:
+            parsed = parse_share_pin(name)
+            if parsed is not None:
+                self._released.append(parsed[0])
+        self._expired = []
         if self._policy_set is not None:
             self.policy = self._policy_set
             self._policy_set = None
@@ -299,6 +307,12 @@ class Keeper:
                 )
         self._plan = []
         self._flags = {}
+
+    def take_released_shares(self) -> list[bytes]:
+        """Ids of shares whose pins expired and were dropped by a committed
+        prune since the last call (their pages are deleted next)."""
+        out, self._released = self._released, []
+        return out
 
     def policy_for(self, root: Root) -> None:
         """Write the policy a request set into ``root`` (the one being committed)."""

@@ -509,6 +509,11 @@ class Vault:
         self.state.keep_base(sealed)
         return True
 
+    async def delete_page(self, share_id: bytes) -> None:
+        """Delete the page of share ``share_id`` from the store's share area
+        (docs/sharing.md); nothing happens if it is gone already."""
+        await self.store.delete_page(share_id.hex())
+
     def my_lease(self) -> Lease:
         return Lease(
             self.state.client_id, socket.gethostname(), os.getpid(), time.time() + LEASE_SECONDS

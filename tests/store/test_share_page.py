@@ -13,6 +13,7 @@ bucket through presigned URLs (206 answers). Every test runs on both.
 
 from __future__ import annotations
 
+import base64
 import os
 import random
 import time
@@ -67,6 +68,7 @@ FILES: dict[str, bytes] = {
     "tamper.bin": _data(4, 3 * MIB),
     "short.bin": _data(5, 2 * MIB),
     "gone.bin": _data(6, MIB),
+    "streamed.bin": _data(9, 3 * MIB + 5),
     "secret.txt": _data(7, 5000),
 }
 #: A file with a hole: 100 bytes at 0, 7 bytes at 5 MiB + 3, size 6 MiB.
@@ -103,6 +105,7 @@ SHARES = {
     "tamper": "tamper.bin",
     "short": "short.bin",
     "gone": "gone.bin",
+    "streamed": "streamed.bin",
     "password": "secret.txt",
     "expired": "docs/packed.txt",
 }
@@ -150,7 +153,7 @@ async def _build(
             await share(fs, SHARES["expired"], base_url=base_url, expires=expires)
         ).link
         chunks: dict[str, list[bytes]] = {}
-        for path in ("tamper.bin", "short.bin", "gone.bin"):
+        for path in ("tamper.bin", "short.bin", "gone.bin", "streamed.bin"):
             node = await fs.table.get((await fs.lookup(ROOT_INO, path.encode())).ino)
             chunks[path] = [node.chunks[i].obj for i in sorted(node.chunks)]
         return links, chunks, expires
@@ -317,14 +320,20 @@ def _saved(folder: Path, name: str, size: int) -> bytes:
 
 def _download(browser: webdriver.Chrome, folder: Path, button: str, name: str, size: int) -> bytes:
     browser.find_element(By.ID, button).click()
+    _finished(browser)
+    assert browser.find_element(By.ID, "error").text == ""
+    assert browser.find_element(By.ID, "status").text == f"Saved {name}"
+    return _saved(folder, name, size)
+
+
+def _finished(browser: webdriver.Chrome) -> None:
+    """Wait until the page has saved a file or shown an error."""
     WebDriverWait(browser, WAIT, poll_frequency=0.05).until(
         lambda d: (
-            d.find_element(By.ID, "status").text == f"Saved {name}"
+            d.find_element(By.ID, "status").text.startswith("Saved ")
             or d.find_element(By.ID, "error").text
         )
     )
-    assert browser.find_element(By.ID, "error").text == ""
-    return _saved(folder, name, size)
 
 
 def _nothing_saved(folder: Path) -> None:
@@ -380,6 +389,61 @@ def test_truncated_object(site: Site, browser: webdriver.Chrome, downloads: Path
     _open(browser, site.links["short"])
     browser.find_element(By.ID, "download-0").click()
     assert "damaged or tampered" in _text_of(browser, "error")
+    _nothing_saved(downloads)
+
+
+#: A stand-in for the File System Access API's file picker and writable
+#: stream (a test cannot answer the real picker): it keeps what is written,
+#: and whether the stream was closed or aborted.
+FAKE_PICKER = """
+window.__saved = {parts: [], closed: false, aborted: false};
+window.showSaveFilePicker = async () => ({
+  createWritable: async () => ({
+    write: async (p) => { window.__saved.parts.push(new Uint8Array(p)); },
+    close: async () => { window.__saved.closed = true; },
+    abort: async () => { window.__saved.aborted = true; },
+  }),
+});
+document.getElementById("stream").checked = true;
+"""
+#: What the fake stream was given: (closed, aborted, the bytes written, base64).
+SAVED = """
+const s = window.__saved;
+let bin = "";
+for (const p of s.parts) for (let i = 0; i < p.length; i += 32768)
+  bin += String.fromCharCode.apply(null, p.subarray(i, i + 32768));
+return [s.closed, s.aborted, btoa(bin)];
+"""
+
+
+def _streamed(browser: webdriver.Chrome) -> tuple[bool, bool, bytes]:
+    closed, aborted, data = browser.execute_script(SAVED)
+    return bool(closed), bool(aborted), base64.b64decode(data)
+
+
+def test_streamed_to_disk(site: Site, browser: webdriver.Chrome, downloads: Path) -> None:
+    """With "Save to disk as it downloads", verified bytes go to the file's
+    writable stream in order, and it is closed once all verified; a chunk
+    that fails aborts the stream (the browser then discards its temporary
+    file), after only verified bytes were written."""
+    content = FILES["streamed.bin"]
+    _open(browser, site.links["streamed"])
+    _text_of(browser, "summary")
+    browser.execute_script(FAKE_PICKER)
+    browser.find_element(By.ID, "download-0").click()
+    _finished(browser)
+    assert browser.find_element(By.ID, "status").text == "Saved streamed.bin"
+    assert _streamed(browser) == (True, False, content)
+
+    site.damage(site.chunks["streamed.bin"][2], "flip")
+    _open(browser, site.links["streamed"])
+    _text_of(browser, "summary")
+    browser.execute_script(FAKE_PICKER)
+    browser.find_element(By.ID, "download-0").click()
+    assert "damaged or tampered" in _text_of(browser, "error")
+    closed, aborted, written = _streamed(browser)
+    assert (closed, aborted) == (False, True)
+    assert written == content[: 2 * MIB]  # chunks 0 and 1, verified
     _nothing_saved(downloads)
 
 

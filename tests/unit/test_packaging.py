@@ -1,13 +1,17 @@
 """A wheel built from this checkout installs into a fresh virtual
-environment and its ``megafs`` script runs: one version number (the
-package's) everywhere, the license and the typed marker shipped."""
+environment, and with ``pipx install``, and its ``megafs`` script runs: one
+version number (the package's) everywhere, the license and the typed marker
+shipped."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
+
+import pytest
 
 import megafs
 
@@ -22,11 +26,17 @@ def run(*argv: str | Path, cwd: Path | None = None) -> str:
     return proc.stdout
 
 
-def test_a_built_wheel_installs_and_runs(tmp_path: Path) -> None:
-    dist = tmp_path / "dist"
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A wheel of this checkout, built once for the module's tests."""
+    dist = tmp_path_factory.mktemp("dist")
     # as `python -m build` does: the build backend in an isolated environment
     run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", dist, ROOT)
-    [wheel] = dist.glob("megafs-*.whl")
+    [built] = dist.glob("megafs-*.whl")
+    return built
+
+
+def test_a_built_wheel_installs_and_runs(tmp_path: Path, wheel: Path) -> None:
     assert wheel.name.startswith(f"megafs-{megafs.__version__}-py3-none-any")
     names = zipfile.ZipFile(wheel).namelist()
     assert "megafs/py.typed" in names
@@ -50,3 +60,34 @@ def test_a_built_wheel_installs_and_runs(tmp_path: Path) -> None:
         venv / "bin" / "python", "-c", "import megafs; print(megafs.__file__)", cwd=tmp_path
     )
     assert str(venv) in where, where
+
+
+def test_pipx_installs_the_wheel(tmp_path: Path, wheel: Path) -> None:
+    """``pipx install`` of the wheel: an environment of its own under
+    PIPX_HOME and a ``megafs`` command in PIPX_BIN_DIR that runs from it.
+    The dependencies come from this Python's packages (as in the test
+    above), so that the test needs no download but pipx's own pip."""
+    home, bin_dir = tmp_path / "pipx", tmp_path / "bin"
+    env = {
+        **os.environ,
+        "PIPX_HOME": str(home),
+        "PIPX_BIN_DIR": str(bin_dir),
+        "PIPX_MAN_DIR": str(tmp_path / "man"),
+    }
+    pipx = [sys.executable, "-m", "pipx", "install", "--system-site-packages"]
+    proc = subprocess.run(
+        [*pipx, "--pip-args=--no-deps", str(wheel)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    megafs_bin = bin_dir / "megafs"
+    assert os.path.realpath(megafs_bin).startswith(str(home / "venvs" / "megafs")), megafs_bin
+    out = run(megafs_bin, "--version", cwd=tmp_path)
+    assert out.strip() == f"megafs {megafs.__version__}"
+    python = home / "venvs" / "megafs" / "bin" / "python"
+    where = run(python, "-c", "import megafs; print(megafs.__file__)", cwd=tmp_path)
+    assert str(home) in where, where

@@ -13,6 +13,9 @@
   ``prune``, ``versions``, ``restore`` (docs/history.md).
 - :mod:`.trash_command`: ``trash`` (list, restore, empty; the desktop trash too).
 - :mod:`.completion_command`: ``completion`` (bash and zsh, made by shtab).
+- :mod:`.progress`: the one progress helper (a bar on a terminal's stderr,
+  nothing on a pipe), for every command that makes people wait.
+- :mod:`.logs`: where a mount logs (its rotated log file, or the journal).
 
 A foreseeable failure prints one line, ``megafs: <message>``, on stderr and
 exits with its code from :data:`~.exit_codes.EXIT_CODES`; never a traceback

@@ -151,3 +151,32 @@ def test_password_wrong_key_expiry_and_tampering(
     assert proc.returncode == Exit.LINK_GONE, proc.stderr
     assert "expired" in one_error_line(proc)
     assert not list(tmp_path.glob("out.bin*"))
+
+
+def test_share_shares_and_unshare_on_an_unmounted_store(
+    drive: Drive, web: list[str], tmp_path: Path
+) -> None:
+    """``megafs share STORE PATH`` opens the vault itself (a writable mount
+    of it on this machine is refused: the daemon is the device)."""
+    (drive.mountpoint / "a.txt").write_bytes(b"shared without a mount\n" * 1000)
+    proc = drive.megafs("share", drive.url, "/a.txt", *web)
+    assert proc.returncode == Exit.BUSY, proc.stderr
+    one_error_line(proc)
+    drive.umount()
+    proc = drive.megafs("share", drive.url, "/a.txt", *web)
+    assert proc.returncode == 0, proc.stderr
+    link = proc.stdout.strip()
+    proc = _get(drive, link, tmp_path / "a.txt")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "a.txt").read_bytes() == b"shared without a mount\n" * 1000
+    listed = drive.megafs("shares", drive.url)
+    assert listed.returncode == 0 and "/a.txt" in listed.stdout, listed.stderr
+    share_id = listed.stdout.splitlines()[1].split()[0]
+    proc = drive.megafs("unshare", drive.url, share_id)
+    assert proc.returncode == 0, proc.stderr
+    proc = _get(drive, link, tmp_path / "again.txt")
+    assert proc.returncode == Exit.LINK_GONE, proc.stderr
+    proc = drive.megafs("share", drive.url, "/missing", *web)
+    assert proc.returncode == Exit.USAGE, proc.stderr
+    assert "/missing: No such file or directory" in one_error_line(proc)
+    drive.mount()

@@ -28,6 +28,7 @@ from ..errors import (
     NoSuchBucket,
     NotAVault,
     PassphraseError,
+    ShareError,
     StoreAuthError,
     StoreError,
     StoreUnreachable,
@@ -115,6 +116,7 @@ EXIT_CODES: dict[type[BaseException], Exit] = {
     WrongLinkKey: Exit.WRONG_SECRET,  # or its password
     TamperedShare: Exit.CORRUPT,
     LinkGone: Exit.LINK_GONE,
+    ShareError: Exit.USAGE,  # not a share page at that URL
     MegafsError: Exit.INTERNAL,
 }
 

@@ -32,7 +32,13 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from ..errors import ShareError, TamperedShare, WrongLinkKey
+from ..errors import (
+    ShareError,
+    TamperedShare,
+    UnsupportedVersion,
+    UsageError,
+    WrongLinkKey,
+)
 from . import crypto
 
 #: Version of the envelope and manifest; a reader refuses a newer one.
@@ -69,7 +75,7 @@ def manifest_key(
     ikm = link_key
     if pw is not None:
         if password is None:
-            raise ShareError("this link needs its password")
+            raise UsageError("this link needs its password")
         ikm += hashlib.pbkdf2_hmac("sha256", password.encode(), pw.salt, pw.iterations, 32)
     return crypto.hkdf(ikm, share_id, MANIFEST_LABEL)
 
@@ -133,7 +139,7 @@ class Envelope:
         if not isinstance(raw, dict) or not isinstance(raw.get("v"), int):
             raise TamperedShare("the share page is damaged")
         if raw["v"] > SHARE_VERSION:
-            raise ShareError("the share was made by a newer megafs; upgrade megafs")
+            raise UnsupportedVersion("the share was made by a newer megafs; upgrade megafs")
         for k in ("id", "manifest", "owner"):
             if not isinstance(raw.get(k), str):
                 raise TamperedShare("the share page is damaged")
@@ -272,7 +278,7 @@ class Manifest:
         except (KeyError, TypeError, ValueError):
             raise TamperedShare("the share's manifest is malformed") from None
         if raw.get("v", 0) > SHARE_VERSION:
-            raise ShareError("the share was made by a newer megafs; upgrade megafs")
+            raise UnsupportedVersion("the share was made by a newer megafs; upgrade megafs")
         return m
 
 
@@ -416,7 +422,7 @@ def parse_link(link: str) -> tuple[str, bytes]:
     """(page URL, link key) of a link. Raises ShareError."""
     url, sep, frag = link.strip().partition("#")
     if not sep or not _FRAGMENT.match(frag) or not url.startswith(("http://", "https://")):
-        raise ShareError("not a megafs link (http(s) URL#key expected; was it cut short?)")
+        raise UsageError("not a megafs link (http(s) URL#key expected; was it cut short?)")
     return url, b64d(frag)
 
 

@@ -16,11 +16,12 @@ the store beyond its share area (:meth:`Store.put_page` and friends).
 from __future__ import annotations
 
 import logging
+import os
 import stat
 import time
 from dataclasses import dataclass
 
-from ..errors import MegafsError, UsageError
+from ..errors import FsError, MegafsError, UsageError
 from ..format import crypto
 from ..format import share as fmt
 from ..links.page import render
@@ -53,9 +54,14 @@ class ShareInfo:
 
 
 async def _walk_to(fs: Filesystem, parts: list[bytes]) -> int:
+    """The inode at ``parts`` below the top. UsageError if there is none."""
     ino = ROOT_INO
     for name in parts:
-        ino = (await fs.lookup(ino, name)).ino
+        try:
+            ino = (await fs.lookup(ino, name)).ino
+        except FsError as e:
+            path = "/" + "/".join(p.decode("utf-8", "replace") for p in parts)
+            raise UsageError(f"{path}: {os.strerror(e.errno)} in the vault") from None
     return ino
 
 
@@ -116,8 +122,7 @@ async def share(
     parts = [p.encode("utf-8", "surrogateescape") for p in path.strip("/").split("/") if p]
     if not parts:
         raise UsageError("share a file or a folder inside the vault, not its top")
-    attr = (await fs.lookup(await _walk_to(fs, parts[:-1]), parts[-1])) if parts else None
-    assert attr is not None
+    attr = (await fs.table.get(await _walk_to(fs, parts))).attr()
     if not (stat.S_ISREG(attr.mode) or stat.S_ISDIR(attr.mode)):
         raise UsageError(f"{path}: only files and folders can be shared")
     if device is None:

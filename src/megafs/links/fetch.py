@@ -27,7 +27,7 @@ from urllib.parse import urljoin
 import httpx
 import trio
 
-from ..errors import LinkGone, ShareError, StoreUnreachable, TamperedShare, UsageError
+from ..errors import LinkGone, StoreError, StoreUnreachable, TamperedShare, UsageError
 from ..format import share as fmt
 
 #: Chunks fetched at once, or fetched and waiting to be written in order.
@@ -58,7 +58,7 @@ def _refused(status: int, body: str, what: str) -> Exception:
         return LinkGone(
             f"the link was revoked or has expired (the store refused {what}: HTTP {status})"
         )
-    return ShareError(f"the store answered HTTP {status} for {what}")
+    return StoreError(f"the store answered HTTP {status} for {what}")
 
 
 async def _get(

@@ -236,6 +236,8 @@ class UploadWatch:
             pending, sent = st["pending"], int(st["traffic"]["uploaded"])
             unsent, uploads = int(pending["dirty_bytes"]), int(pending["uploads"])
             changes = int(pending["operations"])
+        except TimeoutError:
+            return  # busy (its store check waits for a slow store): ask again later
         except (OSError, ValueError, KeyError, TypeError):
             self._done = True  # the daemon is past its final commit, or gone
             return

@@ -1,5 +1,6 @@
 """A wheel built from this checkout installs into a fresh virtual
-environment, and with ``pipx install``, and its ``megafs`` script runs: one
+environment, and with ``pipx install``, and its ``megafs`` script runs (the
+venv's mounts, writes, unmounts and remounts a vault): one
 version number (the package's) everywhere, the license and the typed marker
 shipped."""
 
@@ -60,6 +61,51 @@ def test_a_built_wheel_installs_and_runs(tmp_path: Path, wheel: Path) -> None:
         venv / "bin" / "python", "-c", "import megafs; print(megafs.__file__)", cwd=tmp_path
     )
     assert str(venv) in where, where
+    _mounts_writes_and_remounts(venv / "bin" / "megafs", tmp_path)
+
+
+def _mounts_writes_and_remounts(megafs_bin: Path, tmp: Path) -> None:
+    """The installed ``megafs`` makes a vault in a local folder, mounts it,
+    writes a file, unmounts, mounts again and reads the file back (the
+    package's own files, the share page included, are all it has)."""
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("MEGAFS_", "XDG_", "PYTHON"))
+    }
+    env.update(
+        MEGAFS_PASSPHRASE="wheel test",
+        MEGAFS_STATE_DIR=str(tmp / "state"),
+        XDG_RUNTIME_DIR=str(tmp / "run"),
+        XDG_CACHE_HOME=str(tmp / "cache"),
+    )
+    (tmp / "run").mkdir(mode=0o700)
+    store, mnt = tmp / "store", tmp / "mnt"
+    mnt.mkdir()
+
+    def megafs_run(*args: str | Path) -> None:
+        proc = subprocess.run(
+            [str(megafs_bin), *map(str, args)],
+            env=env,
+            cwd=tmp,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+        assert proc.returncode == 0, f"megafs {args}: {proc.stderr[-3000:]}"
+
+    megafs_run("init", store, "--kdf-memory", "8192", "--kdf-iterations", "1")
+    megafs_run("mount", store, mnt)
+    try:
+        (mnt / "hello.txt").write_text("from the wheel\n")
+    finally:
+        megafs_run("umount", mnt)
+    assert not (mnt / "hello.txt").exists()
+    megafs_run("mount", store, mnt)
+    try:
+        assert (mnt / "hello.txt").read_text() == "from the wheel\n"
+    finally:
+        megafs_run("umount", mnt)
 
 
 def test_pipx_installs_the_wheel(tmp_path: Path, wheel: Path) -> None:

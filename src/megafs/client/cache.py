@@ -13,8 +13,8 @@ used objects are deleted. File I/O runs in worker threads.
 
 May not touch: the store, the vault, keys or crypto (it never seals, opens or
 authenticates a byte: :mod:`megafs.vault.content` does), the journal, the
-filesystem model, or any file outside ``<cache dir>/objects/``; it imports
-nothing from megafs.
+filesystem model, or any file outside ``<cache dir>/objects/``; of megafs it
+imports only :mod:`megafs.nowait`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,12 @@ from collections import OrderedDict
 
 import trio
 
+from ..nowait import pread_nowait
+
 _LIMITER = trio.CapacityLimiter(8)
+
+#: Cached objects whose files stay open for reads.
+OPEN_FILES = 256
 
 
 class ContentCache:
@@ -40,6 +45,8 @@ class ContentCache:
         self.max_bytes = max_bytes
         self.sealed_block = sealed_block
         self._present: OrderedDict[str, set[int]] = OrderedDict()
+        #: cached objects' files kept open for reads, least recently used first
+        self._open: OrderedDict[str, int] = OrderedDict()
         self.bytes = 0
         self.hits = 0
         self.misses = 0
@@ -59,20 +66,44 @@ class ContentCache:
         return ok
 
     async def read(self, name: str, offset: int, length: int) -> bytes | None:
-        """Sealed bytes [offset, offset+length) of a cached object, None if gone."""
+        """Sealed bytes [offset, offset+length) of a cached object, None if
+        gone. At once when the object was read before and the page cache
+        holds the bytes (:func:`~megafs.nowait.pread_nowait`); else in a
+        worker thread, which keeps the file open for the next reads."""
+        fd = self._open.get(name)
+        if fd is not None:
+            self._open.move_to_end(name)
+            data = pread_nowait(fd, offset, length)
+            if data is not None:
+                return data
         path = self._path(name)
 
-        def work() -> bytes | None:
+        def work() -> tuple[bytes, int] | None:
             try:
-                fd = os.open(path, os.O_RDONLY)
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
                 return None
             try:
-                return os.pread(fd, length, offset)
+                return os.pread(fd, length, offset), os.dup(fd)
             finally:
                 os.close(fd)
 
-        return await trio.to_thread.run_sync(work, limiter=_LIMITER)
+        got = await trio.to_thread.run_sync(work, limiter=_LIMITER)
+        if got is None:
+            return None
+        data, kept = got
+        if name in self._open or name not in self._present:
+            os.close(kept)  # (evicted meanwhile: a new file may come under its name)
+        else:
+            self._open[name] = kept
+            while len(self._open) > OPEN_FILES:
+                os.close(self._open.popitem(last=False)[1])
+        return data
+
+    def _close(self, name: str) -> None:
+        fd = self._open.pop(name, None)
+        if fd is not None:
+            os.close(fd)
 
     async def store(self, name: str, first_block: int, sealed: bytes) -> None:
         """Remember sealed bytes starting at block ``first_block`` of ``name``."""
@@ -103,6 +134,7 @@ class ContentCache:
 
     def forget(self, name: str) -> None:
         """Drop an object that no longer exists in the store (no I/O wait)."""
+        self._close(name)
         blocks = self._present.pop(name, None)
         if blocks is not None:
             self.bytes -= len(blocks) * self.sealed_block
@@ -114,6 +146,7 @@ class ContentCache:
         while self.bytes > self.max_bytes and self._present:
             name, blocks = self._present.popitem(last=False)
             self.bytes -= len(blocks) * self.sealed_block
+            self._close(name)
             victims.append(name)
         if victims:
 

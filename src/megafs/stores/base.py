@@ -242,6 +242,13 @@ class Store(abc.ABC):
         """Verify the store is reachable and usable; raise a StoreError if not."""
         await self.read_pointer("header")
 
+    def forget_cached(self, name: str) -> bool:
+        """Object ``name`` failed to authenticate: drop anything kept of it
+        (an open file), so that the next read sees what the store holds
+        then (a store that heals heals the mount). Returns whether anything
+        was kept (then the failed read may be tried once more). No I/O wait."""
+        return False
+
     # --- the share area (docs/sharing.md) -------------------------------------
     # One page per share, outside the objects (listings never see it): the
     # only things besides pointers a store ever overwrites or deletes by name.
@@ -334,6 +341,9 @@ class ForwardingStore(Store):
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+    def forget_cached(self, name: str) -> bool:
+        return self.inner.forget_cached(name)
 
     async def put_page(self, share: str, data: bytes) -> None:
         await self.inner.put_page(share, data)

@@ -33,6 +33,7 @@ folder; of megafs it imports only :mod:`megafs.errors` and :mod:`.base`.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import errno
@@ -41,6 +42,7 @@ import hashlib
 import logging
 import os
 import re
+import resource
 import stat
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TypeVar
@@ -58,6 +60,7 @@ from ..errors import (
     StoreReadOnly,
     UsageError,
 )
+from ..nowait import pread_nowait
 from .base import (
     MAX_OBJECT_SIZE,
     MAX_PAGE_SIZE,
@@ -80,6 +83,10 @@ _LIMITER = trio.CapacityLimiter(16)
 #: A folder below the root: never through a symbolic link.
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 #: A file to read: never through a symbolic link, never blocking (a FIFO).
+#: Objects a local store keeps open for reads (random reads of blocks): a
+#: 1 GiB file's chunks, or a quarter of the descriptors the process may have.
+OPEN_OBJECTS = max(16, min(1024, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4))
+
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 _FAN = re.compile(r"[0-9a-f]{2}")
@@ -242,6 +249,8 @@ class LocalStore(Store):
         self._create = create
         self._puts = 0  # objects written so far
         self._synced = 0  # of which known durable
+        #: objects kept open for reads, least recently used first (trio thread only)
+        self._open: collections.OrderedDict[str, int] = collections.OrderedDict()
 
     async def _run(self, fn: Callable[[], T], what: str, *, reading: bool = True) -> T:
         """Run blocking ``fn`` in a thread; OSError becomes the matching StoreError.
@@ -301,6 +310,7 @@ class LocalStore(Store):
 
     async def put(self, name: str, data: bytes) -> None:
         check_object_name(name)
+        self._forget_open([name])  # (never rewritten by megafs; a test or a repair may)
         if len(data) > MAX_OBJECT_SIZE:
             raise ValueError(f"object {name} is larger than {MAX_OBJECT_SIZE} bytes")
 
@@ -333,6 +343,10 @@ class LocalStore(Store):
             raise ObjectNotFound(name) from None
         stack.callback(os.close, fd)
         return fd, size
+
+    async def aclose(self) -> None:
+        """Close the objects kept open for reads. Idempotent."""
+        self._forget_open(list(self._open))
 
     # --- the share area: shares/<id>.html --------------------------------------
 
@@ -411,17 +425,58 @@ class LocalStore(Store):
         return await self._run(work, name)
 
     async def get_range(self, name: str, offset: int, length: int) -> bytes:
+        """A range of an object. Served at once, in the caller's thread, when
+        the object was opened before and the range is in the page cache (a
+        read that cannot block, ``RWF_NOWAIT``): a random read of a block
+        then costs no hand-off to a worker thread (which costs more than
+        the read). Otherwise read in a worker thread, which keeps the
+        object open for the next reads (:data:`OPEN_OBJECTS` at most)."""
         check_object_name(name)
+        if length <= 0:
+            return b""
+        fd = self._open.get(name)
+        if fd is not None:
+            self._open.move_to_end(name)
+            cached = pread_nowait(fd, offset, length)
+            if cached is not None:
+                return cached
 
-        def work() -> bytes:
+        def work() -> tuple[bytes, int]:
             with contextlib.ExitStack() as stack:
                 fd, _ = self._open_object(stack, name)
-                return os.pread(fd, length, offset) if length > 0 else b""
+                return os.pread(fd, length, offset), os.dup(fd)
 
-        return await self._run(work, name)
+        data, kept = await self._run(work, name)
+        self._keep_open(name, kept)
+        return data
+
+    def _keep_open(self, name: str, fd: int) -> None:
+        """Keep ``fd`` (a descriptor of object ``name``, checked to be a
+        regular file) for later reads. Objects never change, so a kept
+        descriptor reads what the name held; a deleted object's is closed."""
+        if name in self._open:
+            os.close(fd)
+            return
+        self._open[name] = fd
+        while len(self._open) > OPEN_OBJECTS:
+            os.close(self._open.popitem(last=False)[1])
+
+    def forget_cached(self, name: str) -> bool:
+        fd = self._open.pop(name, None)
+        if fd is None:
+            return False
+        os.close(fd)
+        return True
+
+    def _forget_open(self, names: Sequence[str]) -> None:
+        for name in names:
+            fd = self._open.pop(name, None)
+            if fd is not None:
+                os.close(fd)
 
     async def delete(self, name: str) -> None:
         check_object_name(name)
+        self._forget_open([name])
 
         def work() -> None:
             with contextlib.ExitStack() as stack:
@@ -436,6 +491,7 @@ class LocalStore(Store):
         """Unlink them all in one worker-thread job (one thread hand-off, not one each)."""
         for name in names:
             check_object_name(name)
+        self._forget_open(names)
         todo = list(names)
 
         def work() -> list[str]:

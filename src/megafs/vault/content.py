@@ -173,6 +173,8 @@ class Content:
         first: int,
         last: int,
         keep: KeepFn | None = None,
+        *,
+        again: bool = True,
     ) -> list[bytes]:
         """Fetch and open blocks [first, last) of a chunk; their plaintexts.
 
@@ -199,6 +201,10 @@ class Content:
         if len(sealed) != want:
             # A store that cut whole blocks off the end would otherwise
             # give open_blocks fewer blocks than asked, read back as zeros.
+            if from_store and self.vault.store.forget_cached(name) and again:
+                return await self.open_blocks(
+                    ref, file_key, file_id, index, first, last, keep, again=False
+                )
             raise IntegrityError(name, "chunk object is shorter than its recorded length")
         try:
             plain = crypto.open_blocks(
@@ -206,6 +212,12 @@ class Content:
                 first, sealed, ref.pack_off,
             )
         except crypto.AuthFailed as e:
+            if from_store and self.vault.store.forget_cached(name) and again:
+                # read through a file kept open since: the store may hold
+                # other bytes under the name now (healed): ask it once more
+                return await self.open_blocks(
+                    ref, file_key, file_id, index, first, last, keep, again=False
+                )
             if from_store or self.cache is None:
                 raise IntegrityError(name, str(e)) from None
             # A damaged local cache is not a damaged store: forget it, ask the store.

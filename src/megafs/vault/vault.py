@@ -208,6 +208,15 @@ class LocalState:
             self.base = sealed
             self.save()
 
+    def committed(self, generation: int, digest: bytes, sealed: bytes) -> None:
+        """This client's commit of root ``generation`` (``digest``, ``sealed``)
+        is in: it is the newest root seen and the base, saved at once (one
+        write and fsync, where :meth:`saw` then :meth:`keep_base` make two)."""
+        if generation > self.generation:
+            self.generation, self.digest = generation, digest
+        self.base = sealed
+        self.save()
+
     def failed(self, generation: int, refused: bytes | None = None) -> None:
         """Remember a root write of ``generation`` that failed, and, if the
         store refused it, its digest ``refused``."""
@@ -477,8 +486,7 @@ class Vault:
             raise
         self._root_digest = digest
         self._root_sealed = sealed
-        self.state.saw(root.generation, digest)
-        self.state.keep_base(sealed)
+        self.state.committed(root.generation, digest, sealed)
 
     async def attempt_landed(self) -> bool:
         """Whether the last root write that got no answer (an error after it

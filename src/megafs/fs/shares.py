@@ -21,7 +21,9 @@ import stat
 import time
 from dataclasses import dataclass
 
-from ..errors import FsError, MegafsError, UsageError
+import trio
+
+from ..errors import FsError, MegafsError, UsageError, first_leaf
 from ..format import crypto
 from ..format import share as fmt
 from ..links.page import render
@@ -177,7 +179,11 @@ async def share(
         )
         await store.put_page(share_id.hex(), render(env))
     except BaseException:
-        await fs.unpin(pin)
+        with trio.CancelScope(shield=True):  # (also when cancelled: no pin left behind)
+            try:
+                await fs.unpin(pin)
+            except* MegafsError as e:
+                log.warning("the pin %s of a share that failed stays: %s", pin, first_leaf(e))
         raise
     log.info("shared %s as %s (%d files)", info.path, share_id.hex(), len(m.entries))
     return info

@@ -266,9 +266,17 @@ class Filesystem:
         }
 
     async def pin(self, name: str) -> None:
-        """Keep the current state under ``name`` until unpinned: commits."""
-        self.committer.keeper.pin(name)
-        await self.commit()
+        """Keep the current state under ``name`` until unpinned: commits
+        (more than once if other pins wait: a commit makes one). If a commit
+        fails, the request is withdrawn and the error raised."""
+        keeper = self.committer.keeper
+        keeper.pin(name)
+        try:
+            while keeper.pending(name):
+                await self.commit()
+        except BaseException:
+            keeper.withdraw(name)
+            raise
 
     async def unpin(self, name: str) -> None:
         """Let the retention policy decide about the root pinned as ``name``: commits."""

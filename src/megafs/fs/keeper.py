@@ -59,6 +59,14 @@ class Staged:
     freed: dict[bytes, int] = field(default_factory=dict)
     dropped: int = 0
     pruned: bool = False
+    #: the requests this commit carries out (the ones made while it runs
+    #: wait for the next): the pin it names, the unpins, the policy it
+    #: stores, the prune request it answers, the expired share pins it drops
+    pin: str | None = None
+    unpins: list[str] = field(default_factory=list)
+    policy: Policy | None = None
+    force_seq: int = 0
+    expired: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -88,6 +96,7 @@ class Keeper:
         self._released: list[bytes] = []
         self._last_prune = -PRUNE_EVERY
         self._force = False
+        self._force_seq = 0  # prune requests so far
         self._plan: list[Entry] = []
         #: generation -> whether it holds what its successor deleted, found
         #: by this prune (written into the entries by :meth:`stage`)
@@ -103,8 +112,19 @@ class Keeper:
     # --- requests ----------------------------------------------------------
 
     def pin(self, name: str) -> None:
-        """The next commit's root is kept under ``name`` until unpinned."""
+        """A coming commit's root is kept under ``name`` until unpinned (one
+        pin per commit: the oldest request first; :meth:`pending` says
+        whether it is still waiting)."""
         self._pins.append(name)
+
+    def pending(self, name: str) -> bool:
+        """Whether a pin of ``name`` waits for a commit."""
+        return name in self._pins
+
+    def withdraw(self, name: str) -> None:
+        """Forget a pin request of ``name`` that no commit carried out."""
+        if name in self._pins:
+            self._pins.remove(name)
 
     def unpin(self, name: str) -> None:
         """The next commit unpins the root kept under ``name``."""
@@ -113,11 +133,12 @@ class Keeper:
     def set_policy(self, policy: Policy) -> None:
         """The next commit stores ``policy`` and applies it."""
         self._policy_set = policy
-        self._force = True
+        self.prune_now()
 
     def prune_now(self) -> None:
         """The next commit applies the policy, whenever it was last applied."""
         self._force = True
+        self._force_seq += 1
 
     @property
     def requests(self) -> bool:
@@ -228,13 +249,18 @@ class Keeper:
         assert self.device_id is not None
         t = self.table.copy()
         staged = Staged(t, None)
+        staged.pin = self._pins[0] if self._pins else None
+        staged.unpins = list(self._unpins)
+        staged.policy = self._policy_set
+        staged.force_seq = self._force_seq
+        staged.expired = list(self._expired)
         latest = self._latest
         mine = Lists(dict(born), set(dead))
         if latest is None:
             # nothing older is kept: what this root no longer references is free
             staged.freed.update(dict.fromkeys(mine.dead, 0))
             mine = Lists({}, set())
-        name = self._pins[-1] if self._pins else None
+        name = self._pins[0] if self._pins else None
         new = Entry(gen, time_ns, self.device_id, itab, stats, None, name, inline=Lists())
         gone = {*self._unpins, *self._expired}
         if name is not None or gone:
@@ -283,19 +309,24 @@ class Keeper:
     def committed(self, staged: Staged, root: Root) -> None:
         """The root carrying ``staged`` is in: it is the history from now on."""
         self.table = staged.table
-        self._pins.clear()
-        self._unpins.clear()
-        for name in self._expired:
+        # only what this commit carried out: requests made while it ran wait
+        if staged.pin is not None and staged.pin in self._pins:
+            self._pins.remove(staged.pin)
+        for name in staged.unpins:
+            if name in self._unpins:
+                self._unpins.remove(name)
+        for name in staged.expired:
             parsed = parse_share_pin(name)
             if parsed is not None:
                 self._released.append(parsed[0])
-        self._expired = []
-        if self._policy_set is not None:
-            self.policy = self._policy_set
-            self._policy_set = None
+        if staged.policy is not None:
+            self.policy = staged.policy
+            if self._policy_set is staged.policy:
+                self._policy_set = None
         if staged.pruned:
             self._last_prune = time.monotonic()
-            self._force = False
+            if staged.force_seq == self._force_seq:
+                self._force = False
             self.last_prune = PruneResult(
                 staged.dropped, len(staged.freed), sum(staged.freed.values())
             )

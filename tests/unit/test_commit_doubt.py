@@ -83,6 +83,7 @@ async def test_a_root_write_that_landed_without_an_answer_is_adopted(
         with pytest.raises(StoreUnreachable):
             await fs.commit()
     assert store.scope is None or scope.cancelled_caught
+    assert fs.has_changes()  # the periodic commit asks the store about it soon
     generation = fs.root.generation
     await _write(fs, b"two", two)
     assert await fs.commit()

@@ -169,7 +169,8 @@ class Committer:
 
     def has_changes(self) -> bool:
         return bool(
-            self.table.dirty_pages
+            self._doubt is not None  # its changes are in no root this device knows of
+            or self.table.dirty_pages
             or self.meta_dirty
             or self.data.pending
             or self.collector.pack_drops

@@ -486,7 +486,13 @@ class Vault:
             raise
         self._root_digest = digest
         self._root_sealed = sealed
-        self.state.committed(root.generation, digest, sealed)
+        try:
+            self.state.committed(root.generation, digest, sealed)
+        except BaseException:
+            # The root is in; only remembering it here failed (a full disk):
+            # the next commit finds it in the store (attempt_landed).
+            self._unanswered = (root.generation, digest, sealed)
+            raise
 
     async def attempt_landed(self) -> bool:
         """Whether the last root write that got no answer (an error after it
@@ -501,20 +507,21 @@ class Vault:
             return False
         generation, digest, sealed = self._unanswered
         ptr = await self.store.read_pointer(ROOT, max_size=ROOT_MAX)
-        self._unanswered = None
         if ptr is None:
+            self._unanswered = None
             return False
         if root_digest(ptr.data) == digest:
             self._root_etag = ptr.etag
         else:
             mine = self.open_root(ptr.data).devices.get(self.state.client_id)
             if mine is None or mine.generation != generation:
+                self._unanswered = None
                 return False
             # built upon already: the old tag makes the next swap fail and merge
         self._root_digest = digest
         self._root_sealed = sealed
-        self.state.saw(generation, digest)
-        self.state.keep_base(sealed)
+        self.state.committed(generation, digest, sealed)  # (if it fails, the doubt stays)
+        self._unanswered = None
         return True
 
     async def delete_page(self, share_id: bytes) -> None:

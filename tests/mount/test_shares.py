@@ -180,3 +180,26 @@ def test_share_shares_and_unshare_on_an_unmounted_store(
     assert proc.returncode == Exit.USAGE, proc.stderr
     assert "/missing: No such file or directory" in one_error_line(proc)
     drive.mount()
+
+
+def test_a_malformed_request_is_answered_and_the_mount_goes_on(drive: Drive) -> None:
+    """The daemon's socket answers a request with missing or mistyped fields
+    with an error; it never ends the mount."""
+    from unittest import mock
+
+    from megafs.mount.runtime import ask, pid_path, socket_path
+
+    with mock.patch.dict(os.environ, {"XDG_RUNTIME_DIR": str(drive.runtime_dir)}):
+        sock = socket_path(pid_path(str(drive.mountpoint)))
+    for request in (
+        {"op": "share"},
+        {"op": "share", "path": "/x", "expires": "1d"},
+        {"op": "share", "path": 5},
+        {"op": "unshare"},
+        {"op": "nonsense"},
+    ):
+        answer = ask(sock, request)
+        assert answer.get("kind") == "UsageError", (request, answer)
+    (drive.mountpoint / "still").write_text("mounted")
+    assert (drive.mountpoint / "still").read_text() == "mounted"
+    assert ask(sock, {"op": "status"})["mountpoint"]

@@ -199,6 +199,11 @@ async def _handle(
         return await _share_op(op, req, fs, state)
     except* MegafsError as failed:
         leaf = first_leaf(failed)
+    except* Exception as failed:  # a bug, or a library's error: never the mount's end
+        leaf = first_leaf(failed)
+        log.error("request %r failed", op, exc_info=leaf)
+    if not isinstance(leaf, MegafsError):
+        return {"error": f"internal error: {leaf!r}", "kind": "MegafsError"}
     return {"error": str(leaf), "kind": type(leaf).__name__}
 
 
@@ -208,18 +213,26 @@ async def _share_op(
     if state.read_only:
         raise UsageError("the vault is mounted read-only: shares are made by a writable mount")
     if op == "share":
+        path, expires = req.get("path"), req.get("expires")
+        password, base_url = req.get("password"), req.get("base_url")
+        if (
+            not isinstance(path, str)
+            or not isinstance(expires, int | float | None)
+            or isinstance(expires, bool)
+            or not isinstance(password, str | None)
+            or not isinstance(base_url, str | None)
+        ):
+            raise UsageError("malformed share request")
         info = await shares.share(
-            fs,
-            str(req["path"]),
-            expires=req.get("expires"),
-            password=req.get("password"),
-            base_url=req.get("base_url"),
+            fs, path, expires=expires, password=password, base_url=base_url
         )
         return {"share": dataclasses.asdict(info)}
     if op == "shares":
         return {"shares": [dataclasses.asdict(i) for i in await shares.list_shares(fs)]}
     if op == "unshare":
-        await shares.unshare(fs, str(req["id"]))
+        if not isinstance(req.get("id"), str):
+            raise UsageError("malformed unshare request")
+        await shares.unshare(fs, req["id"])
         return {"ok": True}
     raise UsageError(f"unknown request {op!r}")
 

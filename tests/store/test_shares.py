@@ -339,3 +339,43 @@ async def test_an_interrupted_get_resumes_where_it_stopped(
         await fetch.download(c, opened, out)
     assert len(fetched) == 40 - kept // (64 * 1024)
     assert out.read_bytes() == data and list(out.parent.iterdir()) == [out]
+
+
+async def test_get_writes_into_nothing_that_exists_and_drops_special_modes(
+    fs: Filesystem, base_url: str | None, tmp_path: Path
+) -> None:
+    """A shared folder named like an existing one is refused, not merged
+    into; a symbolic link in the way is never followed; set-user-ID and
+    other special bits are dropped and the umask applies; a file of the
+    same size already there is not taken for the shared one."""
+    folder = (await fs.mkdir(ROOT_INO, b".config", 0o755, 0, 0)).ino
+    ino = (await fs.create(folder, b"run.sh", 0o6777, 0, 0)).ino
+    await fs.write(ino, 0, b"#!/bin/sh\necho shared\n")
+    one = await _write(fs, ROOT_INO, b"same.bin", b"B" * 5000)
+    assert one
+    folder_link = (await shares.share(fs, "/.config", base_url=base_url)).link
+    file_link = (await shares.share(fs, "/same.bin", base_url=base_url)).link
+    home = tmp_path / "home"
+    (home / ".config").mkdir(parents=True)
+    (home / "elsewhere").mkdir()
+    proc = _get(folder_link, home)  # -> home/.config, which exists
+    assert proc.returncode == Exit.USAGE, proc.stderr
+    assert "exists" in one_error_line(proc)
+    assert list((home / ".config").iterdir()) == []
+    (home / "link").symlink_to(home / "victim")  # dangling: get must not create through it
+    proc = _get(file_link, home / "link")
+    assert proc.returncode == Exit.USAGE, proc.stderr
+    assert not (home / "victim").exists()
+    os.umask(0o022)
+    out = tmp_path / "fresh"
+    proc = _get(folder_link, out)
+    assert proc.returncode == 0, proc.stderr
+    got = out / "run.sh"
+    assert got.read_bytes() == b"#!/bin/sh\necho shared\n"
+    assert got.stat().st_mode & 0o7777 == 0o755  # no set-user-ID, no world write
+    assert not list(out.glob(".megafs-get-*"))  # the resume marker is gone once complete
+    same = tmp_path / "same.bin"
+    same.write_bytes(b"A" * 5000)  # another file of the same size
+    proc = _get(file_link, same)
+    assert proc.returncode == Exit.USAGE, proc.stderr
+    assert same.read_bytes() == b"A" * 5000

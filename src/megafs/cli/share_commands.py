@@ -189,7 +189,12 @@ def _target(p: argparse.ArgumentParser) -> None:
 
 def shares_options(p: argparse.ArgumentParser) -> None:
     _target(p)
-    p.add_argument("--links", action="store_true", help="print each share's link as well")
+    p.add_argument(
+        "--urls",
+        action="store_true",
+        help="print each share's page URL as well (without its key, which is kept nowhere: "
+        "the link is shown once, by megafs share)",
+    )
 
 
 def _on_vault(args: argparse.Namespace, op: dict[str, Any]) -> dict[str, Any]:
@@ -229,7 +234,7 @@ def cmd_shares(args: argparse.Namespace) -> None:
             f"{s['share_id'][:10]} {_when(s['created']):16} {expires:16} "
             f"{s['device']:12} {s['path']}"
         )
-        if args.links:
+        if args.urls:
             print(f"  {s['link']}")
 
 

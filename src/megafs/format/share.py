@@ -243,8 +243,8 @@ class Manifest:
                 _sized(b64d(raw["vault"]), crypto.ID_SIZE),
                 _name(raw["name"]),
                 _kind(raw["type"]),
-                float(raw["created"]),
-                None if raw["expires"] is None else float(raw["expires"]),
+                _time(raw["created"]),
+                None if raw["expires"] is None else _time(raw["expires"]),
                 _int(raw["block"], 1 << 12, 1 << 26),
                 _int(raw["chunk"], 1 << 12, crypto.MAX_CHUNK_SIZE),
                 [str(u) for u, _ in objs],
@@ -256,7 +256,7 @@ class Manifest:
                     _path(item["path"]),
                     _kind(item["type"]),
                     _int(item["mode"], 0, 0o7777),
-                    float(item["mtime"]),
+                    _time(item["mtime"]),
                 )
                 if e.kind == "file":
                     e.size = _int(item["size"], 0, 1 << 62)
@@ -286,6 +286,13 @@ def _int(v: object, lo: int, hi: int) -> int:
     if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
         raise ValueError(v)
     return v
+
+
+def _time(v: object) -> float:
+    """Seconds since the epoch: a finite number within 3,000 years of it."""
+    if not isinstance(v, int | float) or isinstance(v, bool) or not abs(v) < 1e11:
+        raise ValueError(v)
+    return float(v)
 
 
 def _sized(b: bytes, n: int) -> bytes:
@@ -377,13 +384,14 @@ def owner_aad(vault_id: bytes, share_id: bytes) -> bytes:
 class OwnerRecord:
     """What the vault's owner keeps about a share (sealed under the meta key
     in the page): what was shared, when, by which device, until when, and
-    the link (so that ``megafs shares`` prints it again)."""
+    the page's URL. Never the link key: it reaches no store, even sealed
+    (the link is shown once, when the share is made)."""
 
     path: str
     created: float
     expires: float | None
     device: str
-    link: str
+    url: str
     generation: int
 
     def seal(self, keys: crypto.Keys, share_id: bytes) -> bytes:
@@ -402,7 +410,7 @@ class OwnerRecord:
                 float(raw["created"]),
                 None if raw["expires"] is None else float(raw["expires"]),
                 str(raw["device"]),
-                str(raw["link"]),
+                str(raw["url"]),
                 int(raw["generation"]),
             )
         except crypto.AuthFailed:

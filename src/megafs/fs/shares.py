@@ -22,11 +22,13 @@ import time
 from dataclasses import dataclass
 
 import trio
+import trio.lowlevel
 
 from ..errors import FsError, MegafsError, UsageError, first_leaf
 from ..format import crypto
 from ..format import share as fmt
 from ..links.page import render
+from ..stores.base import MAX_PAGE_SIZE
 from ..vault.history import Entry as HistEntry
 from ..vault.vault import obj_name
 from .filesystem import Filesystem
@@ -47,6 +49,8 @@ class ShareInfo:
     created: float
     expires: float | None
     device: str
+    #: the link (when made), or the page's URL alone (when listed: the key
+    #: is not kept anywhere)
     link: str
     generation: int
 
@@ -67,7 +71,11 @@ async def _walk_to(fs: Filesystem, parts: list[bytes]) -> int:
     return ino
 
 
-async def _file_entry(fs: Filesystem, ino: int, path: str, m: fmt.Manifest) -> fmt.Entry:
+async def _file_entry(
+    fs: Filesystem, ino: int, path: str, m: fmt.Manifest, where: dict[bytes, int]
+) -> fmt.Entry:
+    """The entry of file ``ino``; objects new to the manifest are added to
+    it (``where``: object id -> its index there)."""
     node = await fs.table.get(ino)
     e = fmt.Entry(path, "file", stat.S_IMODE(node.mode), node.mtime / 1e9, node.size)
     e.file_id = node.file_id
@@ -79,22 +87,24 @@ async def _file_entry(fs: Filesystem, ino: int, path: str, m: fmt.Manifest) -> f
         ref = node.chunks[idx]
         assert node.file_key is not None
         key = crypto.object_key(node.file_key, ref.obj) if keys.committing else node.file_key
-        try:
-            oi = m.object_ids.index(ref.obj)
-        except ValueError:
-            oi = len(m.object_ids)
+        oi = where.get(ref.obj)
+        if oi is None:
+            oi = where[ref.obj] = len(m.object_ids)
             m.object_ids.append(ref.obj)
         e.chunks.append(fmt.Chunk(idx, oi, ref.off, ref.length, ref.packed, key))
     return e
 
 
-async def _collect(fs: Filesystem, ino: int, m: fmt.Manifest) -> None:
+async def _collect(
+    fs: Filesystem, ino: int, m: fmt.Manifest, where: dict[bytes, int]
+) -> None:
     """Every file and folder under folder ``ino`` of ``fs``, parents first."""
     stack: list[tuple[int, str]] = [(ino, "")]
     while stack:
         folder, prefix = stack.pop()
         after = 0
         while batch := await fs.readdir(folder, after):
+            await trio.lowlevel.checkpoint()  # a large tree: let the mount serve meanwhile
             for name, attr, cookie in batch:
                 after = cookie
                 text = name.decode("utf-8", "surrogateescape")
@@ -105,7 +115,7 @@ async def _collect(fs: Filesystem, ino: int, m: fmt.Manifest) -> None:
                     )
                     stack.append((attr.ino, path + "/"))
                 elif stat.S_ISREG(attr.mode):
-                    m.entries.append(await _file_entry(fs, attr.ino, path, m))
+                    m.entries.append(await _file_entry(fs, attr.ino, path, m, where))
 
 
 async def share(
@@ -137,8 +147,8 @@ async def share(
     share_id = crypto.new_id()
     await store.check_share_urls(base_url=base_url, expires_in=lifetime)  # fails before pinning
     pin = fmt.share_pin(share_id, expires)
-    await fs.pin(pin)
     try:
+        await fs.pin(pin)
         entry = await _pinned(fs, pin)
         past = await fs.past(entry)
         ino = await _walk_to(past, parts)
@@ -155,10 +165,11 @@ async def share(
             [],
             [],
         )
+        where: dict[bytes, int] = {}
         if node.is_dir:
-            await _collect(past, ino, m)
+            await _collect(past, ino, m, where)
         else:
-            m.entries.append(await _file_entry(past, ino, "", m))
+            m.entries.append(await _file_entry(past, ino, "", m, where))
         page_url, urls = await store.share_urls(
             share_id.hex(),
             [obj_name(o) for o in m.object_ids],
@@ -173,11 +184,17 @@ async def share(
         info = ShareInfo(
             share_id.hex(), "/" + path.strip("/"), now, expires, device, link, entry.gen
         )
-        owner = fmt.OwnerRecord(info.path, now, expires, device, link, entry.gen)
+        owner = fmt.OwnerRecord(info.path, now, expires, device, page_url, entry.gen)
         env = fmt.Envelope(
             share_id, fmt.seal_manifest(key, share_id, m), owner.seal(fs.vault.keys, share_id), pw
         )
-        await store.put_page(share_id.hex(), render(env))
+        page = render(env)
+        if len(page) > MAX_PAGE_SIZE:
+            raise UsageError(
+                f"{info.path} has too many chunks for one link ({len(m.object_ids)} objects, "
+                f"a {len(page) >> 20} MiB page): share its folders one by one"
+            )
+        await store.put_page(share_id.hex(), page)
     except BaseException:
         with trio.CancelScope(shield=True):  # (also when cancelled: no pin left behind)
             try:
@@ -220,7 +237,7 @@ async def list_shares(fs: Filesystem) -> list[ShareInfo]:
                 rec.created,
                 rec.expires,
                 rec.device,
-                rec.link,
+                rec.url,
                 rec.generation,
             )
         )

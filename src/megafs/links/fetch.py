@@ -52,6 +52,8 @@ class Opened:
 def _refused(status: int, body: str, what: str) -> Exception:
     """The one-line error for a store's refusal (HTTP ``status``, the first
     bytes of its answer ``body``) of a link's URL."""
+    if status == 416:  # a range past the object's end: cut short
+        return TamperedShare(f"{what}: the object is truncated (HTTP 416)")
     if status == 403 and "expired" in body.lower():
         return LinkGone(f"the link has expired (the store refused {what}: HTTP 403)")
     if status in (403, 404, 410):
@@ -112,7 +114,9 @@ async def open_link(
     secret = None
     if env.password is not None:
         if password is None:
-            raise UsageError("this link needs its password (give --password)")
+            raise UsageError(
+                "this link needs its password (give --password-file or $MEGAFS_LINK_PASSWORD)"
+            )
         secret = password()
     mkey = await trio.to_thread.run_sync(fmt.manifest_key, key, env.share_id, secret, env.password)
     m = fmt.open_manifest(mkey, env)
@@ -141,22 +145,54 @@ async def download(
 ) -> None:
     """Download every file of the share under ``dest`` (the file itself, or
     the top folder). Raises as :func:`open_link`; on TamperedShare the file
-    being written is removed."""
+    being written is removed; a local file that cannot be written is a
+    UsageError.
+
+    Nothing already there is written into or trusted: a shared file's
+    destination must not exist (unless a part file of this share is there
+    to resume), nor a shared folder's, unless it holds the marker
+    ``.megafs-get-<id>`` an interrupted download of this share left (then
+    its complete files are kept). Folders met on the way must be real
+    folders, not symbolic links. Modes keep the permission bits only,
+    less the umask (never set-user-ID, for example)."""
     m = opened.manifest
     tag = opened.envelope.share_id.hex()[:8]
-    dirs: list[tuple[Path, fmt.Entry]] = []
-    if m.kind == "dir":
-        _mkdir(dest)
-    for e in m.entries:
-        target = dest / e.path if e.path else dest
-        if e.kind == "dir":
-            _mkdir(target)
-            dirs.append((target, e))
-            continue
-        await _file(client, opened, e, target, tag, progress)
-    for target, e in reversed(dirs):  # children first: their writes moved the times
-        os.chmod(target, e.mode)
-        os.utime(target, (e.mtime, e.mtime))
+    umask = os.umask(0)
+    os.umask(umask)
+    keep = ~umask & 0o777
+    try:
+        resuming = False
+        marker = dest / f".megafs-get-{tag}"
+        if m.kind == "dir":
+            resuming = _top_folder(dest, marker)
+        dirs: list[tuple[Path, fmt.Entry]] = []
+        for e in m.entries:
+            target = dest / e.path if e.path else dest
+            if e.kind == "dir":
+                _mkdir(target)
+                dirs.append((target, e))
+                continue
+            await _file(client, opened, e, target, tag, progress, resuming, keep)
+        for target, e in reversed(dirs):  # children first: their writes moved the times
+            os.chmod(target, e.mode & keep)
+            os.utime(target, (e.mtime, e.mtime))
+        if m.kind == "dir":
+            marker.unlink()
+    except OSError as err:
+        where = err.filename or dest
+        raise UsageError(f"cannot write {where}: {err.strerror}") from None
+
+
+def _top_folder(dest: Path, marker: Path) -> bool:
+    """Make the shared folder's top ``dest`` with the resume ``marker`` in
+    it; True if an interrupted download of this share had made it."""
+    if dest.exists() or dest.is_symlink():
+        if dest.is_dir() and not dest.is_symlink() and marker.is_file():
+            return True
+        raise UsageError(f"{dest} exists; remove it or give another destination")
+    _mkdir(dest)
+    marker.touch()
+    return False
 
 
 def _holds(exc: BaseException, kind: type[BaseException]) -> bool:
@@ -167,16 +203,21 @@ def _holds(exc: BaseException, kind: type[BaseException]) -> bool:
 
 
 def _mkdir(path: Path) -> None:
+    """Make folder ``path`` (its parent is one the download made or met
+    already); an existing one must be a real folder."""
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise UsageError(f"{path} exists and is not a folder; nothing was written there")
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        path.mkdir(exist_ok=True)
     except OSError as err:
         raise UsageError(f"cannot make the folder {path}: {err.strerror}") from None
 
 
-def _open_part(target: Path, part: Path, size: int) -> int | None:
+def _open_part(target: Path, part: Path, size: int, resuming: bool) -> int | None:
     """The part file to write ``target`` through; None if ``target`` is
-    complete already (a file of its size: an earlier run's)."""
-    if target.is_file() and not target.is_symlink() and target.stat().st_size == size:
+    complete already (a file of its size in a folder this share's download
+    made: ``resuming``)."""
+    if resuming and target.is_file() and not target.is_symlink() and target.stat().st_size == size:
         return None
     if (target.exists() or target.is_symlink()) and not part.exists():
         raise UsageError(f"{target} exists; remove it or give another destination")
@@ -193,10 +234,12 @@ async def _file(
     target: Path,
     tag: str,
     progress: Callable[[int], None] | None,
+    resuming: bool,
+    keep: int,
 ) -> None:
     m = opened.manifest
-    part = target.with_name(f"{target.name}.megafs-{tag}.part")
-    fd = _open_part(target, part, e.size)
+    part = target.with_name(f".{target.name[:200]}.megafs-{tag}.part")
+    fd = _open_part(target, part, e.size, resuming)
     if fd is None:
         if progress:
             progress(e.size)  # already here (an earlier run): not fetched again
@@ -251,7 +294,7 @@ async def _file(
                 os.unlink(part)
         raise
     os.close(fd)
-    os.chmod(part, e.mode)
+    os.chmod(part, e.mode & keep)
     os.utime(part, (e.mtime, e.mtime))
     os.replace(part, target)
 

@@ -78,7 +78,9 @@ def read_only_bind(folder: Path) -> Iterator[None]:
         subprocess.run(["mount", "-o", "remount,bind,ro", folder], check=True)
         yield
     finally:
-        subprocess.run(["umount", folder], check=True)
+        # lazily: the mount keeps objects it read open (for random reads),
+        # as any program that reads files does, so the bind is busy
+        subprocess.run(["umount", "--lazy", folder], check=True)
 
 
 @contextlib.contextmanager

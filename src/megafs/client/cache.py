@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import resource
 import shutil
 from collections import OrderedDict
 
@@ -31,8 +32,9 @@ from ..nowait import pread_nowait
 
 _LIMITER = trio.CapacityLimiter(8)
 
-#: Cached objects whose files stay open for reads.
-OPEN_FILES = 256
+#: Cached objects whose files stay open for reads: at most 256, and an
+#: eighth of the descriptors the process may have.
+OPEN_FILES = max(8, min(256, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 8))
 
 
 class ContentCache:
@@ -84,7 +86,11 @@ class ContentCache:
             except FileNotFoundError:
                 return None
             try:
-                return os.pread(fd, length, offset), os.dup(fd)
+                data = os.pread(fd, length, offset)
+                try:
+                    return data, os.dup(fd)
+                except OSError:  # no descriptor to spare: read, not kept
+                    return data, -1
             finally:
                 os.close(fd)
 
@@ -92,6 +98,8 @@ class ContentCache:
         if got is None:
             return None
         data, kept = got
+        if kept < 0:
+            return data
         if name in self._open or name not in self._present:
             os.close(kept)  # (evicted meanwhile: a new file may come under its name)
         else:

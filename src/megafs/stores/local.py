@@ -87,6 +87,15 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 #: 1 GiB file's chunks, or a quarter of the descriptors the process may have.
 OPEN_OBJECTS = max(16, min(1024, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4))
 
+def _dup_or_none(fd: int) -> int:
+    """A second descriptor of ``fd`` to keep, or -1 if the process has no
+    more to spare (the read itself succeeded: keeping it is a bonus)."""
+    try:
+        return os.dup(fd)
+    except OSError:
+        return -1
+
+
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 _FAN = re.compile(r"[0-9a-f]{2}")
@@ -444,10 +453,11 @@ class LocalStore(Store):
         def work() -> tuple[bytes, int]:
             with contextlib.ExitStack() as stack:
                 fd, _ = self._open_object(stack, name)
-                return os.pread(fd, length, offset), os.dup(fd)
+                return os.pread(fd, length, offset), _dup_or_none(fd)
 
         data, kept = await self._run(work, name)
-        self._keep_open(name, kept)
+        if kept >= 0:
+            self._keep_open(name, kept)
         return data
 
     def _keep_open(self, name: str, fd: int) -> None:

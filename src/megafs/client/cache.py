@@ -22,19 +22,18 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import resource
 import shutil
 from collections import OrderedDict
 
 import trio
 
-from ..nowait import pread_nowait
+from ..nowait import KeptFiles, dup_or_none
 
 _LIMITER = trio.CapacityLimiter(8)
 
 #: Cached objects whose files stay open for reads: at most 256, and an
 #: eighth of the descriptors the process may have.
-OPEN_FILES = max(8, min(256, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 8))
+OPEN_FILES = KeptFiles.limit_for(8, 8, 256)
 
 
 class ContentCache:
@@ -48,7 +47,7 @@ class ContentCache:
         self.sealed_block = sealed_block
         self._present: OrderedDict[str, set[int]] = OrderedDict()
         #: cached objects' files kept open for reads, least recently used first
-        self._open: OrderedDict[str, int] = OrderedDict()
+        self._open = KeptFiles(OPEN_FILES)
         self.bytes = 0
         self.hits = 0
         self.misses = 0
@@ -72,12 +71,9 @@ class ContentCache:
         gone. At once when the object was read before and the page cache
         holds the bytes (:func:`~megafs.nowait.pread_nowait`); else in a
         worker thread, which keeps the file open for the next reads."""
-        fd = self._open.get(name)
-        if fd is not None:
-            self._open.move_to_end(name)
-            data = pread_nowait(fd, offset, length)
-            if data is not None:
-                return data
+        data = self._open.read(name, offset, length)
+        if data is not None:
+            return data
         path = self._path(name)
 
         def work() -> tuple[bytes, int] | None:
@@ -86,11 +82,7 @@ class ContentCache:
             except FileNotFoundError:
                 return None
             try:
-                data = os.pread(fd, length, offset)
-                try:
-                    return data, os.dup(fd)
-                except OSError:  # no descriptor to spare: read, not kept
-                    return data, -1
+                return os.pread(fd, length, offset), dup_or_none(fd)
             finally:
                 os.close(fd)
 
@@ -98,20 +90,11 @@ class ContentCache:
         if got is None:
             return None
         data, kept = got
-        if kept < 0:
-            return data
-        if name in self._open or name not in self._present:
-            os.close(kept)  # (evicted meanwhile: a new file may come under its name)
-        else:
-            self._open[name] = kept
-            while len(self._open) > OPEN_FILES:
-                os.close(self._open.popitem(last=False)[1])
+        if name in self._present:  # (evicted meanwhile: a new file may come under its name)
+            self._open.keep(name, kept)
+        elif kept >= 0:
+            os.close(kept)
         return data
-
-    def _close(self, name: str) -> None:
-        fd = self._open.pop(name, None)
-        if fd is not None:
-            os.close(fd)
 
     async def store(self, name: str, first_block: int, sealed: bytes) -> None:
         """Remember sealed bytes starting at block ``first_block`` of ``name``."""
@@ -142,7 +125,7 @@ class ContentCache:
 
     def forget(self, name: str) -> None:
         """Drop an object that no longer exists in the store (no I/O wait)."""
-        self._close(name)
+        self._open.forget(name)
         blocks = self._present.pop(name, None)
         if blocks is not None:
             self.bytes -= len(blocks) * self.sealed_block
@@ -154,7 +137,7 @@ class ContentCache:
         while self.bytes > self.max_bytes and self._present:
             name, blocks = self._present.popitem(last=False)
             self.bytes -= len(blocks) * self.sealed_block
-            self._close(name)
+            self._open.forget(name)
             victims.append(name)
         if victims:
 

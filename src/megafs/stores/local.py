@@ -33,7 +33,6 @@ folder; of megafs it imports only :mod:`megafs.errors` and :mod:`.base`.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import ctypes
 import errno
@@ -42,7 +41,6 @@ import hashlib
 import logging
 import os
 import re
-import resource
 import stat
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TypeVar
@@ -60,7 +58,7 @@ from ..errors import (
     StoreReadOnly,
     UsageError,
 )
-from ..nowait import pread_nowait
+from ..nowait import KeptFiles, dup_or_none
 from .base import (
     MAX_OBJECT_SIZE,
     MAX_PAGE_SIZE,
@@ -85,16 +83,7 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 #: A file to read: never through a symbolic link, never blocking (a FIFO).
 #: Objects a local store keeps open for reads (random reads of blocks): a
 #: 1 GiB file's chunks, or a quarter of the descriptors the process may have.
-OPEN_OBJECTS = max(16, min(1024, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4))
-
-def _dup_or_none(fd: int) -> int:
-    """A second descriptor of ``fd`` to keep, or -1 if the process has no
-    more to spare (the read itself succeeded: keeping it is a bonus)."""
-    try:
-        return os.dup(fd)
-    except OSError:
-        return -1
-
+OPEN_OBJECTS = KeptFiles.limit_for(4, 16, 1024)
 
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
@@ -259,7 +248,7 @@ class LocalStore(Store):
         self._puts = 0  # objects written so far
         self._synced = 0  # of which known durable
         #: objects kept open for reads, least recently used first (trio thread only)
-        self._open: collections.OrderedDict[str, int] = collections.OrderedDict()
+        self._open = KeptFiles(OPEN_OBJECTS)
 
     async def _run(self, fn: Callable[[], T], what: str, *, reading: bool = True) -> T:
         """Run blocking ``fn`` in a thread; OSError becomes the matching StoreError.
@@ -319,7 +308,7 @@ class LocalStore(Store):
 
     async def put(self, name: str, data: bytes) -> None:
         check_object_name(name)
-        self._forget_open([name])  # (never rewritten by megafs; a test or a repair may)
+        self._open.forget(name)  # (never rewritten by megafs; a test or a repair may)
         if len(data) > MAX_OBJECT_SIZE:
             raise ValueError(f"object {name} is larger than {MAX_OBJECT_SIZE} bytes")
 
@@ -355,7 +344,7 @@ class LocalStore(Store):
 
     async def aclose(self) -> None:
         """Close the objects kept open for reads. Idempotent."""
-        self._forget_open(list(self._open))
+        self._open.close()
 
     # --- the share area: shares/<id>.html --------------------------------------
 
@@ -443,50 +432,25 @@ class LocalStore(Store):
         check_object_name(name)
         if length <= 0:
             return b""
-        fd = self._open.get(name)
-        if fd is not None:
-            self._open.move_to_end(name)
-            cached = pread_nowait(fd, offset, length)
-            if cached is not None:
-                return cached
+        cached = self._open.read(name, offset, length)
+        if cached is not None:
+            return cached
 
         def work() -> tuple[bytes, int]:
             with contextlib.ExitStack() as stack:
                 fd, _ = self._open_object(stack, name)
-                return os.pread(fd, length, offset), _dup_or_none(fd)
+                return os.pread(fd, length, offset), dup_or_none(fd)
 
         data, kept = await self._run(work, name)
-        if kept >= 0:
-            self._keep_open(name, kept)
+        self._open.keep(name, kept)
         return data
 
-    def _keep_open(self, name: str, fd: int) -> None:
-        """Keep ``fd`` (a descriptor of object ``name``, checked to be a
-        regular file) for later reads. Objects never change, so a kept
-        descriptor reads what the name held; a deleted object's is closed."""
-        if name in self._open:
-            os.close(fd)
-            return
-        self._open[name] = fd
-        while len(self._open) > OPEN_OBJECTS:
-            os.close(self._open.popitem(last=False)[1])
-
     def forget_cached(self, name: str) -> bool:
-        fd = self._open.pop(name, None)
-        if fd is None:
-            return False
-        os.close(fd)
-        return True
-
-    def _forget_open(self, names: Sequence[str]) -> None:
-        for name in names:
-            fd = self._open.pop(name, None)
-            if fd is not None:
-                os.close(fd)
+        return self._open.forget(name)
 
     async def delete(self, name: str) -> None:
         check_object_name(name)
-        self._forget_open([name])
+        self._open.forget(name)
 
         def work() -> None:
             with contextlib.ExitStack() as stack:
@@ -501,7 +465,8 @@ class LocalStore(Store):
         """Unlink them all in one worker-thread job (one thread hand-off, not one each)."""
         for name in names:
             check_object_name(name)
-        self._forget_open(names)
+        for name in names:
+            self._open.forget(name)
         todo = list(names)
 
         def work() -> list[str]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,38 +16,23 @@ import pytest
 from megafs.cli.exit_codes import Exit
 
 from ..support.mounting import Drive, one_error_line
-from ..support.share_trees import free_port, set_tree, tree_of
+from ..support.share_trees import set_tree, tree_of
+from ..support.shares import static_server
 
 pytestmark = pytest.mark.fuse
 
 
 @pytest.fixture
-def web(drive: Drive) -> Iterator[list[str]]:
+def web(drive: Drive, tmp_path: Path) -> Iterator[list[str]]:
     """Extra ``megafs share`` arguments that make a link reachable: none on
     S3 (presigned URLs); on a local folder, ``--base-url`` of a static web
     server (Python's http.server) publishing the store folder."""
     if drive.url.startswith("s3://"):
         yield []
         return
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "-d", drive.url],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        import socket
-
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.05)
-        yield ["--base-url", f"http://127.0.0.1:{port}"]
-    finally:
-        server.kill()
-        server.wait()
+    Path(drive.url).mkdir(parents=True, exist_ok=True)
+    with static_server(Path(drive.url), tmp_path / "http.log") as base:
+        yield ["--base-url", base]
 
 
 def _share(drive: Drive, path: Path, *args: str) -> str:

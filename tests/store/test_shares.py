@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -29,36 +28,18 @@ from megafs.vault.vault import Vault, obj_name
 
 from ..support.helpers import PASS, new_vault, run_megafs
 from ..support.mounting import one_error_line
-from ..support.share_trees import free_port
+from ..support.shares import static_server
 
 
 @pytest.fixture
-def base_url(any_store: Store) -> Iterator[str | None]:
+def base_url(any_store: Store, tmp_path: Path) -> Iterator[str | None]:
     """None on S3 (presigned URLs); the URL of a static web server that
     publishes the local store's folder."""
     if not isinstance(any_store, LocalStore):
         yield None
         return
-    port = free_port()
-    os.makedirs(any_store.root, exist_ok=True)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
-        cwd=any_store.root,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        import socket
-
-        for _ in range(200):
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.kill()
-        server.wait()
+    with static_server(Path(any_store.root), tmp_path / "http.log") as base:
+        yield base
 
 
 @pytest.fixture

@@ -3,19 +3,11 @@
 from __future__ import annotations
 
 import os
-import socket
 import stat
 from pathlib import Path
 
 #: path -> (content, permission bits, mtime in whole seconds); folders: content None
 Tree = dict[str, tuple[bytes | None, int, int]]
-
-
-def free_port() -> int:
-    """A TCP port of 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def set_tree(top: Path) -> Tree:

@@ -6,7 +6,6 @@ made by :func:`megafs.fs.shares.share`, as ``megafs share`` makes them.
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ import httpx
 
 from megafs.vault.vault import obj_name
 
-from .seaweed import SeaweedFS
+from .seaweed import SeaweedFS, free_ports
 
 # --- a local store folder on a static web server -----------------------------
 
@@ -31,18 +30,11 @@ def local_object_path(root: Path, obj: bytes) -> Path:
     return root / "objects" / name[:2] / name
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @contextmanager
 def static_server(root: Path, log: Path) -> Iterator[str]:
     """``python -m http.server`` serving ``root`` on 127.0.0.1 (it answers
     ranged GETs with the whole file: a 200); yields its base URL."""
-    port = _free_port()
+    [port] = free_ports(1)
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],

@@ -129,37 +129,20 @@ def cmd_share(args: argparse.Namespace) -> None:
     elif args.base_url is None and not (args.path is None and _local_mount(args.target)):
         expires = time.time() + 7 * 24 * 3600  # presigned: the longest S3 allows
     secret = _password(args, confirm=True) if args.password else None
+    request = {
+        "op": "share",
+        "expires": expires,
+        "password": secret,
+        "base_url": args.base_url,
+    }
     if args.path is None:
         root = mount_root(args.target)
         if root is None:
             raise UsageError(f"{args.target} is not in a mounted megafs vault (or give STORE PATH)")
-        answer = _ask_daemon(
-            root,
-            {
-                "op": "share",
-                "path": _rel(root, args.target),
-                "expires": expires,
-                "password": secret,
-                "base_url": args.base_url,
-            },
-            SHARE_TIMEOUT,
-        )
-        link = str(answer["share"]["link"])
+        answer = _on_vault(args, {**request, "path": _rel(root, args.target)})
     else:
-        from ..fs.history_admin import as_device
-        from ..fs.shares import share
-
-        unlock = get_passphrase(args)
-        args.store = args.target
-
-        async def run() -> str:
-            async with unlocked_vault(args, unlock) as vault, as_device(vault) as fs:
-                info = await share(
-                    fs, args.path, expires=expires, password=secret, base_url=args.base_url
-                )
-                return info.link
-
-        link = trio.run(run)
+        answer = _on_vault(args, {**request, "path": args.path})
+    link = str(answer["share"]["link"])
     print(link, flush=True)
 
 
@@ -197,11 +180,14 @@ def shares_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _on_vault(args: argparse.Namespace, op: dict[str, Any]) -> dict[str, Any]:
+def _on_vault(args: argparse.Namespace, req: dict[str, Any]) -> dict[str, Any]:
+    """Carry out ``req`` (:func:`megafs.fs.shares.request`) by the daemon of
+    the mount ``args.target`` is in, else on the vault at STORE
+    ``args.target``, opened here."""
     root = mount_root(args.target)
     if root is not None:
-        return _ask_daemon(root, op, SHARE_TIMEOUT)
-    from ..fs import shares as fs_shares
+        return _ask_daemon(root, req, SHARE_TIMEOUT)
+    from ..fs import shares
     from ..fs.history_admin import as_device
 
     unlock = get_passphrase(args)
@@ -209,12 +195,7 @@ def _on_vault(args: argparse.Namespace, op: dict[str, Any]) -> dict[str, Any]:
 
     async def run() -> dict[str, Any]:
         async with unlocked_vault(args, unlock) as vault, as_device(vault) as fs:
-            if op["op"] == "shares":
-                import dataclasses
-
-                return {"shares": [dataclasses.asdict(i) for i in await fs_shares.list_shares(fs)]}
-            await fs_shares.unshare(fs, op["id"])
-            return {"ok": True}
+            return await shares.request(fs, req)
 
     return trio.run(run)
 

@@ -15,11 +15,13 @@ the store beyond its share area (:meth:`Store.put_page` and friends).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import stat
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import trio
 import trio.lowlevel
@@ -207,6 +209,11 @@ async def share(
 
 
 async def _pinned(fs: Filesystem, pin: str) -> HistEntry:
+    """The kept root pinned as ``pin``: the newest one, unless a commit
+    came between (then the whole history is read)."""
+    latest = await fs.committer.keeper.table.latest()
+    if latest is not None and latest.name == pin:
+        return latest
     for e in reversed(await fs.committer.keeper.entries()):
         if e.name == pin:
             return e
@@ -263,4 +270,35 @@ async def unshare(fs: Filesystem, share_id: str) -> None:
     await fs.unpin(name)
 
 
-__all__ = ["ShareInfo", "list_shares", "share", "unshare"]
+async def request(fs: Filesystem, req: dict[str, Any]) -> dict[str, Any]:
+    """Carry out one request, a JSON object, as the daemon's socket takes it
+    and ``megafs share/shares/unshare STORE`` make it: ``op`` "share" (with
+    ``path``, ``expires``, ``password``, ``base_url``), "shares" or
+    "unshare" (with ``id``). The answer is a JSON object too. Raises
+    UsageError for a malformed request, else as :func:`share`."""
+    op = req.get("op")
+    if op == "share":
+        path, expires = req.get("path"), req.get("expires")
+        password, base_url = req.get("password"), req.get("base_url")
+        if (
+            not isinstance(path, str)
+            or not isinstance(expires, int | float | None)
+            or isinstance(expires, bool)
+            or not isinstance(password, str | None)
+            or not isinstance(base_url, str | None)
+        ):
+            raise UsageError("malformed share request")
+        info = await share(fs, path, expires=expires, password=password, base_url=base_url)
+        return {"share": dataclasses.asdict(info)}
+    if op == "shares":
+        return {"shares": [dataclasses.asdict(i) for i in await list_shares(fs)]}
+    if op == "unshare":
+        share_id = req.get("id")
+        if not isinstance(share_id, str):
+            raise UsageError("malformed unshare request")
+        await unshare(fs, share_id)
+        return {"ok": True}
+    raise UsageError(f"unknown request {op!r}")
+
+
+__all__ = ["ShareInfo", "list_shares", "request", "share", "unshare"]

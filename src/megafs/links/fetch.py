@@ -132,7 +132,7 @@ def destination(opened: Opened, dest: str | None) -> Path:
     if dest is None:
         return Path(name)
     p = Path(dest)
-    if p.is_dir() and (opened.manifest.kind == "file" or p.exists()):
+    if p.is_dir():
         return p / name
     return p
 

@@ -33,7 +33,6 @@ Concurrency: trio, the mount's thread; one short task per connection.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -196,7 +195,7 @@ async def _handle(
         return {"error": "the status took too long", "kind": "MegafsError"}
     leaf: BaseException
     try:
-        return await _share_op(op, req, fs, state)
+        return await _share_op(req, fs, state)
     except* MegafsError as failed:
         leaf = first_leaf(failed)
     except* Exception as failed:  # a bug, or a library's error: never the mount's end
@@ -207,34 +206,10 @@ async def _handle(
     return {"error": str(leaf), "kind": type(leaf).__name__}
 
 
-async def _share_op(
-    op: object, req: dict[str, Any], fs: Filesystem, state: MountState
-) -> dict[str, Any]:
+async def _share_op(req: dict[str, Any], fs: Filesystem, state: MountState) -> dict[str, Any]:
     if state.read_only:
         raise UsageError("the vault is mounted read-only: shares are made by a writable mount")
-    if op == "share":
-        path, expires = req.get("path"), req.get("expires")
-        password, base_url = req.get("password"), req.get("base_url")
-        if (
-            not isinstance(path, str)
-            or not isinstance(expires, int | float | None)
-            or isinstance(expires, bool)
-            or not isinstance(password, str | None)
-            or not isinstance(base_url, str | None)
-        ):
-            raise UsageError("malformed share request")
-        info = await shares.share(
-            fs, path, expires=expires, password=password, base_url=base_url
-        )
-        return {"share": dataclasses.asdict(info)}
-    if op == "shares":
-        return {"shares": [dataclasses.asdict(i) for i in await shares.list_shares(fs)]}
-    if op == "unshare":
-        if not isinstance(req.get("id"), str):
-            raise UsageError("malformed unshare request")
-        await shares.unshare(fs, req["id"])
-        return {"ok": True}
-    raise UsageError(f"unknown request {op!r}")
+    return await shares.request(fs, req)
 
 
 async def _answer(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import stat
 import subprocess
 from pathlib import Path
@@ -44,6 +45,12 @@ def test_status_of_a_mount(tmp_path: Path, any_store_url: tuple[str, dict[str, s
         os.fsync(fd)
         os.close(fd)
         [st] = status(d)  # every mount of the user: this one
+        assert st["pending"]["operations"] == 0  # durable: in this device's log in the store
+        assert st["last_commit"]["log_puts"] >= 1
+        deadline = time.monotonic() + 30
+        while st["last_commit"]["generation"] == gen and time.monotonic() < deadline:
+            time.sleep(0.2)  # the commit that folds the log comes a second later
+            [st] = status(d)
         assert st["pending"]["operations"] == 0 and st["pending"]["dirty_bytes"] == 0
         assert st["last_commit"]["generation"] > gen and st["last_commit"]["error"] is None
         assert st["traffic"]["uploaded"] >= 3 << 20

@@ -62,6 +62,10 @@ log = logging.getLogger(__name__)
 _LEN = struct.Struct(">I")
 _AAD = b"megafs/v1/journal\x00"
 
+#: The most record bytes the tail (:attr:`Journal.tail`) holds: beyond it the
+#: tail is dropped and fsync commits instead (a device log object stays small).
+TAIL_MAX = 4 << 20
+
 
 def _segments(folder: str) -> list[int]:
     """The numbers of the ``<n>.log`` segments in journal folder ``folder``, sorted."""
@@ -237,6 +241,14 @@ class Journal:
         self._recno = 0
         #: segments appended to since the last :meth:`take_unsynced`
         self._unsynced: set[int] = set()
+        #: The records not yet in a device log object, in order, as
+        #: (segment, record number, plaintext): what the next fsync puts in
+        #: the store (docs/concurrency.md, "The device log").
+        self.tail: list[tuple[int, int, bytes]] = []
+        self._tail_bytes = 0
+        #: The tail overflowed (:data:`TAIL_MAX`) in this segment: records up
+        #: to it are in no log object, so fsync commits until a commit covers it.
+        self.overflow: int | None = None
         self.segment = max(self._segments(), default=0) + 1
         self.id = self._load_id()
 
@@ -322,8 +334,73 @@ class Journal:
         if written != len(head) + len(sealed):
             os.ftruncate(self._fd, os.fstat(self._fd).st_size - written)
             raise CacheFull(f"{os.strerror(errno.ENOSPC)}: {self.segment_path(self.segment)}")
+        if self.overflow is None:
+            self.tail.append((self.segment, self._recno, plain))
+            self._tail_bytes += len(plain)
+            if self._tail_bytes > TAIL_MAX:
+                self.tail, self._tail_bytes = [], 0
+                self.overflow = self.segment
+        else:
+            self.overflow = self.segment
         self._recno += 1
         self._unsynced.add(self.segment)
+
+    def take_tail(self) -> list[tuple[int, int, bytes]]:
+        """The records not yet in a device log object (:attr:`tail`); forgets
+        them. No I/O."""
+        tail, self.tail, self._tail_bytes = self.tail, [], 0
+        return tail
+
+    def restore_tail(self, taken: list[tuple[int, int, bytes]]) -> None:
+        """Give back what :meth:`take_tail` took, when putting it failed."""
+        if self.overflow is None:
+            self.tail[:0] = taken
+            self._tail_bytes += sum(len(r[2]) for r in taken)
+
+    def fill(self, records: list[tuple[int, int, bytes]]) -> int:
+        """Make the local segments hold at least ``records`` (a device log
+        series read back from the store: whole segments from their first
+        record, in order): a segment that holds fewer whole records than the
+        log (a crashed machine cut it) is rewritten from the log, durably.
+        Returns how many records were restored. Blocks on the disk."""
+        by_seg: dict[int, list[bytes]] = {}
+        for seg, recno, plain in records:
+            got = by_seg.setdefault(seg, [])
+            if recno != len(got):
+                raise ValueError(f"device log skips record {len(got)} of segment {seg}")
+            got.append(plain)
+        restored = 0
+        for seg, plains in by_seg.items():
+            path = self.segment_path(seg)
+            have = self.read_segment(seg)[0] if os.path.exists(path) else []
+            if len(have) >= len(plains):
+                continue
+            tmp = f"{path}.tmp"
+            with open(tmp, "wb") as f:
+                for recno, plain in enumerate(plains):
+                    sealed = crypto.seal(self.keys.cache, plain, self._aad(seg, recno))
+                    f.write(_LEN.pack(len(sealed)) + sealed)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            restored += len(plains) - len(have)
+        if restored:
+            sync_files(self.dir, [])
+            self.segment = max(self.segment, max(by_seg) + 1)
+        return restored
+
+    def adopt_id(self, journal_id: bytes) -> None:
+        """Take over journal ``journal_id`` (another device's, being
+        recovered from its log): an empty journal only."""
+        if self._segments():
+            raise LocalFolderError(f"the journal in {self.dir} is not empty")
+        path = os.path.join(self.dir, "id")
+        with open(path + ".tmp", "wb") as f:
+            f.write(self.keys.vault_id + journal_id)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(path + ".tmp", path)
+        self.id = journal_id
 
     def take_unsynced(self) -> list[str]:
         """The paths of the segments written since the last call (for
@@ -348,7 +425,13 @@ class Journal:
         return mark
 
     def committed(self, mark: int) -> None:
-        """A root recording ``mark`` is committed: drop segments up to it."""
+        """A root recording ``mark`` is committed: drop segments up to it, and
+        the tail's records in them."""
+        if self.tail and self.tail[0][0] <= mark:
+            self.tail = [r for r in self.tail if r[0] > mark]
+            self._tail_bytes = sum(len(r[2]) for r in self.tail)
+        if self.overflow is not None and self.overflow <= mark:
+            self.overflow = None
         for seg in self._segments():
             if seg <= mark and seg != self.segment:
                 with contextlib.suppress(FileNotFoundError):

@@ -30,9 +30,10 @@ import trio
 
 from ..client.journal import sync_files
 from ..errors import CommitConflict, IntegrityError, RollbackError, StoreError
+from ..vault.devlog import Series
 from ..vault.root import ROOT, Device, Root
 from ..vault.tables import MetaJob, PackRecord, PackTable
-from ..vault.vault import Vault
+from ..vault.vault import Vault, obj_name
 from .collector import Collector
 from .data import ChunkJobs, DataPath, PackJob
 from .keeper import Keeper, Staged
@@ -151,16 +152,36 @@ class Committer:
         #: sent, or cancelled at unmount): its snapshot and the mutations it
         #: covers, until :meth:`_resolve_doubt` finds out whether it landed.
         self._doubt: tuple[_Snapshot, int] | None = None
+        #: The device log series since this device's last commit (fsync
+        #: durable with one PUT: docs/concurrency.md, "The device log"), and
+        #: how many mutations the objects put so far hold.
+        self._series: Series | None = None
+        self._logged_mutations = 0
+        #: device log objects put
+        self.log_puts = 0
+        #: set once a log object is put, renewed by the commit that folds it
+        self._logged = trio.Event()
 
     @property
     def durable_mutations(self) -> int:
-        """How many mutations the last successful commit covered."""
-        return self._durable_mutations
+        """How many mutations are durable in the store (a commit or the
+        device log holds them)."""
+        return max(self._durable_mutations, self._logged_mutations)
 
     @property
     def busy(self) -> bool:
         """A commit runs now."""
         return self._lock.locked()
+
+    async def wait_logged(self) -> None:
+        """Return once a device log object is in the store that no commit
+        has folded into a root yet (at once if there is one)."""
+        await self._logged.wait()
+
+    def fold_series(self, series: Series) -> None:
+        """The next commit covers ``series`` (a log series read back at open)
+        and deletes it. No await."""
+        self._series = series
 
     def renew_lease(self) -> None:
         """Make the next commit write the root even with no other change, so
@@ -176,13 +197,20 @@ class Committer:
             or self.collector.pack_drops
             or self.keeper.requests
             or (self.device is not None and sorted(self.orphans) != self.device.orphans)
+            or (self._series is not None and self._series.next > 0)  # to fold into a root
         )
 
     async def fsync(self) -> None:
         """Make everything written so far durable in the store. Blocks on the store.
 
-        Group commit: the call returns as soon as a commit whose snapshot was
-        taken after it began has succeeded, whoever ran it. Every mutation is
+        Usually one PUT: the journal's records not yet in the store go into
+        the next object of this device's log series (:meth:`_log_locked`),
+        which the next commit folds into the root. Otherwise (no journal, a
+        tail too large to log, a commit in doubt or a merge not yet
+        committed) a whole commit.
+
+        Group commit: the call returns as soon as a log object or a commit
+        whose snapshot was taken after it began has succeeded, whoever ran it. Every mutation is
         recorded (:meth:`~.oplog.OpLog.record`) right before the await-free
         section that applies it, so a snapshot taken once ``mutations``
         reached ``n`` holds the first ``n`` mutations. Calls that arrive while
@@ -199,7 +227,7 @@ class Committer:
         if not self.oplog.writable:
             return
         want = self.oplog.mutations
-        if self._durable_mutations >= want:
+        if self.durable_mutations >= want:
             return
         journal = self.oplog.journal
         if self.fsync_local and journal is not None:
@@ -218,9 +246,44 @@ class Committer:
                 self._journal_durable = max(self._journal_durable, upto)
             return
         async with self._lock:
-            if self._durable_mutations >= want:
+            if self.durable_mutations >= want:
                 return
-            await self._commit_locked()
+            await self._resolve_doubt()
+            if not await self._log_locked():
+                await self._commit_locked()
+
+    async def _log_locked(self) -> bool:
+        """Put the journal's records not yet in the store as the next object
+        of this device's log series; False (nothing done) if that cannot make
+        them durable and a commit must. Blocks on the store; the caller holds
+        the commit lock."""
+        journal, me = self.oplog.journal, self.device_id
+        if journal is None or me is None or journal.overflow is not None:
+            return False
+        if self._doubt is not None:
+            return False
+        mark = self.base.devices[me].journal
+        if mark is None or mark[0] != journal.id:
+            return False
+        series = self._series
+        if series is None:
+            series = Series(me, journal.id, mark[1], base_generation=self.base.generation)
+        elif (series.mark, series.base_generation) != (mark[1], self.base.generation):
+            return False  # merged since the series began, and not committed yet
+        upto = self.oplog.mutations  # every record so far is in the tail taken now
+        records = journal.take_tail()
+        if records:
+            base = self.vault.seal_root(self.base) if series.next == 0 else None
+            try:
+                await series.put(self.vault, records, base)
+            except BaseException:
+                journal.restore_tail(records)
+                raise
+            self._series = series
+            self.log_puts += 1
+            self._logged.set()
+        self._logged_mutations = max(self._logged_mutations, upto)
+        return True
 
     async def commit(self) -> bool:
         """Commit all changes: upload new objects, then compare-and-swap the root.
@@ -300,6 +363,15 @@ class Committer:
         mark = done.journal
         if self.oplog.journal is not None and mark is not None:
             self.oplog.journal.committed(mark[1])
+        folded, self._series = self._series, None
+        if self._logged.is_set():
+            self._logged = trio.Event()
+        if folded is not None and folded.next:
+            names = [obj_name(i) for i in folded.ids(self.vault.keys)]
+            try:
+                await self.vault.store.delete_many(names)
+            except StoreError as e:  # leaks only: fsck --repair collects them
+                log.warning("%d device log objects stay in the store: %s", len(names), e)
         await self.collector.collect(
             snap.fresh + snap.head_garbage + staged.garbage + list(staged.freed)
         )

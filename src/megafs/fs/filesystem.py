@@ -80,6 +80,7 @@ from ..errors import (
     first_leaf,
 )
 from ..vault.content import Content
+from ..vault.devlog import Series, read_series
 from ..vault.history import Entry
 from ..vault.retention import Policy
 from ..vault.root import RECORD_VERSION, Root
@@ -243,6 +244,7 @@ class Filesystem:
                 "time": mine.time_ns / 1e9 if mine is not None and mine.time_ns else None,
                 "generation": self.root.generation,
                 "commits": c.commits,
+                "log_puts": c.log_puts,
             },
             "cache": {
                 "bytes": cache.bytes if cache is not None else 0,
@@ -350,12 +352,18 @@ class Filesystem:
                 last_mark = root.last_mark(device_id)
             root.register(device_id, device_name or socket.gethostname())
             root.lease = None
+        logged = None
+        if writable and journal is not None:
+            assert device_id is not None
+            logged = await cls._restore_logged(vault, root, device_id, journal)
         base = cls._journal_base(vault, root, journal) if writable else None
         if base is not None:
             # Another device committed since this one's journal was written:
             # replay it onto the root it was written against, then merge.
             try:
-                return await cls._open(vault, base, device_id, journal, base=True, **kw)
+                return await cls._open(
+                    vault, base, device_id, journal, base=True, logged=logged, **kw
+                )
             except* (IntegrityError, FsError) as failed:
                 log.warning(
                     "could not replay the journal onto this device's last root (%s); "
@@ -368,8 +376,38 @@ class Filesystem:
             root.register(device_id, device_name or socket.gethostname())
             root.lease = None
             last_mark = (bytes(16), 0)  # names no journal: set aside
-        fs = await cls._open(vault, root, device_id, journal, last_mark=last_mark, **kw)
+            logged = None  # and its copy in the store stays (fsck --repair collects it)
+        fs = await cls._open(
+            vault, root, device_id, journal, last_mark=last_mark, logged=logged, **kw
+        )
         return fs
+
+    @staticmethod
+    async def _restore_logged(
+        vault: Vault, root: Root, device_id: bytes, journal: Journal
+    ) -> Series | None:
+        """Read this device's log series after its mark in ``root`` back into
+        ``journal`` (records a crashed machine cut from the local segments, or
+        all of them when the device is recovered elsewhere), and keep the
+        series' base as the local state's if it has none. Returns the series
+        (for the next commit to delete), None if there is none. Blocks on the
+        store (one GET per object, and one that finds nothing)."""
+        mine = root.devices.get(device_id)
+        if mine is None or mine.journal is None or mine.journal[0] != journal.id:
+            return None
+        mark = mine.journal[1]
+        sealed, records, count = await read_series(vault, device_id, journal.id, mark)
+        if not count:
+            return None
+        try:
+            restored = journal.fill(records)
+        except ValueError as e:
+            raise IntegrityError("device log", str(e)) from None
+        if restored:
+            log.info("restored %d journal records from this device's log in the store", restored)
+        if sealed is not None and vault.state.base is None:
+            vault.state.keep_base(sealed)
+        return Series(device_id, journal.id, mark, next=count)
 
     @staticmethod
     def _journal_base(vault: Vault, root: Root, journal: Journal | None) -> Root | None:
@@ -406,6 +444,7 @@ class Filesystem:
         *,
         base: bool = False,
         last_mark: tuple[bytes, int] | None = None,
+        logged: Series | None = None,
         **kw: Any,
     ) -> Filesystem:
         """Build the filesystem on ``root``; writable (``device_id``): purge
@@ -433,6 +472,8 @@ class Filesystem:
                 fs.oplog.journal = journal
             if base:
                 await fs.committer.merge_now()
+            if logged is not None:
+                fs.committer.fold_series(logged)
             fs.committer.renew_lease()
             await fs.commit()
         return fs

@@ -56,6 +56,11 @@ from .status import MountState
 log = logging.getLogger("megafs.mount")
 
 
+#: Seconds after an fsync's device log object until the commit that folds it
+#: into the root (at most the commit interval).
+FOLD_DELAY = 1.0
+
+
 async def _commit_loop(fs: Filesystem, interval: float, state: MountState) -> None:
     """Commit every ``interval`` seconds when there are changes.
 
@@ -65,6 +70,22 @@ async def _commit_loop(fs: Filesystem, interval: float, state: MountState) -> No
     """
     while True:
         await trio.sleep(interval)
+        try:
+            if fs.has_changes():
+                await fs.commit()
+                state.committed()
+        except* MegafsError as failed:
+            log.warning("background commit failed, will retry: %s", first_leaf(failed))
+            state.failed(str(first_leaf(failed)))
+
+
+async def _fold_loop(fs: Filesystem, delay: float, state: MountState) -> None:
+    """Commit ``delay`` seconds after an fsync put a device log object, so
+    that what fsync made durable reaches the root (and other devices) soon,
+    whatever the commit interval; fsyncs meanwhile share that commit."""
+    while True:
+        await fs.committer.wait_logged()
+        await trio.sleep(delay)
         try:
             if fs.has_changes():
                 await fs.commit()
@@ -228,6 +249,9 @@ async def serve(cfg: MountConfig, passphrase: str, ready: Callable[[], None]) ->
                 async with trio.open_nursery() as nursery:
                     if not cfg.read_only:
                         nursery.start_soon(_commit_loop, fs, cfg.commit_interval, state)
+                        nursery.start_soon(
+                            _fold_loop, fs, min(cfg.commit_interval, FOLD_DELAY), state
+                        )
                         ops.start_invalidator(nursery)  # merges happen in commits too
                         if cfg.poll_interval > 0:
                             nursery.start_soon(_poll_loop, fs, cfg.poll_interval)

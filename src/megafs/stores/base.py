@@ -224,6 +224,18 @@ class Store(abc.ABC):
         :data:`MAX_POINTER_SIZE` bytes (ValueError otherwise).
         """
 
+    async def put_durable(self, name: str, data: bytes) -> None:
+        """``put`` one object and make it durable before returning (a device
+        log object: docs/concurrency.md): :meth:`put`, then
+        :meth:`make_durable`."""
+        await self.put(name, data)
+        await self.make_durable(name)
+
+    async def make_durable(self, name: str) -> None:
+        """Make object ``name``, already put, durable. The default is
+        :meth:`sync` (which does nothing where ``put`` is durable by itself)."""
+        await self.sync()
+
     async def sync(self) -> None:  # noqa: B027 - optional hook, default does nothing
         """Make every object ``put`` so far durable (where ``put`` alone does not).
 
@@ -332,6 +344,9 @@ class ForwardingStore(Store):
 
     async def sync(self) -> None:
         await self.inner.sync()
+
+    async def make_durable(self, name: str) -> None:
+        await self.inner.make_durable(name)
 
     def set_timeout(self, seconds: float) -> None:
         self.inner.set_timeout(seconds)

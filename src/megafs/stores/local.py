@@ -348,6 +348,27 @@ class LocalStore(Store):
 
     # --- the share area: shares/<id>.html --------------------------------------
 
+    async def make_durable(self, name: str) -> None:
+        """fsync object ``name``, its folder and the objects folder (which
+        may have just gained that folder): one object, not the whole disk."""
+        check_object_name(name)
+
+        def work() -> None:
+            with contextlib.ExitStack() as stack:
+                top = self._folder(stack, "objects")
+                folder = self._folder(stack, "objects", name[:2])
+                if top is None or folder is None:
+                    raise ObjectNotFound(name)
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.fsync(folder)
+                os.fsync(top)
+
+        await self._run(work, name, reading=False)
+
     async def put_page(self, share: str, data: bytes) -> None:
         check_share_name(share)
 

@@ -63,6 +63,7 @@ KIND_BODY = 3
 KIND_PACKS = 4  # a leaf page of the pack table (format 2)
 KIND_HIST = 5  # a leaf page of the history table (root record version 3)
 KIND_HLIST = 6  # a history entry's born and dead lists
+KIND_LOG = 7  # a device log object (docs/concurrency.md, "The device log")
 
 #: The largest root pointer and metadata object read from a store; larger
 #: ones are refused (IntegrityError) before more than this is read. A root is

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import json
 import os
-import time
 import stat
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 

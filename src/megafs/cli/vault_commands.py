@@ -1,4 +1,4 @@
-"""The vault commands: ``init``, ``passwd``, ``recover``, ``info``.
+"""The vault commands: ``init``, ``passwd``, ``recover``, ``info``, ``adopt``.
 
 ``passwd`` and ``recover`` unlock in one trio run, then ask for the new
 passphrase, then write it in a second run through
@@ -252,3 +252,39 @@ def cmd_info(args: argparse.Namespace) -> None:
     width = max(len(k) for k, _ in rows) + 1
     for key, value in rows:
         print(f"{key + ':':<{width}} {value}")
+
+
+def adopt_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("device", metavar="DEVICE", help="the lost device's name, or its id's start")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="adopt even if the device committed within the last 10 minutes",
+    )
+
+
+@command(
+    "adopt",
+    "commit what a lost device made durable (fsync) but never committed",
+    store_arg,
+    adopt_options,
+    passphrase_options,
+)
+def cmd_adopt(args: argparse.Namespace) -> None:
+    secret = get_passphrase(args)
+
+    from ..fs.adopt import Adopted, adopt_device
+
+    async def run() -> Adopted:
+        async with unlocked_vault(args, secret) as vault:
+            return await adopt_device(vault, args.device, force=args.force)
+
+    done = trio.run(run)
+    if not done.log_objects:
+        say(args, f"{done.device}: nothing to adopt (everything it made durable is committed)")
+    else:
+        say(
+            args,
+            f"{done.device}: {done.records} changes from {done.log_objects} log objects "
+            "committed; do not mount the vault again with that device's old state",
+        )

@@ -42,6 +42,7 @@ from ..errors import IntegrityError, MegafsError, ObjectNotFound, VaultBusy
 from ..format import crypto
 from ..stores.base import MAX_OBJECT_SIZE, Refused
 from ..vault.content import ChunkRef
+from ..vault.devlog import log_id, read_series
 from ..vault.history import Entry, HistoryTable
 from ..vault.root import Root
 from ..vault.tables import MID_BITS, PAGE_BITS, PackRecord, RadixIndex
@@ -167,6 +168,13 @@ async def _check(fs: Filesystem, report: Report, repair: bool, progress: Progres
                 await guarded(f"root of generation {entry.gen}", past.table.index.open())
             await tree.check(past, head=False)
 
+    # each device's log series since its last commit (docs/concurrency.md):
+    # read back, so authenticated, and kept
+    for dev_id, dev in sorted(fs.root.devices.items()):
+        if dev.journal is not None:
+            jid, mark = dev.journal
+            await guarded(f"device log of {dev.name}", _series(vault, dev_id, jid, mark, reachable))
+
     # the store's view
     onames = {obj_name(o) for o in reachable}
     listed: set[str] = set()
@@ -202,6 +210,11 @@ async def _check(fs: Filesystem, report: Report, repair: bool, progress: Progres
                 report.removed += 1
             except MegafsError as e:
                 report.problems.append(f"could not remove {oname}: {e}")
+
+
+async def _series(vault: Vault, device: bytes, journal: bytes, mark: int, into: set[bytes]) -> None:
+    count = (await read_series(vault, device, journal, mark))[2]
+    into.update(log_id(vault.keys, device, journal, mark, k) for k in range(count))
 
 
 async def _lists(history: HistoryTable, entry: Entry) -> None:

@@ -68,9 +68,10 @@ async def test_an_fsync_is_one_log_object_that_a_crashed_machine_gets_back(
     [log_name] = await _listed(any_store) - before  # one object, nothing else
     me = fs.committer.device_id
     assert me is not None
-    mark = fs.committer.base.devices[me].journal
-    assert mark is not None
-    assert log_name == obj_name(log_id(fs.vault.keys, me, mark[0], mark[1], 0))
+    mine = fs.committer.base.devices[me]
+    assert mine.journal is not None
+    jid, mark = mine.journal
+    assert log_name == obj_name(log_id(fs.vault.keys, me, jid, mark, mine.generation, 0))
     assert (await fsck.check(await Vault.unlock(any_store, PASS))).clean  # referenced
     await fs.fsync(ino)  # nothing new: no second object
     assert fs.committer.log_puts == puts + 1

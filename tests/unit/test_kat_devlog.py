@@ -38,6 +38,7 @@ DL_VAULT = VECTORS / "vault-devlog-v1"
 
 JOURNAL = _seq(0x60, 16)
 MARK = 4
+GEN = 17
 RECORDS = [(5, 0, b"\x93\xa2cr\x01\x02"), (5, 1, b"\x93\xa2wr\x03\x04")]
 BASE = _seq(0x90, 40)  # (any sealed root: its bytes are opaque here)
 LOST = "lost laptop"
@@ -49,7 +50,7 @@ def compute_vectors_devlog_v1(tmp: Path) -> dict[str, Any]:
     """Everything in devlog-v1.json, computed with the current code."""
     keys = Keys(MASTER, VAULT_ID, 3)
     names = crypto.hkdf(keys.meta, VAULT_ID, b"megafs/v1/device-log-names")
-    ids = [log_id(keys, DEV_A, JOURNAL, MARK, k) for k in (0, 1)]
+    ids = [log_id(keys, DEV_A, JOURNAL, MARK, GEN, k) for k in (0, 1)]
     plain = msgpack.packb(
         {"v": 1, "base": BASE, "recs": [list(r) for r in RECORDS]}, use_bin_type=True
     )
@@ -58,6 +59,7 @@ def compute_vectors_devlog_v1(tmp: Path) -> dict[str, Any]:
             "device": DEV_A.hex(),
             "journal": JOURNAL.hex(),
             "mark": MARK,
+            "generation": GEN,
             "nonce": _xnonce(51).hex(),
         },
         "names_key": names.hex(),
@@ -108,7 +110,7 @@ def test_devlog_v1_vector_opens_as_documented() -> None:
     names = crypto.hkdf(meta, VAULT_ID, b"megafs/v1/device-log-names")
     assert names.hex() == frozen["names_key"]
     for k, want in enumerate(frozen["ids"]):
-        tag = crypto.hmac_sha256(names, DEV_A + JOURNAL + struct.pack(">QQ", MARK, k))
+        tag = crypto.hmac_sha256(names, DEV_A + JOURNAL + struct.pack(">QQQ", MARK, GEN, k))
         assert tag[:16].hex() == want
     obj = bytes.fromhex(frozen["ids"][0])
     aad = b"megafs/v1/meta\x00" + VAULT_ID + bytes([KIND_LOG]) + obj
@@ -129,7 +131,7 @@ async def test_frozen_devlog_vault_is_adopted(tmp_path: Path) -> None:
     root = await vault.read_root()
     [(dev_id, dev)] = [(i, d) for i, d in root.devices.items() if d.name == LOST]
     assert dev.journal is not None
-    assert (await read_series(vault, dev_id, *dev.journal))[2] == 2
+    assert (await read_series(vault, dev_id, *dev.journal, dev.generation))[2] == 2
     done = await adopt_device(vault, LOST, force=True)
     assert done.log_objects == 2
     fs = await Filesystem.load(await Vault.unlock(store, FROZEN_PASSPHRASE), writable=False)

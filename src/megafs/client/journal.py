@@ -356,13 +356,19 @@ class Journal:
         if self.overflow is None:
             self.tail[:0] = taken
             self._tail_bytes += sum(len(r[2]) for r in taken)
+            if self._tail_bytes > TAIL_MAX:
+                self.overflow = self.tail[-1][0]
+                self.tail, self._tail_bytes = [], 0
 
     def fill(self, records: list[tuple[int, int, bytes]]) -> int:
         """Make the local segments hold at least ``records`` (a device log
         series read back from the store: whole segments from their first
         record, in order): a segment that holds fewer whole records than the
         log (a crashed machine cut it) is rewritten from the log, durably.
-        Returns how many records were restored. Blocks on the disk."""
+        If the series' last segment is rewritten, the local segments after it
+        are set aside (``.stale``): the crash cut that segment, so what
+        followed it locally does not continue what the log holds. Returns
+        how many records were restored. Blocks on the disk."""
         by_seg: dict[int, list[bytes]] = {}
         for seg, recno, plain in records:
             got = by_seg.setdefault(seg, [])
@@ -384,6 +390,18 @@ class Journal:
                 os.fsync(f.fileno())
             os.replace(tmp, path)
             restored += len(plains) - len(have)
+            if seg == max(by_seg):
+                for later in self._segments():
+                    if later > seg:
+                        os.rename(self.segment_path(later), self.segment_path(later) + ".stale")
+                        log.warning(
+                            "journal segment %d not applied: segment %d before it was cut "
+                            "(a crashed machine?) and restored only up to the device log's "
+                            "end; kept in %s",
+                            later,
+                            seg,
+                            self.dir,
+                        )
         if restored:
             sync_files(self.dir, [])
             self.segment = max(self.segment, max(by_seg) + 1)
@@ -478,6 +496,7 @@ class Journal:
         """
         segs = self._segments()
         if not segs:
+            self.segment = max(self.segment, mark + 1)
             return
         try:
             yield from self._pending(segs, mark_client, mark)

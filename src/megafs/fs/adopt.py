@@ -7,9 +7,11 @@ the device is lost in between (a stolen laptop, a dead disk), ``megafs
 adopt`` runs its journal here: in a temporary client state and cache folder
 that carry the lost device's id and journal id, it reads the series back,
 replays it onto the root the series names as its base, merges with the
-newest root and commits as that device. The lost device must not mount the
-vault again with its old state: its next commit would find its own record
-moved on and stop with a rollback error (docs/concurrency.md).
+newest root and commits as that device, then commits once more under a
+fresh journal id, so that the lost device's own journal, should it come
+back, is set aside rather than replayed a second time. A lost device that
+does come back finds its record moved on: its commits stop with a rollback
+error and its fsyncs fail (docs/concurrency.md).
 
 Owns: choosing the device, the temporary state.
 May not touch: the store directly, the mount.
@@ -23,7 +25,8 @@ import time
 from dataclasses import dataclass
 
 from ..client.journal import Journal
-from ..errors import UsageError, VaultBusy
+from ..errors import IntegrityError, UsageError, VaultBusy
+from ..format import crypto
 from ..vault.devlog import read_series
 from ..vault.vault import LocalState, Vault
 from .filesystem import Filesystem
@@ -63,7 +66,7 @@ async def adopt_device(vault: Vault, which: str, *, force: bool = False) -> Adop
     if dev.journal is None:
         return Adopted(dev.name, 0, 0)
     jid, mark = dev.journal
-    _, records, count = await read_series(vault, dev_id, jid, mark)
+    _, records, count = await read_series(vault, dev_id, jid, mark, dev.generation)
     if not count:
         return Adopted(dev.name, 0, 0)
     quiet = time.time() - dev.time_ns / 1e9
@@ -76,6 +79,12 @@ async def adopt_device(vault: Vault, which: str, *, force: bool = False) -> Adop
         vault.state = LocalState(os.path.join(tmp, "state.json"), client_id=dev_id)
         journal = Journal(os.path.join(tmp, "cache"), vault.keys)
         journal.adopt_id(jid)
-        fs = await Filesystem.load(vault, journal=journal, device_name=dev.name)
+        fs = await Filesystem.load(vault, journal=journal, device_name=dev.name, set_aside=False)
+        if fs.replayed != len(records):
+            raise IntegrityError(
+                "device log", f"replayed {fs.replayed} of the {len(records)} logged records"
+            )
+        journal.adopt_id(crypto.new_id())
+        fs.committer.renew_lease()  # a commit with the new journal's mark
         await fs.close()
     return Adopted(dev.name, count, len(records))

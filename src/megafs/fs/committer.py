@@ -161,6 +161,13 @@ class Committer:
         self.log_puts = 0
         #: set once a log object is put, renewed by the commit that folds it
         self._logged = trio.Event()
+        #: a merge met records or changes of this device that no commit has
+        #: carried since: the journal's records no longer apply to one base,
+        #: so fsync commits until a commit clears this
+        self._merged_dirty = False
+        #: this device's record was refused (RollbackError: rolled back,
+        #: forked, or adopted by another machine): fsync never logs again
+        self._refused = False
 
     @property
     def durable_mutations(self) -> int:
@@ -260,14 +267,17 @@ class Committer:
         journal, me = self.oplog.journal, self.device_id
         if journal is None or me is None or journal.overflow is not None:
             return False
-        if self._doubt is not None:
+        if self._doubt is not None or self._merged_dirty or self._refused:
             return False
-        mark = self.base.devices[me].journal
+        mine = self.base.devices[me]
+        mark = mine.journal
         if mark is None or mark[0] != journal.id:
             return False
         series = self._series
         if series is None:
-            series = Series(me, journal.id, mark[1], base_generation=self.base.generation)
+            series = Series(
+                me, journal.id, mark[1], mine.generation, base_generation=self.base.generation
+            )
         elif (series.mark, series.base_generation) != (mark[1], self.base.generation):
             return False  # merged since the series began, and not committed yet
         upto = self.oplog.mutations  # every record so far is in the tail taken now
@@ -299,6 +309,16 @@ class Committer:
 
     async def _commit_locked(self) -> bool:
         """:meth:`commit`, with the commit lock held by the caller."""
+        if self._refused:
+            # Never write a root over one that refused this device's record.
+            raise RollbackError(
+                ROOT,
+                self.base.generation,
+                self.base.generation,
+                "an earlier root in the store did not hold this device's last commit "
+                "(rollback, forked history, or this device was adopted by another "
+                "machine); nothing more is committed until it is remounted",
+            )
         covers = self.oplog.mutations
         await self._resolve_doubt()
         if not self.has_changes():
@@ -364,6 +384,7 @@ class Committer:
         if self.oplog.journal is not None and mark is not None:
             self.oplog.journal.committed(mark[1])
         folded, self._series = self._series, None
+        self._merged_dirty = False
         if self._logged.is_set():
             self._logged = trio.Event()
         if folded is not None and folded.next:
@@ -431,7 +452,14 @@ class Committer:
         own last commit as it made it: a store that rolled back or forked it.
         """
         assert self.device is not None and self.device_id is not None
-        theirs = await self.vault.read_root()
+        journal = self.oplog.journal
+        if self.has_changes() or (journal is not None and journal.tail):
+            self._merged_dirty = True
+        try:
+            theirs = await self.vault.read_root()
+        except RollbackError:
+            self._refused = True
+            raise
         me, mine = theirs.devices.get(self.device_id), self.base.devices.get(self.device_id)
         if (
             me is None
@@ -442,6 +470,7 @@ class Committer:
                 mine.journal,
             )
         ):
+            self._refused = True
             raise RollbackError(
                 ROOT,
                 mine.generation if mine else 0,

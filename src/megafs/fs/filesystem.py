@@ -320,9 +320,13 @@ class Filesystem:
         force: bool = False,
         journal: Journal | None = None,
         device_name: str | None = None,
+        set_aside: bool = True,
         **kw: Any,
     ) -> Filesystem:
         """Open the vault's filesystem. Costs a constant number of store requests.
+
+        ``set_aside=False``: a journal that cannot be replayed onto the root
+        it was written against raises instead of being set aside.
 
         A writable open takes the writer lease (raises VaultBusy if another
         client holds it), registers this client as a device of the vault
@@ -365,6 +369,8 @@ class Filesystem:
                     vault, base, device_id, journal, base=True, logged=logged, **kw
                 )
             except* (IntegrityError, FsError) as failed:
+                if not set_aside:
+                    raise
                 log.warning(
                     "could not replay the journal onto this device's last root (%s); "
                     "it is set aside instead",
@@ -395,8 +401,8 @@ class Filesystem:
         mine = root.devices.get(device_id)
         if mine is None or mine.journal is None or mine.journal[0] != journal.id:
             return None
-        mark = mine.journal[1]
-        sealed, records, count = await read_series(vault, device_id, journal.id, mark)
+        mark, gen = mine.journal[1], mine.generation
+        sealed, records, count = await read_series(vault, device_id, journal.id, mark, gen)
         if not count:
             return None
         try:
@@ -407,7 +413,7 @@ class Filesystem:
             log.info("restored %d journal records from this device's log in the store", restored)
         if sealed is not None and vault.state.base is None:
             vault.state.keep_base(sealed)
-        return Series(device_id, journal.id, mark, next=count)
+        return Series(device_id, journal.id, mark, gen, next=count)
 
     @staticmethod
     def _journal_base(vault: Vault, root: Root, journal: Journal | None) -> Root | None:
@@ -464,6 +470,8 @@ class Filesystem:
                 if base:
                     last_mark = root.devices[vault.state.client_id].journal
                 mark_client, mark = last_mark or (None, 0)
+                if mark_client != journal.id:
+                    logged = None  # the journal is set aside: its store copy stays
                 for rec in journal.pending(mark_client, mark):
                     await fs.apply_record(rec)
                     fs.replayed += 1

@@ -173,7 +173,10 @@ async def _check(fs: Filesystem, report: Report, repair: bool, progress: Progres
     for dev_id, dev in sorted(fs.root.devices.items()):
         if dev.journal is not None:
             jid, mark = dev.journal
-            await guarded(f"device log of {dev.name}", _series(vault, dev_id, jid, mark, reachable))
+            await guarded(
+                f"device log of {dev.name}",
+                _series(vault, dev_id, jid, mark, dev.generation, reachable),
+            )
 
     # the store's view
     onames = {obj_name(o) for o in reachable}
@@ -212,9 +215,11 @@ async def _check(fs: Filesystem, report: Report, repair: bool, progress: Progres
                 report.problems.append(f"could not remove {oname}: {e}")
 
 
-async def _series(vault: Vault, device: bytes, journal: bytes, mark: int, into: set[bytes]) -> None:
-    count = (await read_series(vault, device, journal, mark))[2]
-    into.update(log_id(vault.keys, device, journal, mark, k) for k in range(count))
+async def _series(
+    vault: Vault, device: bytes, journal: bytes, mark: int, gen: int, into: set[bytes]
+) -> None:
+    count = (await read_series(vault, device, journal, mark, gen))[2]
+    into.update(log_id(vault.keys, device, journal, mark, gen, k) for k in range(count))
 
 
 async def _lists(history: HistoryTable, entry: Entry) -> None:

@@ -359,11 +359,8 @@ class LocalStore(Store):
                 folder = self._folder(stack, "objects", name[:2])
                 if top is None or folder is None:
                     raise ObjectNotFound(name)
-                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                fd, _ = self._open_object(stack, name)  # a regular file, never a FIFO
+                os.fsync(fd)
                 os.fsync(folder)
                 os.fsync(top)
 

@@ -8,9 +8,11 @@ crashed (or is recovered elsewhere: ``megafs recover``) reads the series
 back into its journal before replaying it.
 
 Object ``k`` of the series after mark ``(journal, segment)`` of device
-``dev`` has the id ``HMAC-SHA256(names key, dev || journal || segment ||
-k)[:16]``: as random-looking as any other object id, and found by whoever
-holds the vault key without listing. It is a metadata object of kind
+``dev``, recorded in a root by that device's commit of generation ``gen``,
+has the id ``HMAC-SHA256(names key, dev || journal || segment || gen ||
+k)[:16]``: as random-looking as any other object id, found by whoever holds
+the vault key without listing, and never the same for two commits (a
+journal may reuse segment numbers after a clean unmount). It is a metadata object of kind
 :data:`KIND_LOG` (the id, and so all of the above, is in its associated
 data); its payload is ``{"v": 1, "base": sealed root or None, "recs":
 [[segment, record number, record], ...]}``, the base (the root the records
@@ -35,11 +37,13 @@ VERSION = 1
 Record = tuple[int, int, bytes]
 
 
-def log_id(keys: crypto.Keys, device: bytes, journal: bytes, mark: int, k: int) -> bytes:
+def log_id(
+    keys: crypto.Keys, device: bytes, journal: bytes, mark: int, gen: int, k: int
+) -> bytes:
     """The object id of log object ``k`` of ``device``'s series after ``mark``
-    of ``journal``."""
+    of ``journal``, set by its commit of generation ``gen``."""
     names = crypto.hkdf(keys.meta, keys.vault_id, _NAMES_LABEL)
-    return crypto.hmac_sha256(names, device + journal + struct.pack(">QQ", mark, k))[
+    return crypto.hmac_sha256(names, device + journal + struct.pack(">QQQ", mark, gen, k))[
         : crypto.ID_SIZE
     ]
 
@@ -52,6 +56,8 @@ class Series:
     device: bytes
     journal: bytes
     mark: int
+    #: the generation of the device's commit that set ``mark``
+    gen: int
     next: int = 0
     #: the generation of the root the records apply to (the committer's base)
     base_generation: int = -1
@@ -59,18 +65,21 @@ class Series:
 
     def ids(self, keys: crypto.Keys) -> list[bytes]:
         """The ids of the objects put so far (for deletion once committed)."""
-        return [log_id(keys, self.device, self.journal, self.mark, k) for k in range(self.next)]
+        return [
+            log_id(keys, self.device, self.journal, self.mark, self.gen, k)
+            for k in range(self.next)
+        ]
 
     async def put(self, vault: Vault, records: list[Record], base: bytes | None) -> None:
         """Put the next object (durable before this returns). Blocks on the store."""
-        obj = log_id(vault.keys, self.device, self.journal, self.mark, self.next)
+        obj = log_id(vault.keys, self.device, self.journal, self.mark, self.gen, self.next)
         payload = {"v": VERSION, "base": base, "recs": [list(r) for r in records]}
         await vault.store.put_durable(obj_name(obj), vault.seal_meta(KIND_LOG, obj, payload))
         self.next += 1
 
 
 async def read_series(
-    vault: Vault, device: bytes, journal: bytes, mark: int
+    vault: Vault, device: bytes, journal: bytes, mark: int, gen: int
 ) -> tuple[bytes | None, list[Record], int]:
     """The base (sealed root, or None), the records and the number of objects
     of a series, read from object 0 until the first one the store lacks.
@@ -80,7 +89,7 @@ async def read_series(
     records: list[Record] = []
     k = 0
     while True:
-        obj = log_id(vault.keys, device, journal, mark, k)
+        obj = log_id(vault.keys, device, journal, mark, gen, k)
         name = obj_name(obj)
         try:
             data = await vault.store.get(name, max_size=META_MAX)

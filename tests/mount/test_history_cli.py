@@ -28,7 +28,7 @@ def test_versions_and_restore_of_a_file(slow_drive: Drive) -> None:
     for i in range(3):
         data = b"version %d\n" % i + os.urandom(20_000 * i)
         doc.write_bytes(data)
-        commit(mnt)
+        commit(slow_drive)
         versions.append(data)
         time.sleep(0.01)  # distinct modification times
     listed = ok(slow_drive, "versions", str(doc)).splitlines()
@@ -43,7 +43,7 @@ def test_versions_and_restore_of_a_file(slow_drive: Drive) -> None:
     assert proc.returncode == 2 and "exists" in proc.stderr
     ok(slow_drive, "restore", str(doc), "--version", "2", "--force")
     assert doc.read_bytes() == versions[1]
-    commit(mnt)  # the restored one is the newest version now
+    commit(slow_drive)  # the restored one is the newest version now
     assert len(ok(slow_drive, "versions", str(doc)).splitlines()) == 4
     # by time: the newest version kept at that moment
     ok(slow_drive, "restore", str(doc), "--at", "0s", "--to", str(mnt / "latest.txt"))
@@ -55,11 +55,11 @@ def test_versions_and_restore_of_a_file(slow_drive: Drive) -> None:
 def test_a_deleted_tree_comes_back_whole(slow_drive: Drive, tmp_path: Path) -> None:
     mnt = slow_drive.mountpoint
     make_tree(mnt / "t")
-    commit(mnt)
+    commit(slow_drive)
     copy = tmp_path / "copy"
     slow_drive.sh("cp", "-a", mnt / "t", copy)
     slow_drive.sh("rm", "-rf", mnt / "t")
-    commit(mnt)
+    commit(slow_drive)
     assert not (mnt / "t").exists()
     ok(slow_drive, "restore", str(mnt / "t"))
     assert_same_tree(copy, mnt / "t")
@@ -72,7 +72,7 @@ def test_pins_retention_and_prune(slow_drive: Drive) -> None:
     ok(slow_drive, "snapshot", str(mnt), "keep-me")
     for i in range(4):
         (mnt / "a.txt").write_bytes(b"later %d\n" % i)
-        commit(mnt)
+        commit(slow_drive)
     listed = ok(slow_drive, "snapshots", url)
     assert "keep-me" in listed and len(listed.splitlines()) >= 6
     # another process must not write the vault as this device while mounted

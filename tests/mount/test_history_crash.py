@@ -62,7 +62,7 @@ def test_killed_while_pruning(slow_drive: Drive) -> None:
     for i in range(30):
         data = b"state %d " % i + os.urandom(rng.choice([100, 5000, 90_000]))
         (mnt / "f.txt").write_bytes(data)
-        commit(mnt)
+        commit(slow_drive)
         versions.append(data)
         if i == 9:
             os.mkdir(mnt / ".snapshots" / "ten")
@@ -97,7 +97,7 @@ def test_killed_while_pruning(slow_drive: Drive) -> None:
             for _ in range(5):  # more roots for the next prune to drop
                 (mnt / "f.txt").write_bytes(versions[-1])
                 os.utime(mnt / "f.txt")
-                commit(mnt)
+                commit(slow_drive)
     slow_drive.umount()
     fsck_ok(slow_drive)
 
@@ -106,9 +106,9 @@ def test_killed_while_restoring(slow_drive: Drive) -> None:
     mnt = slow_drive.mountpoint
     big = os.urandom(24 << 20)
     (mnt / "big.bin").write_bytes(big)
-    commit(mnt)
+    commit(slow_drive)
     (mnt / "big.bin").write_bytes(b"replaced")
-    commit(mnt)
+    commit(slow_drive)
     restore = subprocess.Popen(
         [*MEGAFS, "restore", str(mnt / "big.bin"), "--version", "1"],
         env=slow_drive.env(),

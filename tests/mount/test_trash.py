@@ -30,14 +30,14 @@ def test_deleted_file_and_tree_come_back_from_the_trash(
     (mnt / "gone.txt").write_bytes(b"deleted file\n" * 1000)
     os.setxattr(mnt / "gone.txt", "user.tag", b"important")
     os.chmod(mnt / "gone.txt", 0o604)
-    commit(mnt)
+    commit(slow_drive)
     copy = tmp_path / "copy"
     copy.mkdir()
     slow_drive.sh("cp", "-a", mnt / "t", mnt / "gone.txt", copy)
     assert trash_list(slow_drive) == []
     (mnt / "gone.txt").unlink()
     slow_drive.sh("rm", "-rf", mnt / "t")
-    commit(mnt)
+    commit(slow_drive)
     items = {str(i["path"]): i for i in trash_list(slow_drive)}
     assert set(items) == {"gone.txt", "t"}
     assert items["t"]["dir"] is True and items["gone.txt"]["size"] == 13000

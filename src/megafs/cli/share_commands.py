@@ -21,10 +21,9 @@ from typing import Any
 
 import trio
 
-from .. import errors
 from ..client import passphrase
-from ..errors import MegafsError, MountError, UsageError
-from ..mount.runtime import ask, pid_path, socket_path
+from ..errors import MegafsError, UsageError
+from ..mount.runtime import ask_daemon
 from ..vault.retention import parse_duration
 from .history_commands import mount_root
 from .options import get_passphrase, passphrase_options, say, unlocked_vault
@@ -63,18 +62,7 @@ def _password_options(p: argparse.ArgumentParser, *, making: bool) -> None:
 
 
 def _ask_daemon(root: Path, request: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
-    """Send ``request`` to the daemon serving the mount at ``root``; raise
-    its error as the matching exception."""
-    try:
-        answer = ask(socket_path(pid_path(str(root))), request, timeout)
-    except (OSError, ValueError) as e:
-        raise MountError(f"the megafs daemon of {root} does not answer: {e}") from None
-    if "error" in answer:
-        kind = getattr(errors, str(answer.get("kind")), MegafsError)
-        if not (isinstance(kind, type) and issubclass(kind, MegafsError)):
-            kind = MegafsError
-        raise kind(str(answer["error"]))
-    return answer
+    return ask_daemon(str(root), request, timeout)
 
 
 def _rel(root: Path, path: str) -> str:

@@ -1,4 +1,5 @@
-"""The ``status`` command: what each running mount of this user is doing.
+"""The ``status`` command: what each running mount of this user is doing;
+``sync``: commit one mount's changes now.
 
 It asks the daemons on their Unix sockets in the runtime folder
 (:func:`megafs.mount.runtime.ask_status`; the daemon's side is
@@ -20,10 +21,15 @@ import sys
 import time
 from typing import Any
 
-from ..errors import MountError
-from ..mount.runtime import ask_status, pid_path, runtime_dir, socket_path
+from ..errors import MountError, UsageError
+from ..mount.runtime import ask_daemon, ask_status, pid_path, runtime_dir, socket_path
+from .history_commands import mount_root
+from .options import say
 from .registry import command
 from .vault_commands import human_size
+
+#: How long ``sync`` waits for the commit (the store may be slow or away).
+COMMIT_TIMEOUT = 600.0
 
 
 def status_options(p: argparse.ArgumentParser) -> None:
@@ -115,3 +121,21 @@ def cmd_status(args: argparse.Namespace) -> None:
             return
         time.sleep(2)
         print()
+
+
+def sync_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", metavar="PATH", help="the mountpoint, or any path in the mount")
+
+
+@command(
+    "sync",
+    "commit a mount's changes now: in the store's root, seen by other devices, a history state",
+    sync_options,
+)
+def cmd_sync(args: argparse.Namespace) -> None:
+    root = mount_root(args.path)
+    if root is None:
+        raise UsageError(f"{args.path} is not in a mounted megafs vault")
+    answer = ask_daemon(str(root), {"op": "commit"}, timeout=COMMIT_TIMEOUT)
+    say(args, f"committed: root generation {answer['generation']}")
+

@@ -250,7 +250,12 @@ class Journal:
         #: to it are in no log object, so fsync commits until a commit covers it.
         self.overflow: int | None = None
         self.segment = max(self._segments(), default=0) + 1
+        had_id = os.path.exists(os.path.join(self.dir, "id"))
         self.id = self._load_id()
+        #: a new journal: no id file and no segment before this one (a new
+        #: or emptied cache folder), which may take over this device's
+        #: journal from its log in the store
+        self.fresh = not had_id and not self._segments()
 
     def _load_id(self) -> bytes:
         """This journal's random id, kept in its folder and recorded in each root it commits.

@@ -79,6 +79,7 @@ from ..errors import (
     UnsupportedVersion,
     first_leaf,
 )
+from ..format import crypto
 from ..vault.content import Content
 from ..vault.devlog import Series, read_series
 from ..vault.history import Entry
@@ -395,16 +396,25 @@ class Filesystem:
         """Read this device's log series after its mark in ``root`` back into
         ``journal`` (records a crashed machine cut from the local segments, or
         all of them when the device is recovered elsewhere), and keep the
-        series' base as the local state's if it has none. Returns the series
-        (for the next commit to delete), None if there is none. Blocks on the
-        store (one GET per object, and one that finds nothing)."""
+        series' base as the local state's if it has none. A fresh journal (a
+        new or emptied cache folder) takes over the journal the mark names
+        if it has a series (:attr:`Series.borrowed`: the open then commits
+        again under a new journal id). Returns the series (for the next
+        commit to delete), None if there is none. Blocks on the store (one
+        GET per object, and one that finds nothing)."""
         mine = root.devices.get(device_id)
-        if mine is None or mine.journal is None or mine.journal[0] != journal.id:
+        if mine is None or mine.journal is None:
             return None
-        mark, gen = mine.journal[1], mine.generation
-        sealed, records, count = await read_series(vault, device_id, journal.id, mark, gen)
+        (jid, mark), gen = mine.journal, mine.generation
+        if jid != journal.id and not journal.fresh:
+            return None
+        sealed, records, count = await read_series(vault, device_id, jid, mark, gen)
         if not count:
             return None
+        borrowed = jid != journal.id
+        if borrowed:
+            journal.adopt_id(jid)
+            log.info("this device's cache folder is new: its journal continues from the store")
         try:
             restored = journal.fill(records)
         except ValueError as e:
@@ -413,7 +423,7 @@ class Filesystem:
             log.info("restored %d journal records from this device's log in the store", restored)
         if sealed is not None and vault.state.base is None:
             vault.state.keep_base(sealed)
-        return Series(device_id, journal.id, mark, gen, next=count)
+        return Series(device_id, journal.id, mark, gen, next=count, borrowed=borrowed)
 
     @staticmethod
     def _journal_base(vault: Vault, root: Root, journal: Journal | None) -> Root | None:
@@ -484,6 +494,12 @@ class Filesystem:
                 fs.committer.fold_series(logged)
             fs.committer.renew_lease()
             await fs.commit()
+            if logged is not None and logged.borrowed and journal is not None:
+                # Another cache folder holding that journal must never replay
+                # it again over this: go on under a journal id of our own.
+                journal.adopt_id(crypto.new_id())
+                fs.committer.renew_lease()
+                await fs.commit()
         return fs
 
     @staticmethod

@@ -29,7 +29,8 @@ import socket
 import stat
 from typing import Any
 
-from ..errors import LocalFolderError
+from .. import errors
+from ..errors import LocalFolderError, MegafsError, MountError
 
 #: Flags for every file megafs opens in its runtime folder.
 _RUNTIME_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC
@@ -151,6 +152,22 @@ def ask(path: str, request: dict[str, Any], timeout: float = 15.0) -> dict[str, 
             return _read_status(s)
     finally:
         os.close(folder)
+
+
+def ask_daemon(mountpoint: str, request: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
+    """:func:`ask` the daemon serving ``mountpoint``; raise the error it
+    answers with as the matching :mod:`megafs.errors` exception, and
+    MountError if it does not answer. Blocking."""
+    try:
+        answer = ask(socket_path(pid_path(mountpoint)), request, timeout)
+    except (OSError, ValueError) as e:
+        raise MountError(f"the megafs daemon of {mountpoint} does not answer: {e}") from None
+    if "error" in answer:
+        kind = getattr(errors, str(answer.get("kind")), MegafsError)
+        if not (isinstance(kind, type) and issubclass(kind, MegafsError)):
+            kind = MegafsError
+        raise kind(str(answer["error"]))
+    return answer
 
 
 def _read_status(s: socket.socket) -> dict[str, Any]:

@@ -185,7 +185,8 @@ async def _handle(
     req: dict[str, Any], fs: Filesystem, store: Store, meter: Meter, state: MountState
 ) -> dict[str, Any]:
     """The answer to one request. ``status`` (the default) is :func:`gather`;
-    ``share``, ``shares`` and ``unshare`` manage share links
+    ``commit`` commits now (``megafs sync``); ``share``, ``shares`` and
+    ``unshare`` manage share links
     (:mod:`megafs.fs.shares`; a failure answers ``error`` and ``kind``, the
     exception's class name in :mod:`megafs.errors`)."""
     op = req.get("op", "status")
@@ -195,6 +196,8 @@ async def _handle(
         return {"error": "the status took too long", "kind": "MegafsError"}
     leaf: BaseException
     try:
+        if op == "commit":
+            return await _commit_op(fs, state)
         return await _share_op(req, fs, state)
     except* MegafsError as failed:
         leaf = first_leaf(failed)
@@ -204,6 +207,16 @@ async def _handle(
     if not isinstance(leaf, MegafsError):
         return {"error": f"internal error: {leaf!r}", "kind": "MegafsError"}
     return {"error": str(leaf), "kind": type(leaf).__name__}
+
+
+async def _commit_op(fs: Filesystem, state: MountState) -> dict[str, Any]:
+    """``megafs sync``: commit now (even if only the device log holds the
+    changes), and answer with the root's generation."""
+    if state.read_only:
+        raise UsageError("the vault is mounted read-only: nothing to commit")
+    await fs.commit()
+    state.committed()
+    return {"generation": fs.root.generation}
 
 
 async def _share_op(req: dict[str, Any], fs: Filesystem, state: MountState) -> dict[str, Any]:

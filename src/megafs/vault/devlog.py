@@ -25,7 +25,7 @@ May not touch: the journal's files, commits.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..errors import IntegrityError, ObjectNotFound
 from ..format import crypto
@@ -61,7 +61,8 @@ class Series:
     next: int = 0
     #: the generation of the root the records apply to (the committer's base)
     base_generation: int = -1
-    records: list[Record] = field(default_factory=list)
+    #: read back by a fresh journal that took over this journal's id
+    borrowed: bool = False
 
     def ids(self, keys: crypto.Keys) -> list[bytes]:
         """The ids of the objects put so far (for deletion once committed)."""

@@ -55,6 +55,10 @@ def test_status_of_a_mount(tmp_path: Path, any_store_url: tuple[str, dict[str, s
         assert st["last_commit"]["generation"] > gen and st["last_commit"]["error"] is None
         assert st["traffic"]["uploaded"] >= 3 << 20
         assert [dev["this"] for dev in st["devices"]] == [True]
+        (mnt / "small.txt").write_bytes(b"x")
+        assert d.megafs("sync", str(mnt)).stdout.startswith("committed: root generation")
+        assert d.megafs("sync", str(mnt / "small.txt")).stdout.startswith("nothing to commit")
+        assert d.megafs("sync", str(d.tmp)).returncode == 2  # not in a mount
         assert st["history"]["kept"] >= 2
         text = d.megafs("status", str(mnt)).stdout
         assert "everything is in the store" in text and "reachable" in text

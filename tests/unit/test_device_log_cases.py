@@ -136,3 +136,26 @@ async def test_an_adopted_device_stops_acknowledging_fsyncs(
     await fs.write(ino, 0, b"after!")
     with pytest.raises(RollbackError):
         await fs.fsync(ino)
+
+
+async def test_another_cache_folder_of_the_device_takes_over_its_log(
+    store: LocalStore, tmp_path: Path
+) -> None:
+    await new_vault(store)
+    await (await _open(store, tmp_path / "b")).close()  # folder B was used before
+    a = await _open(store, tmp_path / "a")
+    ino = (await a.create(ROOT_INO, b"f", 0o644, 0, 0)).ino
+    await a.write(ino, 0, b"fsynced with folder A")
+    await a.fsync(ino)
+    assert a.journal is not None
+    a.journal.close()  # killed; then mounted with folder B
+    del a
+    b = await _open(store, tmp_path / "b")
+    assert await _content(store, b"f") == b"fsynced with folder A"
+    assert b.journal is not None and not b.journal.borrowed  # an id of its own again
+    await b.write((await b.lookup(ROOT_INO, b"f")).ino, 0, b"FSYNCED")
+    await b.close()
+    a = await _open(store, tmp_path / "a")  # folder A's journal is set aside, not replayed
+    assert await _content(store, b"f") == b"FSYNCED with folder A"
+    assert any(n.endswith(".stale") for n in os.listdir(tmp_path / "a" / "journal"))
+    await a.close()

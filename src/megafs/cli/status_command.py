@@ -137,5 +137,8 @@ def cmd_sync(args: argparse.Namespace) -> None:
     if root is None:
         raise UsageError(f"{args.path} is not in a mounted megafs vault")
     answer = ask_daemon(str(root), {"op": "commit"}, timeout=COMMIT_TIMEOUT)
-    say(args, f"committed: root generation {answer['generation']}")
+    if answer.get("committed"):
+        say(args, f"committed: root generation {answer['generation']}")
+    else:
+        say(args, f"nothing to commit: root generation {answer['generation']}")
 

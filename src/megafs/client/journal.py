@@ -250,12 +250,7 @@ class Journal:
         #: to it are in no log object, so fsync commits until a commit covers it.
         self.overflow: int | None = None
         self.segment = max(self._segments(), default=0) + 1
-        had_id = os.path.exists(os.path.join(self.dir, "id"))
         self.id = self._load_id()
-        #: a new journal: no id file and no segment before this one (a new
-        #: or emptied cache folder), which may take over this device's
-        #: journal from its log in the store
-        self.fresh = not had_id and not self._segments()
 
     def _load_id(self) -> bytes:
         """This journal's random id, kept in its folder and recorded in each root it commits.
@@ -384,8 +379,9 @@ class Journal:
         for seg, plains in by_seg.items():
             path = self.segment_path(seg)
             have = self.read_segment(seg)[0] if os.path.exists(path) else []
-            if len(have) >= len(plains):
-                continue
+            want = [msgpack.unpackb(p, raw=False, strict_map_key=False) for p in plains]
+            if have[: len(want)] == want:
+                continue  # the local segment holds the log's records (and maybe more)
             tmp = f"{path}.tmp"
             with open(tmp, "wb") as f:
                 for recno, plain in enumerate(plains):
@@ -394,7 +390,7 @@ class Journal:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-            restored += len(plains) - len(have)
+            restored += max(0, len(plains) - len(have))
             if seg == max(by_seg):
                 for later in self._segments():
                     if later > seg:
@@ -412,18 +408,48 @@ class Journal:
             self.segment = max(self.segment, max(by_seg) + 1)
         return restored
 
-    def adopt_id(self, journal_id: bytes) -> None:
-        """Take over journal ``journal_id`` (another device's, being
-        recovered from its log): an empty journal only."""
+    def adopt_id(self, journal_id: bytes, *, borrowed: bool = False) -> None:
+        """Take over journal ``journal_id`` (this device's from another cache
+        folder, or a lost device's, read back from its log): an empty journal
+        only (:meth:`set_aside` first). ``borrowed`` keeps a marker
+        (:attr:`borrowed`) until the next call, which gives the journal an id
+        of its own again: until then the folder shares its journal id with
+        another one."""
         if self._segments():
             raise LocalFolderError(f"the journal in {self.dir} is not empty")
+        marker = os.path.join(self.dir, "borrowed")
+        if borrowed:
+            with open(marker, "wb") as f:
+                f.flush()
+                os.fsync(f.fileno())
         path = os.path.join(self.dir, "id")
         with open(path + ".tmp", "wb") as f:
             f.write(self.keys.vault_id + journal_id)
             f.flush()
             os.fsync(f.fileno())
         os.replace(path + ".tmp", path)
+        if not borrowed:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(marker)
+        sync_files(self.dir, [])
         self.id = journal_id
+
+    @property
+    def borrowed(self) -> bool:
+        """The journal id was taken over from another cache folder
+        (:meth:`adopt_id`) and not yet replaced by one of its own."""
+        return os.path.exists(os.path.join(self.dir, "borrowed"))
+
+    def set_aside(self, why: str) -> None:
+        """Rename every segment to ``*.stale`` (kept, never replayed), with a
+        warning saying ``why``."""
+        segs = self._segments()
+        for seg in segs:
+            os.rename(self.segment_path(seg), self.segment_path(seg) + ".stale")
+        if segs:
+            log.warning(
+                "%d journal segment(s) kept in %s and not applied: %s", len(segs), self.dir, why
+            )
 
     def take_unsynced(self) -> list[str]:
         """The paths of the segments written since the last call (for

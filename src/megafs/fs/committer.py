@@ -310,7 +310,9 @@ class Committer:
     async def _commit_locked(self) -> bool:
         """:meth:`commit`, with the commit lock held by the caller."""
         if self._refused:
-            # Never write a root over one that refused this device's record.
+            # Never write a root over one that refused this device's record
+            # (its read moved the version tag the swap compares against).
+            self._logged = trio.Event()  # nothing for the fold loop to retry
             raise RollbackError(
                 ROOT,
                 self.base.generation,

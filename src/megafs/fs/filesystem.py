@@ -76,6 +76,7 @@ from ..errors import (
     FsError,
     IntegrityError,
     MegafsError,
+    RollbackError,
     UnsupportedVersion,
     first_leaf,
 )
@@ -369,6 +370,8 @@ class Filesystem:
                 return await cls._open(
                     vault, base, device_id, journal, base=True, logged=logged, **kw
                 )
+            except* RollbackError:
+                raise  # the store's fault, not the journal's: keep it for the next mount
             except* (IntegrityError, FsError) as failed:
                 if not set_aside:
                     raise
@@ -396,25 +399,24 @@ class Filesystem:
         """Read this device's log series after its mark in ``root`` back into
         ``journal`` (records a crashed machine cut from the local segments, or
         all of them when the device is recovered elsewhere), and keep the
-        series' base as the local state's if it has none. A fresh journal (a
-        new or emptied cache folder) takes over the journal the mark names
-        if it has a series (:attr:`Series.borrowed`: the open then commits
-        again under a new journal id). Returns the series (for the next
-        commit to delete), None if there is none. Blocks on the store (one
-        GET per object, and one that finds nothing)."""
+        series' base as the local state's if it has none. A journal of
+        another cache folder takes over the journal the mark names if that
+        has a series (its own segments set aside first, as they would be
+        anyway: :attr:`Journal.borrowed`, and the open then commits again
+        under a new journal id). Returns the series (for the next commit to
+        delete), None if there is none. Blocks on the store (one GET per
+        object, and one that finds nothing)."""
         mine = root.devices.get(device_id)
         if mine is None or mine.journal is None:
             return None
         (jid, mark), gen = mine.journal, mine.generation
-        if jid != journal.id and not journal.fresh:
-            return None
         sealed, records, count = await read_series(vault, device_id, jid, mark, gen)
         if not count:
             return None
-        borrowed = jid != journal.id
-        if borrowed:
-            journal.adopt_id(jid)
-            log.info("this device's cache folder is new: its journal continues from the store")
+        if jid != journal.id:
+            journal.set_aside("this device last committed with another cache folder")
+            journal.adopt_id(jid, borrowed=True)
+            log.info("this device's journal continues from its log in the store")
         try:
             restored = journal.fill(records)
         except ValueError as e:
@@ -423,7 +425,7 @@ class Filesystem:
             log.info("restored %d journal records from this device's log in the store", restored)
         if sealed is not None and vault.state.base is None:
             vault.state.keep_base(sealed)
-        return Series(device_id, journal.id, mark, gen, next=count, borrowed=borrowed)
+        return Series(device_id, journal.id, mark, gen, next=count)
 
     @staticmethod
     def _journal_base(vault: Vault, root: Root, journal: Journal | None) -> Root | None:
@@ -494,7 +496,7 @@ class Filesystem:
                 fs.committer.fold_series(logged)
             fs.committer.renew_lease()
             await fs.commit()
-            if logged is not None and logged.borrowed and journal is not None:
+            if journal is not None and journal.borrowed:
                 # Another cache folder holding that journal must never replay
                 # it again over this: go on under a journal id of our own.
                 journal.adopt_id(crypto.new_id())

@@ -160,13 +160,21 @@ def ask_daemon(mountpoint: str, request: dict[str, Any], timeout: float = 30.0) 
     MountError if it does not answer. Blocking."""
     try:
         answer = ask(socket_path(pid_path(mountpoint)), request, timeout)
+    except TimeoutError:
+        raise MountError(
+            f"the megafs daemon of {mountpoint} did not answer within {timeout:.0f} s "
+            "(it may still be working: see megafs status)"
+        ) from None
     except (OSError, ValueError) as e:
         raise MountError(f"the megafs daemon of {mountpoint} does not answer: {e}") from None
     if "error" in answer:
         kind = getattr(errors, str(answer.get("kind")), MegafsError)
         if not (isinstance(kind, type) and issubclass(kind, MegafsError)):
             kind = MegafsError
-        raise kind(str(answer["error"]))
+        # the daemon's message as it is (whatever the class's own arguments)
+        err = kind.__new__(kind)
+        Exception.__init__(err, str(answer["error"]))
+        raise err
     return answer
 
 

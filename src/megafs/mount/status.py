@@ -214,9 +214,9 @@ async def _commit_op(fs: Filesystem, state: MountState) -> dict[str, Any]:
     changes), and answer with the root's generation."""
     if state.read_only:
         raise UsageError("the vault is mounted read-only: nothing to commit")
-    await fs.commit()
+    committed = await fs.commit()
     state.committed()
-    return {"generation": fs.root.generation}
+    return {"generation": fs.root.generation, "committed": committed}
 
 
 async def _share_op(req: dict[str, Any], fs: Filesystem, state: MountState) -> dict[str, Any]:

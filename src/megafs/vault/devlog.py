@@ -61,8 +61,6 @@ class Series:
     next: int = 0
     #: the generation of the root the records apply to (the committer's base)
     base_generation: int = -1
-    #: read back by a fresh journal that took over this journal's id
-    borrowed: bool = False
 
     def ids(self, keys: crypto.Keys) -> list[bytes]:
         """The ids of the objects put so far (for deletion once committed)."""

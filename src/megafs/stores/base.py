@@ -348,6 +348,10 @@ class ForwardingStore(Store):
     async def make_durable(self, name: str) -> None:
         await self.inner.make_durable(name)
 
+    # put_durable: the base class's (this wrapper's put, then the inner
+    # store's make_durable), so that a wrapper overriding put sees every
+    # object; the daemon's own wrappers forward it whole.
+
     def set_timeout(self, seconds: float) -> None:
         self.inner.set_timeout(seconds)
 

@@ -77,6 +77,15 @@ class LimitedStore(ForwardingStore):
         async with self.slots:
             await self.inner.put(name, data)
 
+    async def put_durable(self, name: str, data: bytes) -> None:
+        if self.up is not None:
+            await self.up.take(len(data))
+        if self.slots is None:
+            await self.inner.put_durable(name, data)
+            return
+        async with self.slots:
+            await self.inner.put_durable(name, data)
+
     async def get(self, name: str, max_size: int = MAX_OBJECT_SIZE) -> bytes:
         if self.slots is None:
             data = await self.inner.get(name, max_size)
@@ -130,6 +139,10 @@ class Meter(ForwardingStore):
 
     async def put(self, name: str, data: bytes) -> None:
         await self.inner.put(name, data)
+        self._note(len(data), 0)
+
+    async def put_durable(self, name: str, data: bytes) -> None:
+        await self.inner.put_durable(name, data)
         self._note(len(data), 0)
 
     async def get(self, name: str, max_size: int = MAX_OBJECT_SIZE) -> bytes:

@@ -149,8 +149,12 @@ def _open_dir(parent: int, name: str, entry: str, *, create: bool = False) -> in
         except FileNotFoundError:
             if not create:
                 return None
-            with contextlib.suppress(FileExistsError):
+            try:
                 os.mkdir(name, 0o777, dir_fd=parent)
+            except FileExistsError:
+                pass
+            else:
+                os.fsync(parent)  # a new folder's name is durable before anything in it
             create = False  # made (or raced into existence): one more open
         except OSError as e:
             if e.errno not in (errno.ELOOP, errno.ENOTDIR):
@@ -348,21 +352,35 @@ class LocalStore(Store):
 
     # --- the share area: shares/<id>.html --------------------------------------
 
+    async def put_durable(self, name: str, data: bytes) -> None:
+        """:meth:`put`, durable at once: the file and its folder fsynced, in
+        one worker job (a device log object, once per fsync)."""
+        check_object_name(name)
+        self._open.forget(name)
+        if len(data) > MAX_OBJECT_SIZE:
+            raise ValueError(f"object {name} is larger than {MAX_OBJECT_SIZE} bytes")
+
+        def work() -> None:
+            with contextlib.ExitStack() as stack:
+                folder = self._folder(stack, "objects", name[:2], create=True)
+                assert folder is not None
+                _atomic_write(folder, name, data, durable=True)
+
+        await self._run(work, name, reading=False)
+
     async def make_durable(self, name: str) -> None:
-        """fsync object ``name``, its folder and the objects folder (which
-        may have just gained that folder): one object, not the whole disk."""
+        """fsync object ``name`` and its folder: one object, not the whole
+        disk (a folder's own name was made durable when it was created)."""
         check_object_name(name)
 
         def work() -> None:
             with contextlib.ExitStack() as stack:
-                top = self._folder(stack, "objects")
                 folder = self._folder(stack, "objects", name[:2])
-                if top is None or folder is None:
+                if folder is None:
                     raise ObjectNotFound(name)
                 fd, _ = self._open_object(stack, name)  # a regular file, never a FIFO
-                os.fsync(fd)
+                os.fdatasync(fd)
                 os.fsync(folder)
-                os.fsync(top)
 
         await self._run(work, name, reading=False)
 

@@ -24,6 +24,7 @@ May not touch: the journal's files, commits.
 
 from __future__ import annotations
 
+import functools
 import struct
 from dataclasses import dataclass
 
@@ -37,15 +38,17 @@ VERSION = 1
 Record = tuple[int, int, bytes]
 
 
-def log_id(
-    keys: crypto.Keys, device: bytes, journal: bytes, mark: int, gen: int, k: int
-) -> bytes:
+@functools.lru_cache(maxsize=8)
+def _names_key(meta: bytes, vault_id: bytes) -> bytes:
+    return crypto.hkdf(meta, vault_id, _NAMES_LABEL)
+
+
+def log_id(keys: crypto.Keys, device: bytes, journal: bytes, mark: int, gen: int, k: int) -> bytes:
     """The object id of log object ``k`` of ``device``'s series after ``mark``
     of ``journal``, set by its commit of generation ``gen``."""
-    names = crypto.hkdf(keys.meta, keys.vault_id, _NAMES_LABEL)
-    return crypto.hmac_sha256(names, device + journal + struct.pack(">QQQ", mark, gen, k))[
-        : crypto.ID_SIZE
-    ]
+    names = _names_key(keys.meta, keys.vault_id)
+    tag = crypto.hmac_sha256(names, device + journal + struct.pack(">QQQ", mark, gen, k))
+    return tag[: crypto.ID_SIZE]
 
 
 @dataclass

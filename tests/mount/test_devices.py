@@ -316,3 +316,39 @@ def test_history_and_trash_of_two_devices(
         assert "dev0" in listed and "dev1" in listed
     fsck = a.megafs("fsck", url)
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+
+
+def test_a_lost_laptop_is_adopted_from_its_log(
+    tmp_path: Path, any_store_url: tuple[str, dict[str, str]]
+) -> None:
+    """A laptop fsyncs a file and is lost before the commit that would fold
+    its device log (daemon killed, local state and cache folder gone):
+    ``megafs adopt`` on another machine commits it, and the desktop's mount
+    shows it."""
+    url, env = any_store_url
+    laptop, desktop = Drive(url, tmp_path / "laptop", env), Drive(url, tmp_path / "desk", env)
+    try:
+        laptop.init()
+        desktop.mount("--device-name", "desktop", "--poll-interval", "0.5")
+        laptop.mount("--device-name", "laptop", "--commit-interval", "3600")
+        data = os.urandom(50_000)
+        with open(laptop.mountpoint / "thesis.tex", "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        laptop.kill_daemon()  # within the second before the folding commit
+        laptop.lazy_unmount()
+        for gone in (laptop.state_dir, laptop.cache_dir):
+            subprocess.run(["rm", "-rf", str(gone)], check=True)
+        assert not (desktop.mountpoint / "thesis.tex").exists()
+        early = desktop.megafs("adopt", url, "laptop")
+        assert early.returncode == 10 and "may still be running" in early.stderr
+        proc = desktop.megafs("adopt", url, "laptop", "--force")
+        assert proc.returncode == 0, proc.stderr
+        assert "from 1 log object committed" in proc.stdout
+        eventually(lambda: cat(desktop.mountpoint / "thesis.tex") == data, "the laptop's file")
+        again = desktop.megafs("adopt", url, "laptop", "--force")
+        assert "nothing to adopt" in again.stdout
+    finally:
+        laptop.cleanup()
+        desktop.cleanup()

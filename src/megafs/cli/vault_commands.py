@@ -285,6 +285,7 @@ def cmd_adopt(args: argparse.Namespace) -> None:
     else:
         say(
             args,
-            f"{done.device}: {done.records} changes from {done.log_objects} log objects "
-            "committed; do not mount the vault again with that device's old state",
+            f"{done.device}: {done.records} changes from {done.log_objects} log "
+            f"object{'s' if done.log_objects != 1 else ''} committed; do not mount the vault "
+            "again with that device's old state",
         )

@@ -517,7 +517,8 @@ class Operations(pyfuse3.Operations):
 
     @_boundary
     async def fsync(self, fh: FileHandleT, datasync: bool) -> None:
-        """Returns once everything written so far is committed to the store."""
+        """Returns once everything written so far is durable in the store (one
+        device log object, or a commit: :meth:`Committer.fsync`)."""
         await self.fs.fsync(self._ino(fh))
 
     @_boundary

@@ -25,9 +25,15 @@ PROPAGATION = 30.0
 
 @contextlib.contextmanager
 def devices(
-    url: str, tmp: Path, env: Mapping[str, str], n: int, *mount_args: str
+    url: str,
+    tmp: Path,
+    env: Mapping[str, str],
+    n: int,
+    *mount_args: str,
+    allowed: tuple[str, ...] = (),
 ) -> Iterator[list[Drive]]:
-    """``n`` devices of one new vault, each mounted by its own daemon."""
+    """``n`` devices of one new vault, each mounted by its own daemon; none
+    may log a warning but merges and those containing one of ``allowed``."""
     drives = [Drive(url, tmp / f"dev{i}", env) for i in range(n)]
     try:
         drives[0].init()
@@ -46,7 +52,9 @@ def devices(
         for d in drives:
             d.cleanup()
     for d in drives:
-        problems = [p for p in d.log_problems() if "merged with" not in p]
+        problems = [
+            p for p in d.log_problems() if not any(a in p for a in ("merged with", *allowed))
+        ]
         assert not problems, "a daemon logged problems:\n" + "\n".join(problems)
 
 
@@ -158,10 +166,13 @@ def test_a_device_killed_while_merging_loses_nothing(
     rnd = random.Random(11)
     args = ("--device-name", "dev1", "--commit-interval", "0.3", "--poll-interval", "0.3")
     acked: dict[str, bytes] = {}
-    with devices(url, tmp_path, env, 2, "--commit-interval", "0.3", "--poll-interval", "0.3") as (
-        a,
-        b,
-    ):
+    # A kill between a commit's root swap and the save of its local state
+    # leaves a journal whose base this device cannot know: the records after
+    # that commit (none acknowledged) are set aside, with a warning.
+    kept = ("unuploaded journal segment(s) were kept in",)
+    with devices(
+        url, tmp_path, env, 2, "--commit-interval", "0.3", "--poll-interval", "0.3", allowed=kept
+    ) as (a, b):
         for trial in range(6):
 
             def save(d: Drive, name: str, data: bytes) -> None:

@@ -151,3 +151,21 @@ async def test_full_journal_disk_fails_operations_cleanly(tmp_path: Path) -> Non
     journal.full = False
     await fs.write(f.ino, 0, b"after!")
     assert await fs.read(f.ino, 0, 10) == b"after!"
+
+
+def test_segments_this_device_committed_are_deleted_not_set_aside(tmp_path: Path) -> None:
+    """When another device made the root and this journal cannot be replayed,
+    the segments this device's own last commit covers (its record's mark)
+    are deleted; only later ones are kept aside."""
+    from megafs.format.crypto import Keys
+
+    journal = Journal(str(tmp_path / "cache"), Keys(bytes(32), bytes(16)))
+    for seg in range(3):
+        journal.append(["wr", 1, seg])
+        journal.rotate()
+    journal.close()
+    assert list(journal.pending(b"\0" * 16, 0, covered=2)) == []
+    names = sorted(os.listdir(journal.dir))
+    assert [n for n in names if n.endswith(".log") or n.endswith(".stale")] == [
+        "000000000003.log.stale"
+    ]

@@ -515,11 +515,15 @@ class Journal:
             recno += 1
         return out, True
 
-    def pending(self, mark_client: bytes | None, mark: int) -> Iterator[list[Any]]:
+    def pending(
+        self, mark_client: bytes | None, mark: int, covered: int | None = None
+    ) -> Iterator[list[Any]]:
         """The records of segments newer than the root's mark, in order, for
         the caller to apply (the journal knows nothing of what they mean).
 
-        ``mark_client``/``mark`` come from the committed root. Segments at or
+        ``mark_client``/``mark`` come from the committed root; ``covered``,
+        if given, is this journal's own mark in it (this device's record):
+        segments up to it are deleted even when the rest is set aside. Segments at or
         below the mark are already committed and are deleted; segments of
         another journal, and those after one cut short, are set aside
         (``.stale``) with a warning. Synchronous file I/O; once the iteration
@@ -530,24 +534,29 @@ class Journal:
             self.segment = max(self.segment, mark + 1)
             return
         try:
-            yield from self._pending(segs, mark_client, mark)
+            yield from self._pending(segs, mark_client, mark, covered)
         finally:
             self.segment = max(segs[-1], mark) + 1
 
     def _pending(
-        self, segs: list[int], mark_client: bytes | None, mark: int
+        self, segs: list[int], mark_client: bytes | None, mark: int, covered: int | None
     ) -> Iterator[list[Any]]:
         if mark_client is not None and mark_client != self.id:
+            kept = 0
             for seg in segs:
-                if seg > 0:
+                if covered is not None and seg <= covered:
+                    os.unlink(self.segment_path(seg))  # in a root already
+                elif seg > 0:
                     os.rename(self.segment_path(seg), self.segment_path(seg) + ".stale")
-            log.warning(
-                "the vault was committed by another client (or with another cache folder) "
-                "since this journal's last run; "
-                "%d unuploaded journal segment(s) were kept in %s and not applied",
-                len(segs),
-                self.dir,
-            )
+                    kept += 1
+            if kept:
+                log.warning(
+                    "the vault was committed by another client (or with another cache folder) "
+                    "since this journal's last run; "
+                    "%d unuploaded journal segment(s) were kept in %s and not applied",
+                    kept,
+                    self.dir,
+                )
             return
         cut: int | None = None  # a segment that is not whole: nothing after it applies
         for seg in segs:

@@ -482,9 +482,13 @@ class Filesystem:
                 if base:
                     last_mark = root.devices[vault.state.client_id].journal
                 mark_client, mark = last_mark or (None, 0)
+                covered = None
                 if mark_client != journal.id:
                     logged = None  # the journal is set aside: its store copy stays
-                for rec in journal.pending(mark_client, mark):
+                    own = root.devices[vault.state.client_id].journal
+                    if own is not None and own[0] == journal.id:
+                        covered = own[1]  # this device's own commit holds those
+                for rec in journal.pending(mark_client, mark, covered):
                     await fs.apply_record(rec)
                     fs.replayed += 1
                 if fs.replayed:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from megafs.client.journal import TAIL_MAX, Journal
-from megafs.errors import RollbackError
+from megafs.errors import PreconditionFailed, RollbackError, StoreError
 from megafs.fs.adopt import adopt_device
 from megafs.fs.filesystem import Filesystem
 from megafs.fs.inode import ROOT_INO
@@ -158,4 +158,57 @@ async def test_another_cache_folder_of_the_device_takes_over_its_log(
     a = await _open(store, tmp_path / "a")  # folder A's journal is set aside, not replayed
     assert await _content(store, b"f") == b"FSYNCED with folder A"
     assert any(n.endswith(".stale") for n in os.listdir(tmp_path / "a" / "journal"))
+    await a.close()
+
+
+class FailsAfterAMerge(ForwardingStore):
+    """Once :attr:`armed`, refuses the first put after a lost root swap: the
+    commit that follows the merge fails to upload."""
+
+    armed = False
+    _fail_next = False
+
+    async def put(self, name: str, data: bytes) -> None:
+        if self._fail_next:
+            self._fail_next = False
+            raise StoreError("injected upload failure")
+        await self.inner.put(name, data)
+
+    async def cas_pointer(self, name: str, data: bytes, expected: str | None) -> str:
+        try:
+            return await self.inner.cas_pointer(name, data, expected)
+        except PreconditionFailed:
+            if self.armed:
+                self.armed, self._fail_next = False, True
+            raise
+
+
+async def test_after_a_merge_no_commit_followed_fsync_commits_instead_of_logging(
+    store: LocalStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The journal's records since the last commit were written against the
+    old base: once a merge has moved the base and its commit failed, a log
+    object naming the new base would replay them onto the wrong root."""
+    await new_vault(store)
+    flaky = FailsAfterAMerge(store)
+    monkeypatch.setenv("MEGAFS_STATE_DIR", str(tmp_path / "a-state"))
+    a = await _open(flaky, tmp_path / "a")
+    ino = (await a.create(ROOT_INO, b"mine", 0o644, 0, 0)).ino
+    await a.write(ino, 0, b"x" * 5000)
+    monkeypatch.setenv("MEGAFS_STATE_DIR", str(tmp_path / "b-state"))
+    b = await _open(store, tmp_path / "b")
+    await b.create(ROOT_INO, b"theirs", 0o644, 0, 0)
+    await b.close()
+    flaky.armed = True
+    with pytest.RaisesGroup(StoreError, flatten_subgroups=True):  # the retry's upload
+        await a.commit()
+    assert a.committer.merges == 1
+    await a.write(ino, 0, b"y")
+    puts, commits = a.committer.log_puts, a.committer.commits
+    await a.fsync(ino)
+    assert (a.committer.log_puts, a.committer.commits) == (puts, commits + 1)
+    assert await _content(store, b"mine") == b"y" + b"x" * 4999
+    await a.write(ino, 0, b"z")  # committed since: the log is usable again
+    await a.fsync(ino)
+    assert a.committer.log_puts == puts + 1
     await a.close()

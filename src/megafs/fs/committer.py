@@ -3,8 +3,10 @@
 Owns: the commit lock, the snapshot (every dirty chunk, pack, body, page,
 index node and pack table page, each given a fresh random object id), the
 parallel upload, the compare-and-swap of the root pointer, undoing a
-snapshot whose commit failed, the pack table, the writer lease renewal, and
-group commit (which fsync calls a commit already covers). This is the
+snapshot whose commit failed, the pack table, the writer lease renewal,
+group commit (which fsync calls a commit already covers), and this device's
+log series (an fsync's one PUT, folded and deleted by the next commit:
+:mod:`megafs.vault.devlog`). This is the
 merge point: a commit that finds another device's root is where the two
 will be reconciled.
 

@@ -25,12 +25,15 @@ May not touch: the journal's files, commits.
 from __future__ import annotations
 
 import functools
+import logging
 import struct
 from dataclasses import dataclass
 
 from ..errors import IntegrityError, ObjectNotFound
 from ..format import crypto
 from .vault import KIND_LOG, META_MAX, Vault, obj_name
+
+log = logging.getLogger(__name__)
 
 _NAMES_LABEL = b"megafs/v1/device-log-names"
 VERSION = 1
@@ -97,7 +100,25 @@ async def read_series(
             data = await vault.store.get(name, max_size=META_MAX)
         except ObjectNotFound:
             return base, records, k
-        raw = vault.open_meta(KIND_LOG, obj, data)
+        try:
+            raw = vault.open_meta(KIND_LOG, obj, data)
+        except IntegrityError:
+            # The last object of a series may be a put that a crash cut off
+            # (a store that keeps part of an interrupted upload): its fsync
+            # never returned. A store that damages it gains nothing it could
+            # not have by withholding it; one that damages an earlier object
+            # is caught, since a later one exists.
+            following = log_id(vault.keys, device, journal, mark, gen, k + 1)
+            try:
+                await vault.store.get(obj_name(following), max_size=META_MAX)
+            except ObjectNotFound:
+                log.warning(
+                    "device log object %s does not authenticate and is the "
+                    "last of its series: an upload a crash cut off; ignored",
+                    name,
+                )
+                return base, records, k
+            raise
         try:
             if raw["v"] != VERSION:
                 raise IntegrityError(name, f"device log version {raw['v']} unknown")

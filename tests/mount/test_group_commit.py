@@ -185,7 +185,8 @@ def test_concurrent_fsyncs_through_the_mount_share_log_puts(
         commits = _root_generation(drive, tmp_path) - before
         seconds = time.monotonic() - started
         print(f"{puts} log objects and {commits} commits for 64 fsyncs in {seconds:.1f} s")
-        assert 1 <= puts <= 64 // 2, f"{puts} log objects for 64 fsyncs"
+        # shared: about 15 here; the bound leaves room for a loaded machine
+        assert 1 <= puts <= 64 * 3 // 4, f"{puts} log objects for 64 fsyncs"
         # the only commits: one a second after a log object (and the periodic one)
         assert commits <= seconds / FOLD_DELAY + 2, "fsyncs committed instead of logging"
         drive.kill_daemon()

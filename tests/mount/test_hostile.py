@@ -522,7 +522,8 @@ def _grow(path: str, seed: int, done: str) -> None:
             assert f.write(pattern(pos, n)) == n
             pos += n
             if rng.random() < 0.05:
-                os.fsync(f.fileno())
+                os.fsync(f.fileno())  # (one PUT: give the readers time to race it)
+                time.sleep(0.01)
             if rng.random() < 0.3:
                 time.sleep(0.002)
     Path(done).write_text("done")

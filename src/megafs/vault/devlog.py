@@ -112,7 +112,7 @@ async def read_series(
             try:
                 await vault.store.get(obj_name(following), max_size=META_MAX)
             except ObjectNotFound:
-                log.warning(
+                log.info(
                     "device log object %s does not authenticate and is the "
                     "last of its series: an upload a crash cut off; ignored",
                     name,

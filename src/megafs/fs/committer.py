@@ -269,7 +269,7 @@ class Committer:
         journal, me = self.oplog.journal, self.device_id
         if journal is None or me is None or journal.overflow is not None:
             return False
-        if self._doubt is not None or self._merged_dirty or self._refused:
+        if self._merged_dirty or self._refused:  # (a commit in doubt: resolved by fsync)
             return False
         mine = self.base.devices[me]
         mark = mine.journal

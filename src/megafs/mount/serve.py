@@ -70,13 +70,19 @@ async def _commit_loop(fs: Filesystem, interval: float, state: MountState) -> No
     """
     while True:
         await trio.sleep(interval)
-        try:
-            if fs.has_changes():
-                await fs.commit()
-                state.committed()
-        except* MegafsError as failed:
-            log.warning("background commit failed, will retry: %s", first_leaf(failed))
-            state.failed(str(first_leaf(failed)))
+        await _commit_if_changed(fs, state)
+
+
+async def _commit_if_changed(fs: Filesystem, state: MountState) -> None:
+    """One background commit, if anything changed; a failure is logged and
+    noted in ``state``, and tried again by the caller's next turn."""
+    try:
+        if fs.has_changes():
+            await fs.commit()
+            state.committed()
+    except* MegafsError as failed:
+        log.warning("background commit failed, will retry: %s", first_leaf(failed))
+        state.failed(str(first_leaf(failed)))
 
 
 async def _fold_loop(fs: Filesystem, delay: float, state: MountState) -> None:
@@ -86,13 +92,7 @@ async def _fold_loop(fs: Filesystem, delay: float, state: MountState) -> None:
     while True:
         await fs.committer.wait_logged()
         await trio.sleep(delay)
-        try:
-            if fs.has_changes():
-                await fs.commit()
-                state.committed()
-        except* MegafsError as failed:
-            log.warning("background commit failed, will retry: %s", first_leaf(failed))
-            state.failed(str(first_leaf(failed)))
+        await _commit_if_changed(fs, state)
 
 
 async def _poll_loop(fs: Filesystem, interval: float) -> None:

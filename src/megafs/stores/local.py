@@ -311,6 +311,11 @@ class LocalStore(Store):
         await self._run(self._ensure_root, self.root)
 
     async def put(self, name: str, data: bytes) -> None:
+        await self._put(name, data, durable=False)
+        self._puts += 1
+
+    async def _put(self, name: str, data: bytes, *, durable: bool) -> None:
+        """Write object ``name`` in one worker job (:func:`_atomic_write`)."""
         check_object_name(name)
         self._open.forget(name)  # (never rewritten by megafs; a test or a repair may)
         if len(data) > MAX_OBJECT_SIZE:
@@ -320,10 +325,9 @@ class LocalStore(Store):
             with contextlib.ExitStack() as stack:
                 folder = self._folder(stack, "objects", name[:2], create=True)
                 assert folder is not None
-                _atomic_write(folder, name, data, durable=False)
+                _atomic_write(folder, name, data, durable=durable)
 
         await self._run(work, name, reading=False)
-        self._puts += 1
 
     async def sync(self) -> None:
         """One ``syncfs`` makes every object put so far durable (objects are
@@ -355,18 +359,7 @@ class LocalStore(Store):
     async def put_durable(self, name: str, data: bytes) -> None:
         """:meth:`put`, durable at once: the file and its folder fsynced, in
         one worker job (a device log object, once per fsync)."""
-        check_object_name(name)
-        self._open.forget(name)
-        if len(data) > MAX_OBJECT_SIZE:
-            raise ValueError(f"object {name} is larger than {MAX_OBJECT_SIZE} bytes")
-
-        def work() -> None:
-            with contextlib.ExitStack() as stack:
-                folder = self._folder(stack, "objects", name[:2], create=True)
-                assert folder is not None
-                _atomic_write(folder, name, data, durable=True)
-
-        await self._run(work, name, reading=False)
+        await self._put(name, data, durable=True)
 
     async def make_durable(self, name: str) -> None:
         """fsync object ``name`` and its folder: one object, not the whole

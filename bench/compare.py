@@ -116,6 +116,10 @@ WORKLOADS = [
              "txn/s", True, "sqlite"),
     Workload("sqlite_wal", "sqlite transactions, WAL (synchronous=FULL)", "txn/s", True,
              "sqlite"),
+    Workload("ls_big_cold", "`ls -l` of one folder of {bigdir} files, cold", "s", False,
+             "bigdir"),
+    Workload("ls_big_warm", "`ls -l` of one folder of {bigdir} files, warm", "s", False,
+             "bigdir"),
 ]
 WL = {w.key: w for w in WORKLOADS}
 
@@ -170,6 +174,10 @@ TARGETS = [
            "megafs over S3 >= 3x JuiceFS (tarball, cold tree walk, rm -rf)"),
     Target("megafs-s3", "juicefs", ("fsync_1", "fsync_32"), 1.5,
            "fsync durable in the store >= 1.5x JuiceFS (1 and 32 writers)"),
+    Target("megafs-s3", "rclone", ("ls_big_cold", "ls_big_warm"), 1.0,
+           "`ls -l` of a folder of 100,000 files >= 1.0x rclone crypt"),
+    Target("megafs-s3", "juicefs", ("ls_big_cold", "ls_big_warm"), 1.0,
+           "`ls -l` of a folder of 100,000 files >= 1.0x JuiceFS"),
 ]
 
 
@@ -187,9 +195,10 @@ class Params:
     fsync_files: int = 200  # per run, shared by the writers
     fsync_writers: int = 32
     sqlite_txns: int = 300  # per run and journal mode
+    bigdir_files: int = 100_000  # empty files in the one folder `ls -l` lists
     systems: list[str] = field(default_factory=lambda: list(SYSTEMS))
     groups: list[str] = field(
-        default_factory=lambda: ["seq", "rand", "tree", "mount", "fsync", "sqlite"])
+        default_factory=lambda: ["seq", "rand", "tree", "mount", "fsync", "sqlite", "bigdir"])
 
     @property
     def size(self) -> int:
@@ -1150,6 +1159,38 @@ class Bench:
                 took = work()
             self.res.add(key, s.name, n / took)
 
+    # --- one large folder -----------------------------------------------------------
+
+    def bigdir(self, s: System, r: int) -> None:
+        """``ls -l`` of one folder of ``bigdir_files`` empty files: built through the
+        mount once (first run; the time until durable is kept as extra information),
+        then each run lists it cold (remount with empty caches) and warm."""
+        n = self.p.bigdir_files
+        top = s.mnt / "bigdir"
+        if r == 0:
+            def build() -> None:
+                top.mkdir()
+                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                for i in range(n):
+                    os.close(os.open(top / f"f{i:06d}", flags, 0o644))
+                s.settle(n, fsynced=False, expect=Expect(top.name, n, 0))
+
+            t = timed(build)
+            self.res.extra.setdefault("bigdir_build", {})[s.name] = {
+                "seconds": round(t, 2), "files_per_s": round(n / t, 1)}
+            log(f"built a folder of {n} empty files on {s.name} in {t:.1f} s")
+        s.cold()
+        env = {**os.environ, "LC_ALL": "C"}
+
+        def listing() -> None:
+            lines = run(["ls", "-l", "--color=never", str(top)], env=env).stdout.count(b"\n")
+            if lines != n + 1:  # the "total" line
+                raise RuntimeError(f"ls -l printed {lines} lines for {top}, expected {n + 1}")
+
+        with self.observe("bigdir", s):
+            self.res.add("ls_big_cold", s.name, timed(listing))
+            self.res.add("ls_big_warm", s.name, timed(listing))
+
     # --- mount time (megafs only) -------------------------------------------------
 
     def mount_times(self, s: Megafs, make: Callable[[str], Megafs]) -> None:
@@ -1254,7 +1295,8 @@ def markdown(res: Results, summary: dict[str, Any]) -> str:
     size = f"{p.size_mib} MiB" if p.size_mib < 1024 else f"{p.size_mib / 1024:g} GiB"
     tree = res.extra.get("tree", {})
     names = {"size": size, "tree": tree.get("name", "tarball"), "small": p.small_files,
-             "big": f"{p.big_files:,}", "writers": p.fsync_writers}
+             "big": f"{p.big_files:,}", "writers": p.fsync_writers,
+             "bigdir": f"{p.bigdir_files:,}"}
     systems = [s for s in SYSTEMS if any(s in d for d in res.raw.values())]
     out = []
     m = res.meta
@@ -1324,7 +1366,7 @@ def markdown(res: Results, summary: dict[str, Any]) -> str:
                 text = ", ".join(
                     f"{k} {statistics.median([r.get(k, 0) for r in runs]):g}" for k in methods)
                 out.append(f"| {g} | {s} | {text} |")
-    out.append("\nTargets of issue 4:\n")
+    out.append("\nTargets (issues 4 and 15):\n")
     out.append("| target | workload | ratio | needed | met |")
     out.append("|---|---|---|---|---|")
     for t in summary["targets"]:
@@ -1333,6 +1375,11 @@ def markdown(res: Results, summary: dict[str, Any]) -> str:
         met = {True: "yes", False: "**no**", None: "n/a"}[t["met"]]
         out.append(f"| {t['target']} | {t['workload']} ({who}) | {fmt(t['ratio'], 'x')} | "
                    f"{cmp_} {t['need']}x | {met} |")
+    if res.extra.get("bigdir_build"):
+        out.append("\nThe large folder, built through each mount (empty files, until "
+                   "durable): " + "; ".join(
+                       f"{k}: {v['seconds']} s ({v['files_per_s']:.0f} files/s)"
+                       for k, v in res.extra["bigdir_build"].items()))
     if res.extra.get("vault_build"):
         out.append("\nVault builds (through the mount, for the mount-time test): "
                    + "; ".join(f"{k}: {v['seconds']} s ({v['files_per_s']:.0f} files/s)"
@@ -1384,7 +1431,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Params]:
     ap.add_argument("--no-readahead-variants", action="store_true",
                     help="skip the megafs mounts with the kernel's default readahead")
     ap.add_argument("--only",
-                    help="comma-separated subset of seq,rand,tree,mount,fsync,sqlite")
+                    help="comma-separated subset of seq,rand,tree,mount,fsync,sqlite,bigdir")
+    ap.add_argument("--bigdir-files", type=int,
+                    help="empty files in the large folder `ls -l` lists (default 100000)")
     ap.add_argument("--sqlite-txns", type=int,
                     help="sqlite transactions per run and journal mode (default 300)")
     ap.add_argument("--fsync-files", type=int,
@@ -1404,10 +1453,11 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Params]:
     p = Params()
     if a.quick:
         p = Params(size_mib=64, runs=1, rand_reads=300, tree_limit=1500, big_files=2000,
-                   mount_runs=2, fsync_files=64)
+                   mount_runs=2, fsync_files=64, bigdir_files=2000)
     for opt, attr in (("size_mib", "size_mib"), ("runs", "runs"), ("rand_reads", "rand_reads"),
                       ("tree_limit", "tree_limit"), ("big_files", "big_files"),
-                      ("mount_runs", "mount_runs"), ("fsync_files", "fsync_files")):
+                      ("mount_runs", "mount_runs"), ("fsync_files", "fsync_files"),
+                      ("bigdir_files", "bigdir_files")):
         if getattr(a, opt) is not None:
             setattr(p, attr, getattr(a, opt))
     if a.systems:
@@ -1536,6 +1586,9 @@ def main(argv: list[str] | None = None) -> int:
             save(res, out)
         if "sqlite" in p.groups:
             bench.each("sqlite", bench.sqlite_run)
+            save(res, out)
+        if "bigdir" in p.groups:
+            bench.each("bigdir", bench.bigdir)
             save(res, out)
         if "mount" in p.groups:
             for name in MEGAFS:

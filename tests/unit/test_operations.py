@@ -258,6 +258,21 @@ async def test_acls_are_not_stored_as_xattrs(ops: Operations, name: bytes) -> No
     ino, _ = await new_file(ops, b"f")
     assert await fuse_errno(ops.setxattr(ino, name, b"\x02\x00\x00\x00", CTX)) == errno.EOPNOTSUPP
     assert await ops.listxattr(ino, CTX) == []
+    assert await fuse_errno(ops.getxattr(ino, name, CTX)) == errno.EOPNOTSUPP
+    assert await fuse_errno(ops.removexattr(ino, name, CTX)) == errno.EOPNOTSUPP
+
+
+async def test_a_missing_selinux_label_is_not_supported_a_stored_one_is_read(
+    ops: Operations,
+) -> None:
+    ino, _ = await new_file(ops, b"f")
+    other, _ = await new_file(ops, b"g")
+    label = b"system_u:object_r:user_home_t:s0\x00"
+    await ops.setxattr(ino, b"security.selinux", label, CTX)
+    assert await ops.getxattr(ino, b"security.selinux", CTX) == label
+    assert await fuse_errno(ops.getxattr(other, b"security.selinux", CTX)) == errno.EOPNOTSUPP
+    # other names keep "absent"
+    assert await fuse_errno(ops.getxattr(other, b"security.other", CTX)) == errno.ENODATA
 
 
 # --- read-only --------------------------------------------------------------------

@@ -124,6 +124,9 @@ WORKLOADS = [
 WL = {w.key: w for w in WORKLOADS}
 
 SYSTEMS = ["megafs-s3", "rclone", "juicefs", "megafs-local", "gocryptfs", "plain", "null"]
+#: Measured only when asked for by --systems: the null filesystem with the
+#: kernel's writeback cache on (what that cache would save a Python FUSE daemon).
+OPTIONAL_SYSTEMS = ["null-wbcache"]
 #: systems whose data is on the SeaweedFS server
 ON_S3 = ("megafs-s3", "rclone", "juicefs")
 MEGAFS = ["megafs-s3", "megafs-local"]
@@ -630,13 +633,16 @@ class Daemon(System):
 class Null(Daemon):
     name = "null"
 
-    def __init__(self, base: Path, size: int) -> None:
+    def __init__(self, base: Path, size: int, writeback_cache: bool = False) -> None:
         super().__init__(base)
         self.size = size
+        self.writeback_cache = writeback_cache
+        if writeback_cache:
+            self.name = "null-wbcache"
 
     def argv(self) -> list[str]:
         return [sys.executable, str(BENCH / "nullfs.py"), str(self.mnt), "--file", "big.bin",
-                "--size", str(self.size)]
+                "--size", str(self.size), *(["--writeback-cache"] * self.writeback_cache)]
 
     def cold(self) -> None:
         # The tree lives only in the daemon's memory: drop the kernel's caches only.
@@ -1012,7 +1018,7 @@ class Bench:
 
     def seq(self, s: System, r: int) -> None:
         big = s.mnt / "big.bin"
-        if s.name != "null" and big.exists():
+        if not isinstance(s, Null) and big.exists():
             big.unlink()
             s.settle(0, fsynced=False)
         size = self.p.size
@@ -1297,7 +1303,7 @@ def markdown(res: Results, summary: dict[str, Any]) -> str:
     names = {"size": size, "tree": tree.get("name", "tarball"), "small": p.small_files,
              "big": f"{p.big_files:,}", "writers": p.fsync_writers,
              "bigdir": f"{p.bigdir_files:,}"}
-    systems = [s for s in SYSTEMS if any(s in d for d in res.raw.values())]
+    systems = [s for s in SYSTEMS + OPTIONAL_SYSTEMS if any(s in d for d in res.raw.values())]
     out = []
     m = res.meta
     out.append(f"Run {m['date']}, `{m['command']}`  ")
@@ -1427,7 +1433,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Params]:
                     help="use only the first N members of the tarball (default: all)")
     ap.add_argument("--big-files", type=int, help="files in the big vault (default 100000)")
     ap.add_argument("--mount-runs", type=int, help="mounts timed per vault (default 5)")
-    ap.add_argument("--systems", help=f"comma-separated subset of {','.join(SYSTEMS)}")
+    ap.add_argument("--systems", help=f"comma-separated subset of {','.join(SYSTEMS)} "
+                                      f"(also: {','.join(OPTIONAL_SYSTEMS)})")
     ap.add_argument("--no-readahead-variants", action="store_true",
                     help="skip the megafs mounts with the kernel's default readahead")
     ap.add_argument("--only",
@@ -1461,8 +1468,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Params]:
         if getattr(a, opt) is not None:
             setattr(p, attr, getattr(a, opt))
     if a.systems:
-        p.systems = [s for s in SYSTEMS if s in a.systems.split(",")]
-        unknown = set(a.systems.split(",")) - set(SYSTEMS)
+        p.systems = [s for s in SYSTEMS + OPTIONAL_SYSTEMS if s in a.systems.split(",")]
+        unknown = set(a.systems.split(",")) - set(SYSTEMS + OPTIONAL_SYSTEMS)
         if unknown:
             ap.error(f"unknown systems: {', '.join(sorted(unknown))}")
     if a.no_readahead_variants:
@@ -1546,7 +1553,7 @@ def main(argv: list[str] | None = None) -> int:
             elif name == "plain":
                 sysm = Plain(base)
             else:
-                sysm = Null(base, p.size)
+                sysm = Null(base, p.size, writeback_cache=name == "null-wbcache")
             systems[name] = sysm
             sysm.setup()
             sysm.mount()

@@ -8,10 +8,14 @@ NAME --size N`` the root starts with one such file of N bytes, so that a
 read benchmark finds its data after a fresh mount.
 
 Kernel caching is set up as megafs sets it (entry and attribute timeouts of
-60 s, ``keep_cache`` on open, READDIRPLUS), so the same workload measures
-the same kernel work and only the filesystem's own cost differs.
+60 s, ``keep_cache`` on open, READDIRPLUS), and extended attributes are
+answered as megafs answers them (POSIX ACLs and a missing SELinux label
+are "not supported"), so the same workload measures the same kernel work
+and only the filesystem's own cost differs. ``--writeback-cache`` turns on
+the kernel's writeback cache (megafs does not), to measure what it would
+save.
 
-    python bench/nullfs.py MOUNTPOINT [--file big.bin --size 1073741824]
+    python bench/nullfs.py MOUNTPOINT [--file big.bin --size 1073741824] [--writeback-cache]
 
 Stays in the foreground; unmount with ``fusermount3 -u MOUNTPOINT`` (or
 SIGTERM/SIGINT).
@@ -34,6 +38,7 @@ from pyfuse3 import FileHandleT, FileInfo, FUSEError, InodeT
 TIMEOUT = 60.0
 ZEROS = bytes(4 << 20)  # the largest read the kernel sends is far smaller
 ROOT = pyfuse3.ROOT_INODE
+ACLS = frozenset({b"system.posix_acl_access", b"system.posix_acl_default"})
 
 
 class Node:
@@ -62,6 +67,7 @@ class NullFS(pyfuse3.Operations):
         self.nodes: dict[int, Node] = {ROOT: Node(stat.S_IFDIR | 0o755, 0, 0)}
         self.parent: dict[int, int] = {ROOT: ROOT}
         self.next_ino = ROOT + 1
+        self.listings: dict[int, list[tuple[bytes, int]]] = {}
         if file_name:
             ino = self._add(ROOT, file_name.encode(), Node(stat.S_IFREG | 0o644, 0, 0))
             self.nodes[ino].size = file_size
@@ -174,14 +180,17 @@ class NullFS(pyfuse3.Operations):
         return FileHandleT(inode)
 
     async def readdir(self, fh: FileHandleT, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        entries = list(self._dir(fh).items())
+        # one snapshot per listing, so that a large folder costs O(n), not O(n^2)
+        entries = self.listings.get(fh) if start_id else None
+        if entries is None:
+            entries = self.listings[fh] = list(self._dir(fh).items())
         for i in range(start_id, len(entries)):
             name, ino = entries[i]
             if not pyfuse3.readdir_reply(token, name, self._entry(ino), i + 1):
                 return
 
     async def releasedir(self, fh: FileHandleT) -> None:
-        return None
+        self.listings.pop(fh, None)
 
     async def fsyncdir(self, fh: FileHandleT, datasync: bool) -> None:
         return None
@@ -304,12 +313,18 @@ class NullFS(pyfuse3.Operations):
     async def setxattr(
         self, inode: InodeT, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
     ) -> None:
+        if name in ACLS:
+            raise FUSEError(errno.EOPNOTSUPP)
         self._node(inode).xattrs[name] = value
 
     async def getxattr(self, inode: InodeT, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        if name in ACLS:
+            raise FUSEError(errno.EOPNOTSUPP)
         try:
             return self._node(inode).xattrs[name]
         except KeyError:
+            if name == b"security.selinux":
+                raise FUSEError(errno.EOPNOTSUPP) from None
             raise FUSEError(pyfuse3.ENOATTR) from None
 
     async def listxattr(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> list[bytes]:
@@ -348,8 +363,11 @@ def main() -> None:
     p.add_argument("mountpoint")
     p.add_argument("--file", help="a file of zeros in the root (its name)")
     p.add_argument("--size", type=int, default=0, help="its size in bytes")
+    p.add_argument("--writeback-cache", action="store_true",
+                   help="let the kernel cache writes and send them later, coalesced")
     args = p.parse_args()
     ops = NullFS(args.file, args.size)
+    ops.enable_writeback_cache = args.writeback_cache
     pyfuse3.init(ops, args.mountpoint, {"fsname=nullfs", "subtype=nullfs", "default_permissions"})
     try:
         trio.run(_serve)

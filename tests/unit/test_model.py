@@ -392,3 +392,31 @@ async def test_a_committed_file_reads_with_no_filesystem(fs: Filesystem, store: 
                 node.chunks, node.file_key, node.file_id, node.size, off, n
             )
             assert got == want[off : off + n] == await fs2.read(ino, off, n), (ino, off, n)
+
+
+async def test_a_file_key_is_unwrapped_on_first_use_and_a_bad_one_is_an_integrity_error(
+    fs: Filesystem, store: Store
+) -> None:
+    """Listing a folder touches no content key; a key that fails authentication
+    fails where it is used, as IntegrityError naming the leaf object."""
+    from megafs.errors import IntegrityError
+
+    ino = await mkfile(fs, ROOT_INO, b"f")
+    await fs.close()
+    fs2 = await reopen(store)
+    codec = fs2.table.codec
+    assert [name for name, _, _ in await fs2.readdir(ROOT_INO, 0)] == [b"f"]
+    node = await fs2.table.get(ino)
+    assert node.has_key and node._key_opener is not None  # not unwrapped yet
+    await fs2.write(ino, 0, b"data")
+    assert await fs2.read(ino, 0, 10) == b"data"
+    assert node.file_key is not None and node._key_opener is None
+    # A record whose wrapped key was altered decodes, and fails at first use.
+    wrapped = bytearray(node.wrapped_key or b"")
+    wrapped[-1] ^= 1
+    bad = type(node)(ino, node.mode, node.uid, node.gid, file_id=node.file_id)
+    bad.key_from(bytes(wrapped), codec, "leaf-object-name")
+    assert bad.has_key
+    with pytest.raises(IntegrityError, match="leaf-object-name"):
+        _ = bad.file_key
+    await fs2.close()

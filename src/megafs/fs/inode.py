@@ -13,8 +13,7 @@ May not touch: the store, the vault, Content, the journal, or other inodes
 from __future__ import annotations
 
 import stat
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 import trio
 from sortedcontainers import SortedDict  # type: ignore[import-untyped]
@@ -26,9 +25,9 @@ from ..vault.content import ChunkRef
 ROOT_INO = 1
 
 
-@dataclass(frozen=True)
-class Attr:
-    """What getattr returns: a plain snapshot of an inode's attributes."""
+class Attr(NamedTuple):
+    """What getattr returns: a plain snapshot of an inode's attributes (a
+    tuple: a folder listing makes one per entry)."""
 
     ino: int
     mode: int
@@ -72,10 +71,25 @@ class Mutex:
         self._lock.release()
 
 
+class KeyOpener(Protocol):
+    """Unwraps the content key of an inode decoded from a record
+    (:class:`~megafs.fs.records.RecordCodec`)."""
+
+    def unwrap_key(self, node: Inode, origin: str) -> bytes: ...
+
+
 class Inode:
-    """One inode in memory. Body fields are valid only when ``body_loaded``."""
+    """One inode in memory. Body fields are valid only when ``body_loaded``.
+
+    The content key of an inode read from a record is unwrapped (and so
+    authenticated) on first use of :attr:`file_key`, not when its page
+    loads: listing a folder touches no key. A key that fails then raises
+    IntegrityError, naming the object the record came from."""
 
     __slots__ = (
+        "_file_key",
+        "_key_opener",
+        "_key_origin",
         "_lock",
         "atime",
         "body_dirty",
@@ -86,7 +100,6 @@ class Inode:
         "dirty",
         "entries",
         "file_id",
-        "file_key",
         "gid",
         "ino",
         "mode",
@@ -104,7 +117,9 @@ class Inode:
         "xattrs",
     )
 
-    def __init__(self, ino: int, mode: int, uid: int, gid: int, now: int = 0) -> None:
+    def __init__(
+        self, ino: int, mode: int, uid: int, gid: int, now: int = 0, file_id: bytes | None = None
+    ) -> None:
         self.ino = ino
         self.mode = mode
         self.uid = uid
@@ -113,8 +128,10 @@ class Inode:
         self.size = 0
         self.rdev = 0
         self.atime = self.mtime = self.ctime = now
-        self.file_id = crypto.new_id()
-        self.file_key: bytes | None = None
+        self.file_id = crypto.new_id() if file_id is None else file_id
+        self._file_key: bytes | None = None
+        self._key_opener: KeyOpener | None = None
+        self._key_origin = ""
         #: ``file_key`` as wrapped in the inode record, kept so that a record
         #: written again reuses it rather than sealing the key once more
         self.wrapped_key: bytes | None = None
@@ -131,6 +148,31 @@ class Inode:
         self.parent = ROOT_INO
         self.target = b""
         self._lock: Mutex | None = None
+
+    @property
+    def file_key(self) -> bytes | None:
+        """The content key (regular files); unwrapped on first use."""
+        if self._key_opener is not None:
+            self._file_key = self._key_opener.unwrap_key(self, self._key_origin)
+            self._key_opener = None
+        return self._file_key
+
+    @file_key.setter
+    def file_key(self, key: bytes | None) -> None:
+        self._file_key = key
+        self._key_opener = None
+
+    def key_from(self, wrapped: bytes, opener: KeyOpener, origin: str) -> None:
+        """The content key is ``wrapped``, to be unwrapped by ``opener`` when
+        first used (``origin``: the object the record came from)."""
+        self.wrapped_key = wrapped
+        self._key_opener = opener
+        self._key_origin = origin
+
+    @property
+    def has_key(self) -> bool:
+        """Whether the inode has a content key (without unwrapping it)."""
+        return self._file_key is not None or self._key_opener is not None
 
     @property
     def locked(self) -> bool:

@@ -50,32 +50,38 @@ class RecordCodec:
         """The inode of record ``rec`` (from object ``name``). IntegrityError if
         anything in it is malformed or fails authentication."""
         try:
-            node = Inode(ino, int(rec["m"]), int(rec["u"]), int(rec["g"]))
+            node = Inode(
+                ino, int(rec["m"]), int(rec["u"]), int(rec["g"]), file_id=expect_bytes(rec["f"])
+            )
             node.nlink = int(rec["n"])
             node.size = int(rec["s"])
-            node.atime, node.mtime, node.ctime = (int(t) for t in rec["t"])
+            atime, mtime, ctime = rec["t"]
+            node.atime, node.mtime, node.ctime = int(atime), int(mtime), int(ctime)
             node.rdev = int(rec.get("r", 0))
-            node.file_id = expect_bytes(rec["f"])
-            node.xattrs = {expect_bytes(k): expect_bytes(v) for k, v in rec.get("x", {}).items()}
+            if "x" in rec:
+                node.xattrs = {expect_bytes(k): expect_bytes(v) for k, v in rec["x"].items()}
             if "k" in rec:
-                node.wrapped_key = expect_bytes(rec["k"])
-                try:
-                    node.file_key = crypto.unwrap_file_key(
-                        self.keys, node.file_id, node.wrapped_key
-                    )
-                except crypto.AuthFailed:
-                    raise IntegrityError(name, f"file key of inode {ino} fails") from None
+                node.key_from(expect_bytes(rec["k"]), self, name)
             node.body_dirty = False
             if "B" in rec:
                 node.body_ref = expect_bytes(rec["B"])
                 node.body_loaded = False
             else:
                 self.decode_body(node, rec["b"], name)
-            if node.is_reg and node.file_key is None:
+            if node.is_reg and not node.has_key:
                 raise ValueError("regular file without a file key")
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
             raise IntegrityError(name, f"malformed inode {ino}: {e!r}") from None
         return node
+
+    def unwrap_key(self, node: Inode, origin: str) -> bytes:
+        """``node``'s content key, unwrapped from its record (read from object
+        ``origin``). IntegrityError if it fails authentication."""
+        assert node.wrapped_key is not None
+        try:
+            return crypto.unwrap_file_key(self.keys, node.file_id, node.wrapped_key)
+        except crypto.AuthFailed:
+            raise IntegrityError(origin, f"file key of inode {node.ino} fails") from None
 
     def decode_body(self, node: Inode, body: Any, name: str) -> None:
         """Fill ``node``'s body fields from ``body``. IntegrityError if malformed."""
@@ -169,8 +175,9 @@ class RecordCodec:
             rec["r"] = node.rdev
         if node.xattrs:
             rec["x"] = node.xattrs
-        if node.file_key is not None:
+        if node.has_key:  # a key read from a record is carried over still wrapped
             if node.wrapped_key is None:
+                assert node.file_key is not None
                 node.wrapped_key = crypto.wrap_file_key(
                     self.keys, node.file_id, node.file_key
                 )

@@ -46,7 +46,6 @@ import re
 import stat
 import time
 from collections import OrderedDict
-from dataclasses import replace
 from typing import Any
 
 from ..errors import FsError
@@ -188,7 +187,7 @@ class Views:
         if a.ino == ROOT_INO:
             entry = self._entries[gen]
             return self._past_root_attr(entry, await self.live.getattr(ROOT_INO))
-        return replace(a, ino=self._number(gen, a.ino))
+        return a._replace(ino=self._number(gen, a.ino))
 
     # --- lookup counts --------------------------------------------------------
 

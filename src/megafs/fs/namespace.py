@@ -42,12 +42,6 @@ RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 
 
-#: Entries whose inode pages a folder listing loads at once when it reaches
-#: pages not loaded yet (with inode numbers given out in order, 4,096 entries
-#: are about 16 pages: 16 requests in flight instead of one).
-READDIR_AHEAD = 4096
-
-
 class Namespace:
     """Names and attributes of one filesystem's inodes.
 
@@ -244,13 +238,6 @@ class Namespace:
         if d.order is None:
             return []
         names = [d.order[c] for c in itertools.islice(d.order.irange(minimum=after + 1), 256)]
-        if names and (first := d.entries.get(names[0])) and self.table.peek(first[0]) is None:
-            # The listing has reached pages not loaded: load the pages of the
-            # next READDIR_AHEAD entries at once, rather than one at a time.
-            ahead = itertools.islice(d.order.irange(minimum=after + 1), READDIR_AHEAD)
-            await self.table.prefetch(
-                ent[0] for c in ahead if (ent := d.entries.get(d.order[c])) is not None
-            )
         for name in names:
             ent = d.entries.get(name)
             if ent is None:

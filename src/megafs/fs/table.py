@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import collections
 import errno
-import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import trio
@@ -31,8 +30,6 @@ from ..vault.tables import PAGE_BITS, MetaJob, RadixIndex
 from ..vault.vault import KIND_BODY, KIND_LEAF, Vault, obj_name
 from .inode import ROOT_INO, Inode
 from .records import RecordCodec
-
-log = logging.getLogger(__name__)
 
 #: Inode pages kept in memory (256 inodes each) before clean ones are evicted,
 #: least recently used first, down to three quarters of it. 512 pages hold a
@@ -118,27 +115,6 @@ class InodeTable:
                 self.page_members[page] = members
                 self._page_lru[page] = None
         self._loaded("page", page)
-
-    async def prefetch(self, inos: Iterable[int], at_once: int = 16) -> None:
-        """Load the pages of ``inos`` that are not resident, up to ``at_once``
-        at a time. Best effort: a page that fails to load is left for the
-        caller's own :meth:`get` to load again and report. May block on the
-        store."""
-        pages = sorted({ino >> PAGE_BITS for ino in inos} - self.page_members.keys())
-        if len(pages) < 2:
-            return
-        limit = trio.CapacityLimiter(at_once)
-
-        async def load(page: int) -> None:
-            async with limit:
-                try:
-                    await self.load_page(page)
-                except Exception as e:  # reported by the caller's get, if it needs the page
-                    log.debug("prefetching inode page %d: %r", page, e)
-
-        async with trio.open_nursery() as nursery:
-            for page in pages:
-                nursery.start_soon(load, page)
 
     async def load_body(self, node: Inode) -> None:
         """Load ``node``'s external body object, unless it is loaded already.

@@ -18,6 +18,7 @@ Concurrency: trio; the buckets are fair (first come, first served).
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import trio
@@ -68,40 +69,32 @@ class LimitedStore(ForwardingStore):
         self.down = Bucket(download) if download else None
         self.slots = trio.CapacityLimiter(transfers) if transfers else None
 
+    def _slot(self) -> contextlib.AbstractAsyncContextManager[object]:
+        """One of the ``transfers`` slots, or nothing when there is no such limit."""
+        return self.slots if self.slots is not None else contextlib.nullcontext()
+
     async def put(self, name: str, data: bytes) -> None:
         if self.up is not None:
             await self.up.take(len(data))
-        if self.slots is None:
-            await self.inner.put(name, data)
-            return
-        async with self.slots:
+        async with self._slot():
             await self.inner.put(name, data)
 
     async def put_durable(self, name: str, data: bytes) -> None:
         if self.up is not None:
             await self.up.take(len(data))
-        if self.slots is None:
-            await self.inner.put_durable(name, data)
-            return
-        async with self.slots:
+        async with self._slot():
             await self.inner.put_durable(name, data)
 
     async def get(self, name: str, max_size: int = MAX_OBJECT_SIZE) -> bytes:
-        if self.slots is None:
+        async with self._slot():
             data = await self.inner.get(name, max_size)
-        else:
-            async with self.slots:
-                data = await self.inner.get(name, max_size)
         if self.down is not None:
             await self.down.take(len(data))
         return data
 
     async def get_range(self, name: str, offset: int, length: int) -> bytes:
-        if self.slots is None:
+        async with self._slot():
             data = await self.inner.get_range(name, offset, length)
-        else:
-            async with self.slots:
-                data = await self.inner.get_range(name, offset, length)
         if self.down is not None:
             await self.down.take(len(data))
         return data

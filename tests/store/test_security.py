@@ -37,6 +37,7 @@ from megafs.errors import (
     WrongPassphrase,
 )
 from megafs.format import crypto, header
+from megafs.fs import fsck
 from megafs.fs.filesystem import Filesystem
 from megafs.fs.inode import ROOT_INO
 from megafs.stores import LocalStore, Store
@@ -669,6 +670,38 @@ async def test_file_key_moved_to_another_file(store: Store) -> None:
     await reseal(store, KIND_LEAF, s.roles["leaf"], swap)
     e = await expect_integrity(s, s.roles["leaf"])
     assert "file key" in e.detail
+
+
+async def test_a_key_moved_between_empty_files_is_found_by_fsck_and_refused_at_a_write(
+    store: Store,
+) -> None:
+    """Keys are unwrapped on first use, and no read uses an empty file's key:
+    fsck unwraps every key it walks past, and a write checks the key before
+    it changes anything (never later, inside a commit)."""
+    s = await make_sample(store)
+    fs = await open_ro(store)
+    bd = await resolve(fs, BIGDIR)
+    a = (await fs.lookup(bd, BIGDIR_NAMES[0])).ino
+    b = (await fs.lookup(bd, BIGDIR_NAMES[1])).ino
+    assert a >> PAGE_BITS == b >> PAGE_BITS
+    leaf_id = await fs.table.index.leaf_id(a >> PAGE_BITS)
+    assert leaf_id is not None
+    leaf = obj_name(leaf_id)
+
+    def swap(p: Any) -> Any:
+        p[a]["k"], p[b]["k"] = p[b]["k"], p[a]["k"]
+        return p
+
+    await reseal(store, KIND_LEAF, leaf, swap)
+    report = await fsck.check(await Vault.unlock(store, PASS))
+    assert [p for p in report.problems if "file key of inode" in p and leaf in p], report
+    await exercise(s)  # listing the folder and reading the other files is unaffected
+    rw = await Filesystem.load(await Vault.unlock(store, PASS))
+    with pytest.raises(IntegrityError) as e:
+        await rw.write(a, 0, b"x")
+    assert e.value.obj == leaf and "file key" in e.value.detail
+    assert (await rw.getattr(a)).size == 0 and not rw.committer.has_changes()
+    await rw.close()
 
 
 async def test_file_key_wrapped_by_another_vault(store: Store, tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ import cachetools
 import trio
 
 from ..client.cache import ContentCache
-from ..errors import FsError
+from ..errors import FsError, IntegrityError
 from ..format import crypto
 from ..vault.content import ChunkRef, Content, PackPart, read_chunked
 from ..vault.root import Root
@@ -137,11 +137,16 @@ class DataPath:
         return not (self.dirty_inodes or self.pending)
 
     async def file(self, ino: int) -> Inode:
+        """The regular file ``ino``, its content key unwrapped: a key that
+        fails raises IntegrityError here, before a read, write or truncation
+        has changed anything (and never later, inside a commit)."""
         node = await self.table.get(ino)
         if node.is_dir:
             raise FsError(errno.EISDIR)
         if not node.is_reg:
             raise FsError(errno.EINVAL)
+        if node.file_key is None:
+            raise IntegrityError(f"inode {ino}", "regular file without a content key")
         return node
 
     # --- reading ------------------------------------------------------------

@@ -313,8 +313,15 @@ class _Tree:
                     f"pack {pno} ({obj_name(rec.obj)}) counts {rec.live} chunks of "
                     f"{rec.live_bytes} bytes, but {len(refs)} of {live_bytes} bytes name it"
                 )
+        bad_keys: set[int] = set()  # their chunks cannot be opened: not fetched
         for ino in inodes:
             node = table.inodes[ino]
+            if node.has_key:  # unwrapped on first use: here, for every file
+                try:
+                    node.file_key  # noqa: B018
+                except IntegrityError as e:
+                    report.problems.append(str(e))
+                    bad_keys.add(ino)
             if ino == ROOT_INO or not node.body_loaded:
                 continue
             expected = links.get(ino, 0)
@@ -343,7 +350,7 @@ class _Tree:
         done = 0
         by_object: dict[bytes, list[tuple[int, int, ChunkRef]]] = {}
         for item in chunks:
-            if item[2].obj not in self.verified:
+            if item[0] not in bad_keys and item[2].obj not in self.verified:
                 by_object.setdefault(item[2].obj, []).append(item)
         self.verified.update(by_object)
 

@@ -83,8 +83,13 @@ class Inode:
 
     The content key of an inode read from a record is unwrapped (and so
     authenticated) on first use of :attr:`file_key`, not when its page
-    loads: listing a folder touches no key. A key that fails then raises
-    IntegrityError, naming the object the record came from."""
+    loads (unless the record holds inline content, which is opened then):
+    listing a folder of files that are empty or stored in chunks touches no
+    key. A key that fails then raises IntegrityError, naming the object the
+    record came from. So that this never happens halfway through a change,
+    the data path reads the key before a write or a truncation changes
+    anything, a merge copies keys with :meth:`take_key` (which never
+    unwraps), and fsck unwraps every key it walks past."""
 
     __slots__ = (
         "_file_key",
@@ -168,6 +173,16 @@ class Inode:
         self.wrapped_key = wrapped
         self._key_opener = opener
         self._key_origin = origin
+
+    def take_key(self, src: Inode) -> None:
+        """Take ``src``'s file id and content key as they are: a key not yet
+        unwrapped stays so (copying never fails on a key)."""
+        self.file_id, self.wrapped_key = src.file_id, src.wrapped_key
+        self._file_key, self._key_opener, self._key_origin = (
+            src._file_key,
+            src._key_opener,
+            src._key_origin,
+        )
 
     @property
     def has_key(self) -> bool:

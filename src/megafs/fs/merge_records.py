@@ -100,7 +100,7 @@ class Outcome:
 
 
 def clone(src: Inode, ino: int) -> Inode:
-    n = Inode(ino, src.mode, src.uid, src.gid)
+    n = Inode(ino, src.mode, src.uid, src.gid, file_id=src.file_id)
     assign(n, src)
     return n
 
@@ -117,7 +117,7 @@ def assign(dst: Inode, src: Inode) -> None:
         src.rdev,
     )
     dst.atime, dst.mtime, dst.ctime = src.atime, src.mtime, src.ctime
-    dst.file_id, dst.file_key, dst.wrapped_key = src.file_id, src.file_key, src.wrapped_key
+    dst.take_key(src)
     dst.xattrs = dict(src.xattrs)
     dst.body_ref, dst.body_loaded, dst.body_dirty = src.body_ref, src.body_loaded, src.body_dirty
     dst.chunks = dict(src.chunks)

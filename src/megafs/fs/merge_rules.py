@@ -245,7 +245,7 @@ class Rules:
         o.size, o.small, o.chunks = t.size, t.small, dict(t.chunks)
         o.body_ref = t.body_ref
         o.body_dirty = t.body_ref is None
-        o.file_id, o.file_key, o.wrapped_key = t.file_id, t.file_key, t.wrapped_key
+        o.take_key(t)
 
     def _entries(self) -> None:
         """Folders ours changed: ours' changes since base applied on theirs."""

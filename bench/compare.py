@@ -1381,15 +1381,15 @@ def markdown(res: Results, summary: dict[str, Any]) -> str:
         met = {True: "yes", False: "**no**", None: "n/a"}[t["met"]]
         out.append(f"| {t['target']} | {t['workload']} ({who}) | {fmt(t['ratio'], 'x')} | "
                    f"{cmp_} {t['need']}x | {met} |")
-    if res.extra.get("bigdir_build"):
-        out.append("\nThe large folder, built through each mount (empty files, until "
-                   "durable): " + "; ".join(
-                       f"{k}: {v['seconds']} s ({v['files_per_s']:.0f} files/s)"
-                       for k, v in res.extra["bigdir_build"].items()))
-    if res.extra.get("vault_build"):
-        out.append("\nVault builds (through the mount, for the mount-time test): "
-                   + "; ".join(f"{k}: {v['seconds']} s ({v['files_per_s']:.0f} files/s)"
-                               for k, v in res.extra["vault_build"].items()))
+    for key, title in (
+        ("bigdir_build", "The large folder, built through each mount (empty files, until "
+                         "durable)"),
+        ("vault_build", "Vault builds (through the mount, for the mount-time test)"),
+    ):
+        if res.extra.get(key):
+            out.append(f"\n{title}: " + "; ".join(
+                f"{k}: {v['seconds']} s ({v['files_per_s']:.0f} files/s)"
+                for k, v in res.extra[key].items()))
     if res.errors:
         out.append("\nErrors:\n")
         out += [f"- {e}" for e in res.errors]

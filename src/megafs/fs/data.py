@@ -29,7 +29,7 @@ import cachetools
 import trio
 
 from ..client.cache import ContentCache
-from ..errors import FsError, IntegrityError
+from ..errors import FsError
 from ..format import crypto
 from ..vault.content import ChunkRef, Content, PackPart, read_chunked
 from ..vault.root import Root
@@ -145,8 +145,7 @@ class DataPath:
             raise FsError(errno.EISDIR)
         if not node.is_reg:
             raise FsError(errno.EINVAL)
-        if node.file_key is None:
-            raise IntegrityError(f"inode {ino}", "regular file without a content key")
+        node.require_key()
         return node
 
     # --- reading ------------------------------------------------------------

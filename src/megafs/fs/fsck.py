@@ -318,7 +318,7 @@ class _Tree:
             node = table.inodes[ino]
             if node.has_key:  # unwrapped on first use: here, for every file
                 try:
-                    node.file_key  # noqa: B018
+                    node.require_key()
                 except IntegrityError as e:
                     report.problems.append(str(e))
                     bad_keys.add(ino)

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple, Protocol
 import trio
 from sortedcontainers import SortedDict  # type: ignore[import-untyped]
 
+from ..errors import IntegrityError
 from ..format import crypto
 from ..vault.content import ChunkRef
 
@@ -183,6 +184,14 @@ class Inode:
             src._key_opener,
             src._key_origin,
         )
+
+    def require_key(self) -> bytes:
+        """The content key, unwrapped now if it is not yet: IntegrityError if
+        it fails authentication (or, a bug, if the inode has none)."""
+        key = self.file_key
+        if key is None:
+            raise IntegrityError(f"inode {self.ino}", "regular file without a content key")
+        return key
 
     @property
     def has_key(self) -> bool:

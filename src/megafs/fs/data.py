@@ -204,7 +204,7 @@ class DataPath:
         Raises IntegrityError naming the object if they fail to verify.
         """
         assert node.file_key is not None
-        keep = self._cache_later if self.cache is not None else None
+        keep = self._cache_later if self.cache is not None and self.cache.max_bytes > 0 else None
         return await self.content.open_blocks(
             ref, node.file_key, node.file_id, idx, m0, m1, keep=keep
         )

@@ -23,8 +23,11 @@ for the read-compare-rename sequence, so it is safe between processes on one
 machine (and on network filesystems that honour flock). The version tag of a
 pointer is the SHA-256 of its content.
 
-File I/O runs in worker threads (``trio.to_thread``) so it never blocks the
-trio loop.
+File I/O runs in worker threads (``trio.to_thread``) so that it does not
+block the trio loop, with one exception: a ranged read of at most
+:data:`INLINE_READ_MAX` bytes runs in the trio thread while the disk answers
+fast, since the hand-off costs more than such a read (a slow disk sends
+reads back to the threads: :meth:`LocalStore._run_inline`).
 
 May not touch: the format or the vault (objects are opaque bytes: no keys, no
 crypto), any layer above the stores, or anything outside the store's own
@@ -42,6 +45,7 @@ import logging
 import os
 import re
 import stat
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TypeVar
 
@@ -80,11 +84,24 @@ _LIMITER = trio.CapacityLimiter(16)
 
 #: A folder below the root: never through a symbolic link.
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-#: A file to read: never through a symbolic link, never blocking (a FIFO).
 #: Objects a local store keeps open for reads (random reads of blocks): a
 #: 1 GiB file's chunks, or a quarter of the descriptors the process may have.
 OPEN_OBJECTS = KeptFiles.limit_for(4, 16, 1024)
+#: Ranges up to this size that the page cache does not hold are read in the
+#: trio thread itself while the disk answers fast: a worker thread's
+#: hand-off costs 100 to 300 µs here, more than a random read of a
+#: solid-state disk (docs/performance.md, "Cold random reads").
+INLINE_READ_MAX = 256 << 10
+#: Reads go to worker threads for INLINE_PAUSE seconds once the moving
+#: average of inline reads passes INLINE_SLOW (a spinning or remote disk:
+#: about three reads of 10 ms), or one read takes INLINE_STALL (a disk that
+#: had to wake up); so a slow disk stalls the trio loop only briefly, and
+#: only once in that time.
+INLINE_SLOW = 0.002
+INLINE_STALL = 0.05
+INLINE_PAUSE = 10.0
 
+#: A file to read: never through a symbolic link, never blocking (a FIFO).
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 _FAN = re.compile(r"[0-9a-f]{2}")
@@ -96,6 +113,21 @@ class _Refusal(Exception):
     def __init__(self, entry: str, reason: str) -> None:
         super().__init__(f"{entry}: {reason}")
         self.refused = Refused(entry, reason)
+
+
+def _guarded(fn: Callable[[], T], what: str, reading: bool) -> T:
+    """``fn()``, its OSError the matching StoreError; a refused entry an
+    IntegrityError of ``what`` when ``reading`` (something that cannot be a
+    stored object was served), else a StoreError (we will not write or
+    delete through it)."""
+    try:
+        return fn()
+    except _Refusal as r:
+        if reading:
+            raise IntegrityError(what, f"refused {r.refused}") from None
+        raise StoreError(f"local store refuses {r.refused} ({what})") from None
+    except OSError as e:
+        raise _translate(e, what) from None
 
 
 def _kind(mode: int) -> str:
@@ -253,26 +285,32 @@ class LocalStore(Store):
         self._synced = 0  # of which known durable
         #: objects kept open for reads, least recently used first (trio thread only)
         self._open = KeptFiles(OPEN_OBJECTS)
+        #: reads go to worker threads until then (trio clock): inline reads were slow
+        self._threads_until = -float("inf")
+        self._inline_avg = 0.0  # moving average of inline reads' durations (s)
 
     async def _run(self, fn: Callable[[], T], what: str, *, reading: bool = True) -> T:
-        """Run blocking ``fn`` in a thread; OSError becomes the matching StoreError.
+        """Run blocking ``fn`` in a worker thread, errors as :func:`_guarded` says."""
+        return await trio.to_thread.run_sync(_guarded, fn, what, reading, limiter=_LIMITER)
 
-        A refused entry is an IntegrityError of ``what`` when ``reading``
-        (something that cannot be a stored object was served), else a
-        StoreError (we will not write or delete through it).
-        """
+    def _run_inline(self, fn: Callable[[], T], what: str) -> T:
+        """Run reading ``fn`` in the trio thread (it blocks the loop), as
+        :meth:`_run` would in a worker; slow reads (INLINE_SLOW, INLINE_STALL)
+        send reads back to worker threads for INLINE_PAUSE seconds."""
+        started = time.monotonic()
+        try:
+            return _guarded(fn, what, True)
+        finally:
+            took = time.monotonic() - started
+            self._inline_avg = 0.9 * self._inline_avg + 0.1 * took
+            if self._inline_avg > INLINE_SLOW or took > INLINE_STALL:
+                self._threads_until = trio.current_time() + INLINE_PAUSE
+                self._inline_avg = 0.0
+                log.debug("slow local read (%s: %.1f ms): threads for a while", what, took * 1e3)
 
-        def guarded() -> T:
-            try:
-                return fn()
-            except _Refusal as r:
-                if reading:
-                    raise IntegrityError(what, f"refused {r.refused}") from None
-                raise StoreError(f"local store refuses {r.refused} ({what})") from None
-            except OSError as e:
-                raise _translate(e, what) from None
-
-        return await trio.to_thread.run_sync(guarded, limiter=_LIMITER)
+    def _inline(self, length: int) -> bool:
+        """Whether a read of ``length`` bytes runs in the trio thread now."""
+        return length <= INLINE_READ_MAX and trio.current_time() >= self._threads_until
 
     def _open_root(self, stack: contextlib.ExitStack) -> int:
         """Open the store's folder (a symlink here is the user's choice, so followed)."""
@@ -456,8 +494,10 @@ class LocalStore(Store):
         the object was opened before and the range is in the page cache (a
         read that cannot block, ``RWF_NOWAIT``): a random read of a block
         then costs no hand-off to a worker thread (which costs more than
-        the read). Otherwise read in a worker thread, which keeps the
-        object open for the next reads (:data:`OPEN_OBJECTS` at most)."""
+        the read). Otherwise opened and read in the trio thread too when
+        the range is small and the disk fast (:meth:`_inline`: blocks the
+        loop for one disk read), else in a worker thread; the object is
+        kept open for the next reads (:data:`OPEN_OBJECTS` at most)."""
         check_object_name(name)
         if length <= 0:
             return b""
@@ -470,7 +510,10 @@ class LocalStore(Store):
                 fd, _ = self._open_object(stack, name)
                 return os.pread(fd, length, offset), dup_or_none(fd)
 
-        data, kept = await self._run(work, name)
+        if self._inline(length):
+            data, kept = self._run_inline(work, name)
+        else:
+            data, kept = await self._run(work, name)
         self._open.keep(name, kept)
         return data
 

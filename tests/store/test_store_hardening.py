@@ -285,6 +285,36 @@ async def test_local_fifo_and_dev_zero_are_refused_at_once(
     await refused(lambda: store.read_pointer("header"), "symbolic link")
 
 
+async def test_local_sync_makes_what_was_put_durable_and_never_syncs_through_a_symlink(
+    tmp_path: Path,
+) -> None:
+    """sync fsyncs the objects put since the last one (not the whole disk):
+    it passes over objects deleted since, refuses a fan-out folder planted as
+    a symlink (StoreError, nothing synced through it) and tries those objects
+    again at the next sync."""
+    root = tmp_path / "store"
+    store = LocalStore(str(root), create=True)
+    await store.check()
+    kept, gone, planted = n("ab11"), n("ab22"), n("cd11")
+    for name in (kept, gone, planted):
+        await store.put(name, os.urandom(5000))
+    await store.delete(gone)
+    # the cd folder is swapped for a symlink to a folder outside the store
+    outside = tmp_path / "outside"
+    (root / "objects" / "cd").rename(outside)
+    (root / "objects" / "cd").symlink_to(outside)
+    with pytest.raises(StoreError, match="refuses objects/cd: a symbolic link"):
+        await store.sync()
+    with pytest.raises(StoreError, match="refuses objects/cd"):
+        await store.sync()  # still owed: tried again
+    (root / "objects" / "cd").unlink()
+    outside.rename(root / "objects" / "cd")
+    await store.sync()
+    await store.sync()
+    assert not store._unsynced  # nothing owed any more
+    assert await store.get(kept) and await store.get(planted)
+
+
 async def test_local_reads_stop_at_their_maximum_size(tmp_path: Path) -> None:
     root = tmp_path / "store"
     store = LocalStore(str(root), create=True)

@@ -4,9 +4,9 @@ Objects are files under ``objects/`` in fan-out folders named by the first
 two characters of the object name; pointers are files under ``pointers/``.
 Every write goes to a temporary file in the same folder and is renamed into
 place, so a crash leaves the old or the new file, never a torn one. A pointer
-is fsynced before the rename and its folder after it; objects are not, and
-one ``syncfs`` (:meth:`LocalStore.sync`, before every root swap) makes every
-object put so far durable.
+is fsynced before the rename and its folder after it; objects are not when
+written: :meth:`LocalStore.sync` (before every root swap) fdatasyncs the
+objects put since the last sync and their folders.
 
 Whoever can write to the folder (a sync tool's other devices, a borrowed USB
 disk) is not trusted. Below the store's own folder (which may itself be
@@ -37,7 +37,6 @@ folder; of megafs it imports only :mod:`megafs.errors` and :mod:`.base`.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import fcntl
 import hashlib
@@ -155,20 +154,6 @@ def _translate(e: OSError, what: str) -> StoreError:
     return StoreError(f"local store I/O error on {what}: {e.strerror or e}")
 
 
-def _syncfs(path: str) -> None:
-    """Flush the whole filesystem holding ``path`` (one syscall for many files)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        if _LIBC.syncfs(fd) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err), path)
-    finally:
-        os.close(fd)
-
-
-_LIBC = ctypes.CDLL(None, use_errno=True)
-
-
 def _open_dir(parent: int, name: str, entry: str, *, create: bool = False) -> int | None:
     """Open folder ``name`` in folder ``parent`` without following a symlink.
 
@@ -252,7 +237,7 @@ def _atomic_write(folder: int, name: str, data: bytes, *, durable: bool = True) 
     followed.
 
     With ``durable`` the file and its folder are fsynced before returning;
-    without, durability waits for the next :func:`_syncfs`.
+    without, durability waits for the next :meth:`LocalStore.sync`.
     """
     tmp = f"{name}.tmp.{os.getpid()}.{os.urandom(4).hex()}"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -281,8 +266,8 @@ class LocalStore(Store):
         self.root = os.path.abspath(root)
         self.url = f"file://{self.root}"
         self._create = create
-        self._puts = 0  # objects written so far
-        self._synced = 0  # of which known durable
+        #: objects put since the last sync, by fan-out folder: not durable yet
+        self._unsynced: dict[str, set[str]] = {}
         #: objects kept open for reads, least recently used first (trio thread only)
         self._open = KeptFiles(OPEN_OBJECTS)
         #: reads go to worker threads until then (trio clock): inline reads were slow
@@ -350,7 +335,7 @@ class LocalStore(Store):
 
     async def put(self, name: str, data: bytes) -> None:
         await self._put(name, data, durable=False)
-        self._puts += 1
+        self._unsynced.setdefault(name[:2], set()).add(name)
 
     async def _put(self, name: str, data: bytes, *, durable: bool) -> None:
         """Write object ``name`` in one worker job (:func:`_atomic_write`)."""
@@ -368,13 +353,47 @@ class LocalStore(Store):
         await self._run(work, name, reading=False)
 
     async def sync(self) -> None:
-        """One ``syncfs`` makes every object put so far durable (objects are
-        renamed into place unsynced: a crash can leave them torn, but only
-        objects no committed root references yet)."""
-        target = self._puts
-        if target > self._synced:
-            await self._run(lambda: _syncfs(self.root), "sync", reading=False)
-            self._synced = max(self._synced, target)
+        """Make every object put so far durable: ``fdatasync`` each object put
+        since the last sync and ``fsync`` each folder one was renamed into,
+        one worker job per fan-out folder (objects are renamed into place
+        unsynced: a crash can leave them torn, but only objects no committed
+        root references yet). Not ``syncfs``, which would also write out
+        everything else the disk holds unwritten: the journal's segments,
+        which the commit then deletes (they are mostly never written), and
+        other programs' files."""
+        todo, self._unsynced = self._unsynced, {}
+        failed: list[BaseException] = []
+
+        async def one(fan: str, names: set[str]) -> None:
+            try:
+                await self._run(lambda: self._sync_folder(fan, names), "sync", reading=False)
+            except BaseException as e:
+                self._unsynced.setdefault(fan, set()).update(names)  # the next sync tries again
+                failed.append(e)
+
+        async with trio.open_nursery() as nursery:
+            for fan, names in todo.items():
+                nursery.start_soon(one, fan, names)
+        if failed:
+            raise failed[0]
+
+    def _sync_folder(self, fan: str, names: set[str]) -> None:
+        """fdatasync the objects ``names`` of fan-out folder ``fan`` that are
+        still there, then the folder (worker thread)."""
+        with contextlib.ExitStack() as stack:
+            folder = self._folder(stack, "objects", fan)
+            if folder is None:
+                return  # everything in it was deleted since
+            for name in sorted(names):
+                try:
+                    fd, _ = _open_regular(folder, name, f"objects/{fan}/{name}")
+                except FileNotFoundError:
+                    continue  # deleted since: nothing to make durable
+                try:
+                    os.fdatasync(fd)
+                finally:
+                    os.close(fd)
+            os.fsync(folder)
 
     def _open_object(self, stack: contextlib.ExitStack, name: str) -> tuple[int, int]:
         """``(fd, size)`` of object ``name``, closed with ``stack``; ObjectNotFound if absent."""

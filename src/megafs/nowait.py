@@ -1,11 +1,14 @@
-"""Reads that never block: a file's bytes if the page cache holds them now.
+"""Reads that never block, or block only briefly, in the trio thread.
 
 A trio program hands blocking file I/O to worker threads, and on a small
-machine that hand-off (about 100 µs here) costs far more than reading a
-block the kernel already has (a few µs). :func:`pread_nowait` reads with
-``RWF_NOWAIT`` in the caller's thread and gives up, rather than wait for a
-disk, when any of the bytes would need one; the caller then reads in a
-worker thread as before.
+machine that hand-off (100 to 300 µs on the 2-core VM of
+docs/performance.md) costs far more than reading a block the kernel
+already has (a few µs), and more than a random read of a solid-state disk.
+:func:`pread_nowait` reads with ``RWF_NOWAIT`` in the caller's thread and
+gives up, rather than wait for a disk, when any of the bytes would need
+one. :class:`InlineReads` then decides whether the caller may read from the
+disk in its own thread all the same (a disk that has been answering fast)
+or must hand the read to a worker thread.
 
 :class:`KeptFiles` keeps the files read so, least recently used first,
 for the next reads. Imports nothing from megafs: the local store and the
@@ -42,6 +45,61 @@ def pread_nowait(fd: int, offset: int, length: int) -> bytes | None:
     return bytes(buf) if n == length else None
 
 
+class InlineReads:
+    """When a small read that has to wait for the disk may run in the trio
+    thread (blocking the loop for it) instead of a worker thread.
+
+    Every read, in either thread, reports how long it took (:meth:`note`).
+    Reads of at most ``max_len`` bytes run inline once ``after`` reads have
+    been timed and their moving average (weight 0.1) is under ``slow``
+    seconds. An average over ``slow`` (a spinning or remote disk: about
+    three reads of 10 ms), or one read over ``stall`` (a disk that had to
+    wake up), sends reads to worker threads for ``pause`` seconds, twice as
+    long at each such trip up to ``pause_max``, and the timing starts over
+    (so a disk that stays slow never runs inline again). Never inline
+    where ``RWF_NOWAIT`` is refused. Times are the caller's clock (trio's);
+    no I/O, no await, one thread.
+    """
+
+    def __init__(
+        self,
+        max_len: int = 256 << 10,
+        *,
+        slow: float = 0.002,
+        stall: float = 0.05,
+        after: int = 4,
+        pause: float = 10.0,
+        pause_max: float = 600.0,
+    ) -> None:
+        self.max_len = max_len
+        self.slow, self.stall, self.after = slow, stall, after
+        self.pause, self.pause_max = pause, pause_max
+        self.average = 0.0
+        self.samples = 0
+        self.until = -float("inf")  # worker threads until then
+
+    def allowed(self, length: int, now: float) -> bool:
+        """Whether a read of ``length`` bytes may run in the caller's thread now."""
+        return (
+            length <= self.max_len
+            and self.samples >= self.after
+            and now >= self.until
+            and _supported
+        )
+
+    def note(self, took: float, now: float) -> bool:
+        """One read took ``took`` seconds; True if that sent reads to worker
+        threads (a trip)."""
+        self.samples += 1
+        self.average = 0.9 * self.average + 0.1 * took
+        if self.average <= self.slow and took <= self.stall:
+            return False
+        self.until = now + self.pause
+        self.pause = min(self.pause * 2, self.pause_max)
+        self.average, self.samples = 0.0, 0
+        return True
+
+
 class KeptFiles:
     """Open descriptors of files by name, at most ``limit`` (the least
     recently used closed first), read with :func:`pread_nowait`. For one
@@ -67,6 +125,14 @@ class KeptFiles:
             return None
         self._fds.move_to_end(name)
         return pread_nowait(fd, offset, length)
+
+    def pread(self, name: str, offset: int, length: int) -> bytes | None:
+        """Up to ``length`` bytes at ``offset`` if ``name`` is kept (None if
+        not), waiting for the disk if need be: blocks this thread."""
+        fd = self._fds.get(name)
+        if fd is None:
+            return None
+        return os.pread(fd, length, offset)
 
     def keep(self, name: str, fd: int) -> None:
         """Keep ``fd`` (this object's to close from now on) for reads of ``name``."""
@@ -102,4 +168,4 @@ def dup_or_none(fd: int) -> int:
         return -1
 
 
-__all__ = ["KeptFiles", "dup_or_none", "pread_nowait"]
+__all__ = ["InlineReads", "KeptFiles", "dup_or_none", "pread_nowait"]

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import logging
 import os
@@ -313,6 +314,54 @@ async def test_local_sync_makes_what_was_put_durable_and_never_syncs_through_a_s
     await store.sync()
     assert not store._unsynced  # nothing owed any more
     assert await store.get(kept) and await store.get(planted)
+
+
+async def test_local_sync_fsyncs_each_object_put_since_the_last_and_its_folders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What sync makes durable, seen through the real system calls: every
+    object put since the last sync (not one deleted since), its fan-out
+    folder and objects/; a second sync with nothing put syncs nothing. A
+    failed fsync (the kernel may have dropped the writes it reported) fails
+    every later sync too."""
+    root = tmp_path / "store"
+    store = LocalStore(str(root), create=True)
+    await store.check()
+    synced: list[tuple[str, int]] = []
+    real_fdatasync, real_fsync = os.fdatasync, os.fsync
+
+    def spy(kind: str, real: Callable[[int], None]) -> Callable[[int], None]:
+        def call(fd: int) -> None:
+            synced.append((kind, os.fstat(fd).st_ino))
+            real(fd)
+
+        return call
+
+    names = [n("ab11"), n("ab22"), n("cd11"), n("ef11")]
+    for name in names:
+        await store.put(name, os.urandom(3000))
+    await store.delete(names[3])
+    monkeypatch.setattr(os, "fdatasync", spy("data", real_fdatasync))
+    monkeypatch.setattr(os, "fsync", spy("full", real_fsync))
+    await store.sync()
+    ino = {p.name: p.stat().st_ino for p in (root / "objects").rglob("*")}
+    assert sorted(i for k, i in synced if k == "data") == sorted(ino[x] for x in names[:3])
+    folders = {ino["ab"], ino["cd"], ino["ef"], (root / "objects").stat().st_ino}
+    assert {i for k, i in synced if k == "full"} == folders
+    synced.clear()
+    await store.sync()
+    assert synced == []
+
+    def failing(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    await store.put(n("ab33"), b"x" * 100)
+    monkeypatch.setattr(os, "fdatasync", failing)
+    with pytest.raises(StoreError, match="lost writes in objects/ab: Input/output error"):
+        await store.sync()
+    monkeypatch.setattr(os, "fdatasync", real_fdatasync)
+    with pytest.raises(StoreError, match="lost writes"):
+        await store.sync()  # no retry can tell whether the kernel kept them
 
 
 async def test_local_reads_stop_at_their_maximum_size(tmp_path: Path) -> None:

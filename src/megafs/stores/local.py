@@ -24,10 +24,10 @@ machine (and on network filesystems that honour flock). The version tag of a
 pointer is the SHA-256 of its content.
 
 File I/O runs in worker threads (``trio.to_thread``) so that it does not
-block the trio loop, with one exception: a ranged read of at most
-:data:`INLINE_READ_MAX` bytes runs in the trio thread while the disk answers
-fast, since the hand-off costs more than such a read (a slow disk sends
-reads back to the threads: :meth:`LocalStore._run_inline`).
+block the trio loop, with one exception: a ranged read of at most 256 KiB
+opens and reads its object in the trio thread while the disk has been
+answering fast (:class:`~megafs.nowait.InlineReads`), since the hand-off
+costs more than such a read; a slow disk sends reads back to the threads.
 
 May not touch: the format or the vault (objects are opaque bytes: no keys, no
 crypto), any layer above the stores, or anything outside the store's own
@@ -61,7 +61,7 @@ from ..errors import (
     StoreReadOnly,
     UsageError,
 )
-from ..nowait import KeptFiles, dup_or_none
+from ..nowait import InlineReads, KeptFiles, dup_or_none
 from .base import (
     MAX_OBJECT_SIZE,
     MAX_PAGE_SIZE,
@@ -86,20 +86,6 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 #: Objects a local store keeps open for reads (random reads of blocks): a
 #: 1 GiB file's chunks, or a quarter of the descriptors the process may have.
 OPEN_OBJECTS = KeptFiles.limit_for(4, 16, 1024)
-#: Ranges up to this size that the page cache does not hold are read in the
-#: trio thread itself while the disk answers fast: a worker thread's
-#: hand-off costs 100 to 300 µs here, more than a random read of a
-#: solid-state disk (docs/performance.md, "Cold random reads").
-INLINE_READ_MAX = 256 << 10
-#: Reads go to worker threads for INLINE_PAUSE seconds once the moving
-#: average of inline reads passes INLINE_SLOW (a spinning or remote disk:
-#: about three reads of 10 ms), or one read takes INLINE_STALL (a disk that
-#: had to wake up); so a slow disk stalls the trio loop only briefly, and
-#: only once in that time.
-INLINE_SLOW = 0.002
-INLINE_STALL = 0.05
-INLINE_PAUSE = 10.0
-
 #: A file to read: never through a symbolic link, never blocking (a FIFO).
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
@@ -112,6 +98,21 @@ class _Refusal(Exception):
     def __init__(self, entry: str, reason: str) -> None:
         super().__init__(f"{entry}: {reason}")
         self.refused = Refused(entry, reason)
+
+
+class _SyncLost(Exception):
+    """Internal: an fsync failed; the kernel may have dropped writes (no retry helps)."""
+
+
+def _timed(fn: Callable[[], T]) -> Callable[[], tuple[T, float]]:
+    """``fn`` made to return how long it took too (in whichever thread)."""
+
+    def timed() -> tuple[T, float]:
+        started = time.monotonic()
+        got = fn()
+        return got, time.monotonic() - started
+
+    return timed
 
 
 def _guarded(fn: Callable[[], T], what: str, reading: bool) -> T:
@@ -270,32 +271,19 @@ class LocalStore(Store):
         self._unsynced: dict[str, set[str]] = {}
         #: objects kept open for reads, least recently used first (trio thread only)
         self._open = KeptFiles(OPEN_OBJECTS)
-        #: reads go to worker threads until then (trio clock): inline reads were slow
-        self._threads_until = -float("inf")
-        self._inline_avg = 0.0  # moving average of inline reads' durations (s)
+        #: whether a small read may wait for the disk in the trio thread
+        self.inline_reads = InlineReads()
+        self._sync_lock = trio.Lock()  # one sync at a time (each takes what is owed)
+        self._sync_lost: StoreError | None = None  # a failed fsync: writes may be lost
 
     async def _run(self, fn: Callable[[], T], what: str, *, reading: bool = True) -> T:
         """Run blocking ``fn`` in a worker thread, errors as :func:`_guarded` says."""
         return await trio.to_thread.run_sync(_guarded, fn, what, reading, limiter=_LIMITER)
 
-    def _run_inline(self, fn: Callable[[], T], what: str) -> T:
-        """Run reading ``fn`` in the trio thread (it blocks the loop), as
-        :meth:`_run` would in a worker; slow reads (INLINE_SLOW, INLINE_STALL)
-        send reads back to worker threads for INLINE_PAUSE seconds."""
-        started = time.monotonic()
-        try:
-            return _guarded(fn, what, True)
-        finally:
-            took = time.monotonic() - started
-            self._inline_avg = 0.9 * self._inline_avg + 0.1 * took
-            if self._inline_avg > INLINE_SLOW or took > INLINE_STALL:
-                self._threads_until = trio.current_time() + INLINE_PAUSE
-                self._inline_avg = 0.0
-                log.debug("slow local read (%s: %.1f ms): threads for a while", what, took * 1e3)
-
-    def _inline(self, length: int) -> bool:
-        """Whether a read of ``length`` bytes runs in the trio thread now."""
-        return length <= INLINE_READ_MAX and trio.current_time() >= self._threads_until
+    def _note_read(self, took: float, what: str) -> None:
+        """A read took ``took`` seconds: tell :attr:`inline_reads`."""
+        if self.inline_reads.note(took, trio.current_time()):
+            log.debug("slow local read (%s: %.1f ms): worker threads for a while", what, took * 1e3)
 
     def _open_root(self, stack: contextlib.ExitStack) -> int:
         """Open the store's folder (a symlink here is the user's choice, so followed)."""
@@ -354,34 +342,54 @@ class LocalStore(Store):
 
     async def sync(self) -> None:
         """Make every object put so far durable: ``fdatasync`` each object put
-        since the last sync and ``fsync`` each folder one was renamed into,
-        one worker job per fan-out folder (objects are renamed into place
-        unsynced: a crash can leave them torn, but only objects no committed
-        root references yet). Not ``syncfs``, which would also write out
-        everything else the disk holds unwritten: the journal's segments,
-        which the commit then deletes (they are mostly never written), and
-        other programs' files."""
-        todo, self._unsynced = self._unsynced, {}
-        failed: list[BaseException] = []
+        since the last sync and ``fsync`` each fan-out folder one was renamed
+        into, one worker job per folder, then ``objects/`` itself (objects
+        are renamed into place unsynced: a crash can leave them torn, but
+        only objects no committed root references yet). Not ``syncfs``,
+        which would also write out everything else the disk holds unwritten:
+        the journal's segments, which the commit then deletes (they are
+        mostly never written), and other programs' files.
 
-        async def one(fan: str, names: set[str]) -> None:
-            try:
-                await self._run(lambda: self._sync_folder(fan, names), "sync", reading=False)
-            except BaseException as e:
-                self._unsynced.setdefault(fan, set()).update(names)  # the next sync tries again
-                failed.append(e)
+        One sync at a time. Objects a sync could not reach (a folder that
+        became a symlink: StoreError) stay owed, so every later sync fails
+        too until the folder is put right. A failed ``fsync`` itself means
+        the kernel may have dropped writes it reported once: every later
+        sync fails (StoreError) until the store is opened again.
+        """
+        async with self._sync_lock:
+            if self._sync_lost is not None:
+                raise self._sync_lost
+            todo, self._unsynced = self._unsynced, {}
+            failed: list[Exception] = []
 
-        async with trio.open_nursery() as nursery:
-            for fan, names in todo.items():
-                nursery.start_soon(one, fan, names)
-        if failed:
-            raise failed[0]
+            async def one(fan: str, names: set[str]) -> None:
+                try:
+                    await self._run(lambda: self._sync_folder(fan, names), "sync", reading=False)
+                except _SyncLost as e:
+                    self._sync_lost = StoreError(f"local store lost writes in objects/{fan}: {e}")
+                    failed.append(self._sync_lost)
+                except BaseException as e:
+                    self._unsynced.setdefault(fan, set()).update(names)  # still owed
+                    if not isinstance(e, Exception):
+                        raise  # cancelled: what did not finish stays owed
+                    failed.append(e)
+
+            async with trio.open_nursery() as nursery:
+                for fan, names in todo.items():
+                    nursery.start_soon(one, fan, names)
+            if todo and not failed:
+                await one("", set())  # objects/ itself: the fan-out folders' names
+            for e in failed[1:]:
+                log.warning("local store sync: %s", e)
+            if failed:
+                raise failed[0]
 
     def _sync_folder(self, fan: str, names: set[str]) -> None:
         """fdatasync the objects ``names`` of fan-out folder ``fan`` that are
-        still there, then the folder (worker thread)."""
+        still there, then the folder (``fan`` empty: ``objects/`` alone).
+        Worker thread. A failed fsync raises _SyncLost."""
         with contextlib.ExitStack() as stack:
-            folder = self._folder(stack, "objects", fan)
+            folder = self._folder(stack, "objects", *([fan] if fan else []))
             if folder is None:
                 return  # everything in it was deleted since
             for name in sorted(names):
@@ -391,9 +399,14 @@ class LocalStore(Store):
                     continue  # deleted since: nothing to make durable
                 try:
                     os.fdatasync(fd)
+                except OSError as e:
+                    raise _SyncLost(e.strerror or str(e)) from None
                 finally:
                     os.close(fd)
-            os.fsync(folder)
+            try:
+                os.fsync(folder)
+            except OSError as e:
+                raise _SyncLost(e.strerror or str(e)) from None
 
     def _open_object(self, stack: contextlib.ExitStack, name: str) -> tuple[int, int]:
         """``(fd, size)`` of object ``name``, closed with ``stack``; ObjectNotFound if absent."""
@@ -513,10 +526,11 @@ class LocalStore(Store):
         the object was opened before and the range is in the page cache (a
         read that cannot block, ``RWF_NOWAIT``): a random read of a block
         then costs no hand-off to a worker thread (which costs more than
-        the read). Otherwise opened and read in the trio thread too when
-        the range is small and the disk fast (:meth:`_inline`: blocks the
-        loop for one disk read), else in a worker thread; the object is
-        kept open for the next reads (:data:`OPEN_OBJECTS` at most)."""
+        the read). Otherwise opened (unless kept open) and read in the trio
+        thread too when the range is small and the disk has been fast
+        (:attr:`inline_reads`: this blocks the loop for the open and the
+        read), else in a worker thread; the object is kept open for the next
+        reads (:data:`OPEN_OBJECTS` at most)."""
         check_object_name(name)
         if length <= 0:
             return b""
@@ -529,11 +543,22 @@ class LocalStore(Store):
                 fd, _ = self._open_object(stack, name)
                 return os.pread(fd, length, offset), dup_or_none(fd)
 
-        if self._inline(length):
-            data, kept = self._run_inline(work, name)
+        if self.inline_reads.allowed(length, trio.current_time()):
+            # blocks the loop for one read (an open too, unless kept open);
+            # timed even when it fails (a disk that woke up only to fail)
+            def inline() -> tuple[bytes, int]:
+                kept = self._open.pread(name, offset, length)
+                return (kept, -1) if kept is not None else work()
+
+            started = time.monotonic()
+            try:
+                data, fd = _guarded(inline, name, True)
+            finally:
+                self._note_read(time.monotonic() - started, name)
         else:
-            data, kept = await self._run(work, name)
-        self._open.keep(name, kept)
+            (data, fd), took = await self._run(_timed(work), name)
+            self._note_read(took, name)
+        self._open.keep(name, fd)
         return data
 
     def forget_cached(self, name: str) -> bool:

@@ -9,11 +9,12 @@ a disk read without a hand-off"):
   from 1,024 objects of 1 MiB in fan-out folders (megafs's), of 4 KiB and of
   a whole sealed 64 KiB block, every cache dropped first;
 - the same block through :meth:`megafs.stores.LocalStore.get_range`, once in
-  a worker thread and once in the trio thread (``INLINE_READ_MAX`` set to 0
-  for the first);
+  a worker thread and once in the trio thread (its ``inline_reads`` set to
+  never and to always);
 - trio's hand-off of a function to a worker thread, empty and sleeping;
-- one ``syncfs`` against one ``fdatasync`` per object and ``fsync`` per
-  folder, after writing 1,024 objects beside a 1 GiB append-only file.
+- one ``syncfs`` against :meth:`megafs.stores.LocalStore.sync` (one
+  ``fdatasync`` per object, one ``fsync`` per folder), after putting 1,024
+  objects beside a 1 GiB append-only file.
 
     python3 bench/local_floor.py [--dir /tmp] [--reads 2000]
 
@@ -23,14 +24,12 @@ Run as root (it drops the kernel's caches), one heavy job at a time.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import ctypes
 import os
 import random
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +37,8 @@ sys.path.insert(0, str(ROOT / "src"))
 
 import trio  # noqa: E402
 
-from megafs.stores import LocalStore, local  # noqa: E402
+from megafs.nowait import InlineReads  # noqa: E402
+from megafs.stores import LocalStore  # noqa: E402
 
 MiB = 1 << 20
 OBJECTS = 1024
@@ -98,8 +98,9 @@ def raw_reads(base: Path, names: list[str], picks: list[tuple[int, int]]) -> Non
 
 async def store_reads(base: Path, names: list[str], picks: list[tuple[int, int]]) -> None:
     for inline, what in ((False, "in a worker thread"), (True, "in the trio thread")):
-        local.INLINE_READ_MAX = 256 << 10 if inline else 0
         store = LocalStore(str(base / "store"))
+        limit = MiB if inline else 0  # always inline, or never
+        store.inline_reads = InlineReads(limit, slow=3600, stall=3600, after=0)
         drop_caches()
         t = time.perf_counter()
         for obj, blk in picks:
@@ -116,38 +117,27 @@ async def store_reads(base: Path, names: list[str], picks: list[tuple[int, int]]
         report(f"hand-off to a worker thread: {what}", len(picks), time.perf_counter() - t)
 
 
-def syncs(base: Path) -> None:
+async def syncs(base: Path) -> None:
     data = os.urandom(MiB)
-    for how in ("syncfs", "per object"):
-        top = base / f"sync-{how.replace(' ', '-')}"
+    for how in ("syncfs", "LocalStore.sync"):
+        top = base / f"sync-{how}"
+        store = LocalStore(str(top), create=True)
+        await store.check()
         os.sync()
-        journal = os.open(top.with_suffix(".journal"), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-        paths = []
+        journal = os.open(base / f"journal-{how}", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         for i in range(OBJECTS):
             os.write(journal, data)
-            folder = top / f"{i % 256:02x}"
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / f"{i}.tmp").write_bytes(data)
-            os.rename(folder / f"{i}.tmp", folder / str(i))
-            paths.append(folder / str(i))
+            await store.put(f"{i:032x}", data)
         t = time.perf_counter()
         if how == "syncfs":
             fd = os.open(top, os.O_RDONLY)
             _LIBC.syncfs(fd)
             os.close(fd)
         else:
-
-            def fsync(path: Path, sync: Callable[[int], None]) -> None:
-                fd = os.open(path, os.O_RDONLY)
-                sync(fd)
-                os.close(fd)
-
-            with concurrent.futures.ThreadPoolExecutor(16) as pool:
-                list(pool.map(lambda p: fsync(p, os.fdatasync), paths))
-                list(pool.map(lambda p: fsync(p, os.fsync), {p.parent for p in paths}))
+            await store.sync()
         took = time.perf_counter() - t
         os.close(journal)
-        print(f"sync of {OBJECTS} objects of 1 MiB beside a 1 GiB journal, {how:<10} {took:.2f} s")
+        print(f"sync of {OBJECTS} objects of 1 MiB beside a 1 GiB journal, {how:<16} {took:.2f} s")
 
 
 def main() -> None:
@@ -162,7 +152,7 @@ def main() -> None:
         picks = [(rng.randrange(OBJECTS), rng.randrange(16)) for _ in range(args.reads)]
         raw_reads(base, names, picks)
         trio.run(store_reads, base, names, picks)
-        syncs(base)
+        trio.run(syncs, base)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ every read is a FUSE request.
 Run from the repository root (one heavy job at a time), as root for
 ``--drop-caches``:
 
-    python3 bench/random_reads.py [--size 256M] [--reads 20000] [--src DIR]
+    python3 bench/random_reads.py [--size 256M] [--reads 20000] [--threads 1] [--src DIR]
 
 ``--src`` measures another checkout's ``src`` folder (e.g. a
 ``git worktree`` of an older commit).
@@ -16,6 +16,8 @@ Run from the repository root (one heavy job at a time), as root for
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
+import functools
 import os
 import random
 import statistics
@@ -28,6 +30,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def read_all(fd: int, offsets: list[int]) -> None:
+    for off in offsets:
+        os.pread(fd, 4096, off)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", type=int, default=256, help="MiB")
@@ -35,6 +42,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--src", default=str(ROOT / "src"))
     ap.add_argument("--drop-caches", action="store_true")
+    ap.add_argument("--threads", type=int, default=1, help="readers at once, sharing the reads")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="megafs-rand-") as tmp:
         base = Path(tmp)
@@ -74,9 +82,10 @@ def main() -> None:
                     Path("/proc/sys/vm/drop_caches").write_text("3\n")
                 fd = os.open(mnt / "big.bin", os.O_RDONLY)
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+                share = [offsets[i :: args.threads] for i in range(args.threads)]
                 t = time.perf_counter()
-                for off in offsets:
-                    os.pread(fd, 4096, off)
+                with concurrent.futures.ThreadPoolExecutor(args.threads) as pool:
+                    list(pool.map(functools.partial(read_all, fd), share))
                 times.append(time.perf_counter() - t)
                 os.close(fd)
             finally:
@@ -84,7 +93,7 @@ def main() -> None:
         t = statistics.median(times)
         where = "from the disk" if args.drop_caches else "store files in the page cache"
         print(
-            f"{args.reads} random 4 KiB reads of {args.size} MiB, {where}: "
+            f"{args.reads} random 4 KiB reads of {args.size} MiB, {args.threads} at once, {where}: "
             f"{args.reads / t:,.0f} IOPS ({t / args.reads * 1e6:.0f} us per read; "
             f"median of {args.runs})"
         )

@@ -103,20 +103,14 @@ async def probe(args: argparse.Namespace, env: dict[str, str], bucket: str) -> N
         opened = crypto.open_blocks(keys, LAYOUT, file_key, file_id, obj, i, CHUNK, 0, body)
         return b"".join(opened)
 
-    async def pooled(i: int, obj: bytes) -> bytes:
+    async def job(i: int, obj: bytes) -> tuple[Any, ...]:
+        """A worker's arguments for chunk ``i``: a presigned URL and the keys."""
         url = await store._requests.presign(store._obj_key(obj.hex()), 300)
+        return (url, sealed_len, master, vault_id, keys.version, file_key, file_id, obj, i)
+
+    async def pooled(i: int, obj: bytes) -> bytes:
         got: bytes = await trio_parallel.run_sync(
-            fetch_and_open,
-            url,
-            sealed_len,
-            master,
-            vault_id,
-            keys.version,
-            file_key,
-            file_id,
-            obj,
-            i,
-            limiter=workers,
+            fetch_and_open, *await job(i, obj), limiter=workers
         )
         return got
 
@@ -124,23 +118,10 @@ async def probe(args: argparse.Namespace, env: dict[str, str], bucket: str) -> N
     segments = list(free)
 
     async def pooled_shm(i: int, obj: bytes) -> bytes:
-        url = await store._requests.presign(store._obj_key(obj.hex()), 300)
+        work = await job(i, obj)
         shm = free.pop()
         try:
-            n: int = await trio_parallel.run_sync(
-                fetch_into,
-                shm.name,
-                url,
-                sealed_len,
-                master,
-                vault_id,
-                keys.version,
-                file_key,
-                file_id,
-                obj,
-                i,
-                limiter=workers,
-            )
+            n: int = await trio_parallel.run_sync(fetch_into, shm.name, *work, limiter=workers)
             assert shm.buf is not None
             return bytes(shm.buf[:n])
         finally:

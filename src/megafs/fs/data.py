@@ -31,7 +31,7 @@ import trio
 from ..client.cache import ContentCache
 from ..errors import FsError
 from ..format import crypto
-from ..vault.content import ChunkRef, Content, PackPart, read_chunked
+from ..vault.content import ChunkRef, Content, KeepFn, PackPart, read_chunked
 from ..vault.root import Root
 from ..vault.tables import PackTable
 from .collector import Collector
@@ -121,6 +121,11 @@ class DataPath:
         self._upload_slots = trio.Semaphore(EARLY_UPLOADS)
         self._cache_slots = trio.Semaphore(CACHE_WRITES)
         self._pack_slots = trio.Semaphore(PACK_UPLOADS)
+        #: what keeps blocks fetched from the store: nothing when there is no
+        #: disk cache, or one of size 0 (a local store's)
+        self._keep: KeepFn | None = (
+            self._cache_later if cache is not None and cache.max_bytes > 0 else None
+        )
 
     def start_background(self, nursery: trio.Nursery | None) -> None:
         """Run early uploads, read-ahead and cache writes in ``nursery`` (None:
@@ -204,9 +209,8 @@ class DataPath:
         Raises IntegrityError naming the object if they fail to verify.
         """
         assert node.file_key is not None
-        keep = self._cache_later if self.cache is not None and self.cache.max_bytes > 0 else None
         return await self.content.open_blocks(
-            ref, node.file_key, node.file_id, idx, m0, m1, keep=keep
+            ref, node.file_key, node.file_id, idx, m0, m1, keep=self._keep
         )
 
     async def _cache_later(self, cname: str, first_block: int, sealed: bytes) -> None:

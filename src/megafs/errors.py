@@ -115,6 +115,12 @@ class IntegrityError(VaultError):
         self.detail = detail
 
 
+class StagedDataLost(IntegrityError):
+    """A journal record names blocks staged into an object that the store no
+    longer holds whole (a crashed machine lost them): the journal's replay
+    stops there, as at a torn record."""
+
+
 class RollbackError(IntegrityError):
     """The store served a root older than one this client has already seen, or
     one of the same generation that differs from it, or one that does not

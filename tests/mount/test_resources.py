@@ -216,7 +216,7 @@ def test_local_store_full(local_drive: Drive, tmp_path: Path) -> None:
         assert (mp / "b").read_bytes() == b
         drive.umount()
     assert "store full" in drive.log_text()
-    only_expected_problems(drive, "store full", "failed, will retry")
+    only_expected_problems(drive, "store full", "failed, will retry", "could not stage")
 
 
 def test_local_store_read_only_or_immutable(local_drive: Drive, tmp_path: Path) -> None:

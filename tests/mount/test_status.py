@@ -40,7 +40,10 @@ def test_status_of_a_mount(tmp_path: Path, any_store_url: tuple[str, dict[str, s
         [st] = status(d, str(mnt))
         pending = st["pending"]
         assert pending["operations"] > 0 and pending["since"] is not None
-        assert pending["journal_bytes"] > 3 << 20
+        if "://" in url:  # S3: the journal holds the data until a commit uploads it
+            assert pending["journal_bytes"] > 3 << 20
+        else:  # a local folder: the data went once, into its chunk objects
+            assert pending["journal_bytes"] < 64 << 10 and pending["uploads"] == 3
         fd = os.open(mnt / "big.bin", os.O_RDONLY)
         os.fsync(fd)
         os.close(fd)

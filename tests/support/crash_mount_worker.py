@@ -131,9 +131,14 @@ class Workload:
         return self.rng.randrange(200_000, MAX_CREATE)
 
     def _fill(self, path: str, size: int, start: int = 0) -> None:
+        """Write the file from ``start`` to ``size``: a quarter of the time
+        in writes of random lengths, else in writes of one size, a multiple
+        of the block size (as cp and dd write; on a local folder those are
+        staged into chunk objects, not journalled with their data)."""
         pos = start
+        aligned = self.rng.choice((0, 64 * 1024, 128 * 1024, MAX_WRITE))
         while pos < size:
-            n = min(size - pos, self.rng.randrange(1, MAX_WRITE + 1))
+            n = min(size - pos, aligned or self.rng.randrange(1, MAX_WRITE + 1))
             self._write(path, pos, n)
             pos += n
 

@@ -48,7 +48,7 @@ import errno
 import logging
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any
 
 import msgpack
@@ -250,6 +250,7 @@ class Journal:
         #: to it are in no log object, so fsync commits until a commit covers it.
         self.overflow: int | None = None
         self.segment = max(self._segments(), default=0) + 1
+        self._replaying: int | None = None  # the segment :meth:`pending` is in
         self.id = self._load_id()
 
     def _load_id(self) -> bytes:
@@ -517,7 +518,7 @@ class Journal:
 
     def pending(
         self, mark_client: bytes | None, mark: int, covered: int | None = None
-    ) -> Iterator[list[Any]]:
+    ) -> Generator[list[Any], None, None]:
         """The records of segments newer than the root's mark, in order, for
         the caller to apply (the journal knows nothing of what they mean).
 
@@ -537,6 +538,22 @@ class Journal:
             yield from self._pending(segs, mark_client, mark, covered)
         finally:
             self.segment = max(segs[-1], mark) + 1
+
+    def cut_replay(self, why: str) -> None:
+        """The record :meth:`pending` gave last cannot be applied (``why``):
+        set its segment and every later one aside (``.stale``), as after a
+        torn record. Call before ending the iteration."""
+        first = self._replaying
+        for seg in self._segments():
+            if first is not None and seg >= first:
+                os.rename(self.segment_path(seg), self.segment_path(seg) + ".stale")
+        log.warning(
+            "journal replay stopped in segment %s (%s; a crashed machine?): it and the "
+            "segments after it were not applied further and are kept in %s",
+            first,
+            why,
+            self.dir,
+        )
 
     def _pending(
         self, segs: list[int], mark_client: bytes | None, mark: int, covered: int | None
@@ -574,6 +591,7 @@ class Journal:
                 )
                 continue
             records, whole = self.read_segment(seg)
+            self._replaying = seg
             yield from records
             if not whole:
                 cut = seg

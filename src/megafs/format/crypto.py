@@ -440,14 +440,37 @@ def seal_chunk(
 ) -> bytes:
     """Seal a chunk's plaintext into the bytes of its store object (or, with
     ``pack_off``, of its place in a pack object). CPU-heavy."""
+    return seal_blocks(
+        keys, layout, file_key, file_id, obj_id, chunk_index, len(data), 0, data, pack_off
+    )
+
+
+def seal_blocks(
+    keys: Keys,
+    layout: Layout,
+    file_key: bytes,
+    file_id: bytes,
+    obj_id: bytes,
+    chunk_index: int,
+    chunk_len: int,
+    first_block: int,
+    data: bytes | bytearray | memoryview,
+    pack_off: int | None = None,
+) -> bytes:
+    """Seal consecutive blocks of a chunk of ``chunk_len`` bytes, starting at
+    block ``first_block``: the bytes that lie at ``first_block`` times
+    :attr:`Layout.sealed_block` in its object. ``data`` must be whole blocks
+    (the last may be short only at the chunk's end). The chunk's length is
+    bound into every block, so blocks sealed ahead of the rest (a chunk
+    staged block by block while a file is written) open only in a chunk of
+    that length. CPU-heavy."""
     aes = _block_aes(keys, file_key, obj_id)
     bs = layout.block_size
     parts: list[bytes] = []
-    n = len(data)
     view = memoryview(data)
-    for bi, off in enumerate(range(0, n, bs)):
+    for bi, off in enumerate(range(0, len(view), bs), first_block):
         nonce = os.urandom(NONCE_SIZE)
-        aad = block_aad(keys.vault_id, file_id, obj_id, chunk_index, bi, n, pack_off)
+        aad = block_aad(keys.vault_id, file_id, obj_id, chunk_index, bi, chunk_len, pack_off)
         parts.append(nonce)
         parts.append(aes.encrypt(nonce, view[off : off + bs], aad))
     return b"".join(parts)

@@ -248,6 +248,8 @@ class Committer:
                 upto = self.oplog.mutations  # every record so far is in what is taken now
                 paths = journal.take_unsynced()
                 try:
+                    if self.data.stages_writes:
+                        await self.vault.store.sync()  # the staged blocks records name
                     await trio.to_thread.run_sync(sync_files, journal.dir, paths)
                 except BaseException:
                     journal.restore_unsynced(paths)
@@ -287,6 +289,8 @@ class Committer:
         if records:
             base = self.vault.seal_root(self.base) if series.next == 0 else None
             try:
+                if self.data.stages_writes:
+                    await self.vault.store.sync()  # the staged blocks records name
                 await series.put(self.vault, records, base)
             except BaseException:
                 journal.restore_tail(records)
@@ -572,6 +576,7 @@ class Committer:
         must be resident (:meth:`_load_pack_pages`).
         """
         snap = _Snapshot()
+        self.data.end_stages()  # (their garbage is this commit's: it covers their records)
         garbage = snap.garbage = self.collector.take_retired()
         packs = self.packs
         snap.changed, self.table.changed = self.table.changed, set()

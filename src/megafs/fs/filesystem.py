@@ -77,6 +77,7 @@ from ..errors import (
     IntegrityError,
     MegafsError,
     RollbackError,
+    StagedDataLost,
     UnsupportedVersion,
     first_leaf,
 )
@@ -488,9 +489,15 @@ class Filesystem:
                     own = root.devices[vault.state.client_id].journal
                     if own is not None and own[0] == journal.id:
                         covered = own[1]  # this device's own commit holds those
-                for rec in journal.pending(mark_client, mark, covered):
-                    await fs.apply_record(rec)
+                records = journal.pending(mark_client, mark, covered)
+                for rec in records:
+                    try:
+                        await fs.apply_record(rec)
+                    except StagedDataLost as e:
+                        journal.cut_replay(str(e))  # as at a torn record
+                        break
                     fs.replayed += 1
+                records.close()
                 if fs.replayed:
                     log.warning("applied %d journalled changes left by a previous run", fs.replayed)
                 fs.oplog.journal = journal

@@ -42,6 +42,7 @@ NAMESPACE_OPS: dict[str, _Op] = {
 #: Records of the data path's operations.
 DATA_OPS: dict[str, _Op] = {
     "wr": DataPath.write,
+    "ws": DataPath.write_staged,
     "tr": DataPath.truncate,
 }
 #: Records whose first argument is the inode number the creation used.

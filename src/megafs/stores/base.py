@@ -242,6 +242,23 @@ class Store(abc.ABC):
         Called once per commit, before the root pointer is swapped.
         """
 
+    def can_stage(self) -> bool:
+        """Whether :meth:`stage` works here: objects written in place, piece
+        by piece (a local folder; never S3, whose objects are put whole)."""
+        return False
+
+    def stage(self, name: str, offset: int, data: bytes) -> None:
+        """Write ``data`` at ``offset`` of object ``name``, made if missing,
+        in place: until it is whole the object exists with only some of its
+        bytes. Durable at the next :meth:`sync`, like a put. Synchronous (a
+        write to the page cache, in the caller's thread); raises StoreError.
+        Only where :meth:`can_stage`."""
+        raise NotImplementedError
+
+    def unstage(self, name: str) -> None:  # noqa: B027 - optional hook
+        """Nothing more will be staged into ``name``: let go of what writing
+        it kept open. No I/O wait."""
+
     def set_timeout(self, seconds: float) -> None:  # noqa: B027 - optional hook
         """From now on, let each call wait up to ``seconds`` for an unavailable store.
 
@@ -351,6 +368,15 @@ class ForwardingStore(Store):
     # put_durable: the base class's (this wrapper's put, then the inner
     # store's make_durable), so that a wrapper overriding put sees every
     # object; the daemon's own wrappers forward it whole.
+
+    def can_stage(self) -> bool:
+        return self.inner.can_stage()
+
+    def stage(self, name: str, offset: int, data: bytes) -> None:
+        self.inner.stage(name, offset, data)
+
+    def unstage(self, name: str) -> None:
+        self.inner.unstage(name)
 
     def set_timeout(self, seconds: float) -> None:
         self.inner.set_timeout(seconds)

@@ -85,6 +85,10 @@ class LimitedStore(ForwardingStore):
         async with self._slot():
             await self.inner.put_durable(name, data)
 
+    def can_stage(self) -> bool:
+        """Not under an upload rate: a staged write would pass it by."""
+        return self.up is None and self.inner.can_stage()
+
     async def get(self, name: str, max_size: int = MAX_OBJECT_SIZE) -> bytes:
         async with self._slot():
             data = await self.inner.get(name, max_size)
@@ -136,6 +140,10 @@ class Meter(ForwardingStore):
 
     async def put_durable(self, name: str, data: bytes) -> None:
         await self.inner.put_durable(name, data)
+        self._note(len(data), 0)
+
+    def stage(self, name: str, offset: int, data: bytes) -> None:
+        self.inner.stage(name, offset, data)
         self._note(len(data), 0)
 
     async def get(self, name: str, max_size: int = MAX_OBJECT_SIZE) -> bytes:

@@ -275,6 +275,8 @@ class LocalStore(Store):
         self.inline_reads = InlineReads()
         self._sync_lock = trio.Lock()  # one sync at a time (each takes what is owed)
         self._sync_lost: StoreError | None = None  # a failed fsync: writes may be lost
+        #: objects being staged (:meth:`stage`), by name: their descriptors
+        self._staged: dict[str, int] = {}
 
     async def _run(self, fn: Callable[[], T], what: str, *, reading: bool = True) -> T:
         """Run blocking ``fn`` in a worker thread, errors as :func:`_guarded` says."""
@@ -339,6 +341,46 @@ class LocalStore(Store):
                 _atomic_write(folder, name, data, durable=durable)
 
         await self._run(work, name, reading=False)
+
+    def can_stage(self) -> bool:
+        return True
+
+    def stage(self, name: str, offset: int, data: bytes) -> None:
+        """Write ``data`` at ``offset`` of object ``name`` under its own name
+        (no temporary name: it is whole only once every piece is written),
+        with ``pwrite`` in the calling thread, as the journal's appends are:
+        a hand-off would cost more than a write to the page cache. The file
+        stays open until :meth:`unstage`. Owed to the next :meth:`sync`
+        like a put. Raises StoreError (a full disk: its errno)."""
+        fd = self._staged.get(name)
+        if fd is None:
+            check_object_name(name)
+
+            def make() -> int:
+                with contextlib.ExitStack() as stack:
+                    folder = self._folder(stack, "objects", name[:2], create=True)
+                    assert folder is not None
+                    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+                    return os.open(name, flags, 0o600, dir_fd=folder)
+
+            fd = _guarded(make, name, reading=False)
+            self._staged[name] = fd
+            self._open.forget(name)
+        self._unsynced.setdefault(name[:2], set()).add(name)  # (again after each sync)
+
+        def write() -> None:
+            view = memoryview(data)
+            at = offset
+            while view:
+                n = os.pwrite(fd, view, at)
+                view, at = view[n:], at + n
+
+        _guarded(write, name, reading=False)
+
+    def unstage(self, name: str) -> None:
+        fd = self._staged.pop(name, None)
+        if fd is not None:
+            os.close(fd)
 
     async def sync(self) -> None:
         """Make every object put so far durable: ``fdatasync`` each object put
@@ -421,8 +463,10 @@ class LocalStore(Store):
         return fd, size
 
     async def aclose(self) -> None:
-        """Close the objects kept open for reads. Idempotent."""
+        """Close the objects kept open for reads, and any being staged. Idempotent."""
         self._open.close()
+        for name in list(self._staged):
+            self.unstage(name)
 
     # --- the share area: shares/<id>.html --------------------------------------
 

@@ -131,6 +131,31 @@ class Content:
             self.vault.keys, self.layout, file_key, file_id, ref.obj, index, data, ref.pack_off
         )
 
+    def can_stage(self) -> bool:
+        """Whether chunks can be sealed into their objects block by block as
+        they are written (:meth:`stage_blocks`): a local folder."""
+        return self.vault.store.can_stage()
+
+    def stage_blocks(
+        self, obj: bytes, file_key: bytes, file_id: bytes, index: int, first_block: int,
+        data: bytes | bytearray | memoryview,
+    ) -> None:
+        """Seal whole blocks of what is to be the full-length chunk ``index``
+        of a file into object ``obj``, at their place (blocks
+        ``first_block`` on): once every block is there, ``obj`` is that
+        chunk's object, as :meth:`put_chunk` would have made it. Sealing is
+        inline; the write goes to the page cache in this thread
+        (:meth:`Store.stage`). Raises StoreError."""
+        cs = self.layout.chunk_size
+        sealed = crypto.seal_blocks(
+            self.vault.keys, self.layout, file_key, file_id, obj, index, cs, first_block, data
+        )
+        self.vault.store.stage(obj_name(obj), first_block * self.layout.sealed_block, sealed)
+
+    def end_stage(self, obj: bytes) -> None:
+        """No more blocks go into ``obj`` (:meth:`stage_blocks`). No I/O wait."""
+        self.vault.store.unstage(obj_name(obj))
+
     async def put_chunk(
         self, ref: ChunkRef, file_key: bytes, file_id: bytes, index: int,
         data: bytes | bytearray,

@@ -1,0 +1,180 @@
+"""Writing each byte once on a local folder: full chunks are sealed into
+their objects block by block as the file is written, and the journal names
+the blocks instead of holding them (docs/concurrency.md, "Writing each byte
+once")."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from megafs.client.journal import Journal
+from megafs.fs.filesystem import Filesystem
+from megafs.fs.inode import ROOT_INO
+from megafs.stores import LocalStore, Store
+from megafs.stores.base import ForwardingStore
+from megafs.vault.vault import Vault, obj_name
+
+from ..support.helpers import PASS, SMALL, new_vault
+
+CS, BS = SMALL.chunk_size, SMALL.block_size
+
+
+class Calls(ForwardingStore):
+    """Records the calls that write: ("put", name, size), ("stage", name, 0), ("sync", "", 0)."""
+
+    def __init__(self, inner: Store) -> None:
+        super().__init__(inner)
+        self.calls: list[tuple[str, str, int]] = []
+
+    async def put(self, name: str, data: bytes) -> None:
+        self.calls.append(("put", name, len(data)))
+        await self.inner.put(name, data)
+
+    def stage(self, name: str, offset: int, data: bytes) -> None:
+        self.calls.append(("stage", name, 0))
+        self.inner.stage(name, offset, data)
+
+    async def sync(self) -> None:
+        self.calls.append(("sync", "", 0))
+        await self.inner.sync()
+
+
+async def open_fs(store: Store, cache: Path) -> Filesystem:
+    vault = await Vault.unlock(store, PASS)
+    return await Filesystem.load(vault, journal=Journal(str(cache), vault.keys))
+
+
+def journal_bytes(cache: Path) -> int:
+    folder = cache / "journal"
+    return sum(p.stat().st_size for p in folder.glob("*.log"))
+
+
+def objects(root: Path) -> set[str]:
+    return {p.name for p in (root / "objects").glob("*/*") if ".tmp." not in p.name}
+
+
+async def write_seq(fs: Filesystem, ino: int, data: bytes, piece: int = 2 * BS) -> None:
+    for off in range(0, len(data), piece):
+        await fs.write(ino, off, data[off : off + piece])
+
+
+async def test_full_chunks_are_written_once(tmp_path: Path) -> None:
+    store = Calls(LocalStore(str(tmp_path / "store"), create=True))
+    await new_vault(store, SMALL)
+    cache = tmp_path / "cache"
+    fs = await open_fs(store, cache)
+    f = await fs.create(ROOT_INO, b"f", 0o644, 0, 0)
+    data = os.urandom(3 * CS + 2 * BS + 100)  # three full chunks, then a short one
+    before = journal_bytes(cache)
+    await write_seq(fs, f.ino, data)
+    # the journal names the staged blocks: far less than the data
+    assert journal_bytes(cache) - before < len(data) // 8
+    staged = {c[1] for c in store.calls if c[0] == "stage"}
+    assert len(staged) == 4  # one per chunk (the short one's stage never fills)
+    store.calls.clear()
+    await fs.commit()
+    node = await fs.data.file(f.ino)
+    chunk_objs = {obj_name(node.chunks[i].obj) for i in range(3)}
+    assert chunk_objs <= staged  # the staged objects are the chunks: no second seal
+    puts = [c for c in store.calls if c[0] == "put"]
+    assert not chunk_objs & {c[1] for c in puts}
+    assert sum(c[2] for c in puts) < CS  # only the short chunk and metadata
+    assert ("sync", "", 0) in store.calls  # the staged chunks made durable
+    await fs.close()
+    # the short chunk's stage was garbage of that commit: gone
+    assert not (staged - chunk_objs) & objects(tmp_path / "store")
+    fresh = await open_fs(store, tmp_path / "other-cache")
+    assert await fresh.read(f.ino, 0, len(data) + 1) == data
+    await fresh.close()
+
+
+async def test_a_killed_process_replays_staged_blocks(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    store = LocalStore(str(root), create=True)
+    await new_vault(store, SMALL)
+    cache = tmp_path / "cache"
+    fs = await open_fs(store, cache)
+    f = await fs.create(ROOT_INO, b"f", 0o644, 0, 0)
+    await fs.commit()
+    had = objects(root)
+    data = bytearray(os.urandom(2 * CS + 3 * BS))
+    await write_seq(fs, f.ino, bytes(data))
+    # an aligned rewrite of staged blocks goes to the journal with its data,
+    # and spoils that chunk's stage; then the file is cut into chunk 1
+    new = os.urandom(2 * BS)
+    await fs.write(f.ino, 2 * BS, new)
+    data[2 * BS : 4 * BS] = new
+    await fs.truncate(f.ino, CS + 5 * BS)
+    del data[CS + 5 * BS :]
+    g = await fs.create(ROOT_INO, b"g", 0o644, 0, 0)
+    await write_seq(fs, g.ino, bytes(data[:CS]))
+    staged = objects(root) - had
+    assert len(staged) == 4
+    # the process dies here: nothing after the first commit is in a root
+
+    fs2 = await open_fs(store, cache)
+    assert fs2.replayed > 10
+    assert await fs2.read(f.ino, 0, CS * 4) == data
+    assert await fs2.read(g.ino, 0, CS * 4) == data[:CS]
+    await fs2.close()
+    # the replay sealed the data afresh: the staged objects are garbage, deleted
+    assert not staged & objects(root)
+    fresh = await open_fs(store, tmp_path / "other-cache")
+    assert await fresh.read(f.ino, 0, CS * 4) == data
+    await fresh.close()
+
+
+async def test_a_lost_staged_block_stops_the_replay(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    store = LocalStore(str(root), create=True)
+    await new_vault(store, SMALL)
+    cache = tmp_path / "cache"
+    fs = await open_fs(store, cache)
+    f = await fs.create(ROOT_INO, b"f", 0o644, 0, 0)
+    await fs.commit()
+    first = os.urandom(CS)
+    await write_seq(fs, f.ino, first)
+    had = objects(root)
+    g = await fs.create(ROOT_INO, b"g", 0o644, 0, 0)
+    await fs.write(g.ino, 0, os.urandom(CS))  # one write of a whole chunk: staged
+    await fs.mkdir(ROOT_INO, b"after", 0o755, 0, 0)
+    (lost,) = objects(root) - had
+    path = root / "objects" / lost[:2] / lost
+    raw = bytearray(path.read_bytes())
+    raw[100] ^= 1  # a crash left this block torn
+    path.write_bytes(bytes(raw))
+    # the process dies here
+
+    fs2 = await open_fs(store, cache)
+    # f's write is back; the replay stopped at g's, before the mkdir
+    assert await fs2.read(f.ino, 0, 2 * CS) == first
+    assert (await fs2.getattr(g.ino)).size == 0
+    assert b"after" not in [e[0] for e in await fs2.readdir(ROOT_INO, 0)]
+    assert list((cache / "journal").glob("*.stale"))
+    await fs2.close()
+
+
+async def test_fsync_logs_names_after_syncing_the_blocks(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    store = Calls(LocalStore(str(root), create=True))
+    await new_vault(store, SMALL)
+    cache = tmp_path / "cache"
+    fs = await open_fs(store, cache)
+    f = await fs.create(ROOT_INO, b"f", 0o644, 0, 0)
+    await fs.commit()
+    data = os.urandom(4 * CS)
+    await write_seq(fs, f.ino, data)
+    store.calls.clear()
+    await fs.fsync()
+    assert fs.committer.log_puts == 1  # a log object, not a commit
+    (log_put,) = [c for c in store.calls if c[0] == "put"]
+    assert log_put[2] < CS  # the records name the blocks
+    assert store.calls.index(("sync", "", 0)) < store.calls.index(log_put)
+    # the machine is lost: a new cache folder restores from the device log,
+    # reading the staged blocks back from the store
+    shutil.rmtree(cache)
+    fs2 = await open_fs(store, cache)
+    assert await fs2.read(f.ino, 0, len(data) + 1) == data
+    await fs2.close()

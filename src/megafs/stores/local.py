@@ -402,6 +402,8 @@ class LocalStore(Store):
             if self._sync_lost is not None:
                 raise self._sync_lost
             todo, self._unsynced = self._unsynced, {}
+            if not todo:
+                return  # (an fsync's check that no staged block is owed)
             failed: list[Exception] = []
 
             async def one(fan: str, names: set[str]) -> None:
@@ -419,7 +421,7 @@ class LocalStore(Store):
             async with trio.open_nursery() as nursery:
                 for fan, names in todo.items():
                     nursery.start_soon(one, fan, names)
-            if todo and not failed:
+            if not failed:
                 await one("", set())  # objects/ itself: the fan-out folders' names
             for e in failed[1:]:
                 log.warning("local store sync: %s", e)

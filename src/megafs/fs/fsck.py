@@ -36,6 +36,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+import msgpack
 import trio
 
 from ..errors import IntegrityError, MegafsError, ObjectNotFound, VaultBusy
@@ -49,6 +50,7 @@ from ..vault.tables import MID_BITS, PAGE_BITS, PackRecord, RadixIndex
 from ..vault.vault import Vault, obj_name
 from .filesystem import Filesystem
 from .inode import ROOT_INO
+from .replay import staged_object
 
 
 @dataclass
@@ -80,6 +82,8 @@ Progress = Callable[[str, int, int], None]
 async def check(vault: Vault, *, repair: bool = False, progress: Progress | None = None) -> Report:
     """Verify the vault. Raises VaultBusy if ``repair`` and another writer is active."""
     report = Report()
+    if repair:
+        await _refuse_unfolded_log(vault)
     # Repair takes the writer lease, so no mount can upload while orphans go.
     fs = await Filesystem.load(vault, writable=repair)
     try:
@@ -88,6 +92,25 @@ async def check(vault: Vault, *, repair: bool = False, progress: Progress | None
         if repair:
             await fs.close()
     return report
+
+
+async def _refuse_unfolded_log(vault: Vault) -> None:
+    """Raise VaultBusy if this device has a log series no commit folded yet
+    (its daemon was killed after an fsync): repair's writable open commits
+    as this device, and that commit would orphan the series, and with it
+    what those fsyncs acknowledged. Mounting first folds it in."""
+    root = await vault.read_root()
+    me = vault.state.client_id
+    mine = root.devices.get(me)
+    if mine is None or mine.journal is None:
+        return
+    jid, mark = mine.journal
+    if (await read_series(vault, me, jid, mark, mine.generation))[2]:
+        raise VaultBusy(
+            "this device's last fsynced changes are in its device log in the store and "
+            "no commit holds them yet: mount the vault once (that folds them in), then "
+            "run fsck --repair"
+        )
 
 
 async def _check(fs: Filesystem, report: Report, repair: bool, progress: Progress | None) -> None:
@@ -218,8 +241,13 @@ async def _check(fs: Filesystem, report: Report, repair: bool, progress: Progres
 async def _series(
     vault: Vault, device: bytes, journal: bytes, mark: int, gen: int, into: set[bytes]
 ) -> None:
-    count = (await read_series(vault, device, journal, mark, gen))[2]
+    _, records, count = await read_series(vault, device, journal, mark, gen)
     into.update(log_id(vault.keys, device, journal, mark, gen, k) for k in range(count))
+    # the objects its records staged blocks into (a local folder's writes)
+    for _, _, plain in records:
+        obj = staged_object(msgpack.unpackb(plain, raw=False, strict_map_key=False))
+        if obj is not None:
+            into.add(obj)
 
 
 async def _lists(history: HistoryTable, entry: Entry) -> None:

@@ -49,6 +49,15 @@ DATA_OPS: dict[str, _Op] = {
 _CREATES = frozenset({"mk", "cr", "mn", "sl"})
 
 
+def staged_object(rec: list[Any]) -> bytes | None:
+    """The object a ``ws`` record's blocks were staged into (None for any
+    other record): a store object no root references that the record needs
+    until a commit covers it."""
+    if rec and rec[0] == "ws" and len(rec) > 5 and isinstance(rec[5], bytes):
+        return rec[5]
+    return None
+
+
 async def apply_record(rec: list[Any], namespace: Namespace, data: DataPath, oplog: OpLog) -> None:
     """Apply one journal record. Records that no longer apply are skipped.
 

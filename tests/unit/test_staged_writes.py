@@ -9,7 +9,10 @@ import os
 import shutil
 from pathlib import Path
 
+import pytest
+
 from megafs.client.journal import Journal
+from megafs.errors import CacheFull, StagedDataLost
 from megafs.fs.filesystem import Filesystem
 from megafs.fs.inode import ROOT_INO
 from megafs.stores import LocalStore, Store
@@ -178,3 +181,65 @@ async def test_fsync_logs_names_after_syncing_the_blocks(tmp_path: Path) -> None
     fs2 = await open_fs(store, cache)
     assert await fs2.read(f.ino, 0, len(data) + 1) == data
     await fs2.close()
+
+
+async def test_a_lost_block_an_fsync_acknowledged_refuses_the_open(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    store = LocalStore(str(root), create=True)
+    await new_vault(store, SMALL)
+    cache = tmp_path / "cache"
+    fs = await open_fs(store, cache)
+    f = await fs.create(ROOT_INO, b"f", 0o644, 0, 0)
+    await fs.commit()
+    had = objects(root)
+    await write_seq(fs, f.ino, os.urandom(CS))
+    (staged,) = objects(root) - had
+    await fs.fsync()  # a device log object names the staged blocks
+    assert fs.committer.log_puts == 1
+    (root / "objects" / staged[:2] / staged).unlink()  # the store lost it
+    # the process dies; the store lost what an fsync acknowledged: no mount
+    with pytest.raises(StagedDataLost):
+        await open_fs(store, cache)
+
+
+async def test_a_failed_append_spoils_the_stage(tmp_path: Path) -> None:
+    store = LocalStore(str(tmp_path / "store"), create=True)
+    await new_vault(store, SMALL)
+    cache = tmp_path / "cache"
+    fs = await open_fs(store, cache)
+    f = await fs.create(ROOT_INO, b"f", 0o644, 0, 0)
+    data = os.urandom(CS)
+    await fs.write(f.ino, 0, data[: 2 * BS])
+    journal = fs.oplog.journal
+    assert journal is not None
+    real = journal.append
+
+    def full(record: list[object]) -> None:
+        raise CacheFull("no room")
+
+    journal.append = full  # type: ignore[method-assign]
+    with pytest.raises(CacheFull):
+        await fs.write(f.ino, 2 * BS, data[2 * BS : 4 * BS])
+    journal.append = real  # type: ignore[method-assign]
+    # those blocks hold bytes no record names: the rest goes to the journal
+    before = journal_bytes(cache)
+    for off in range(2 * BS, CS, 2 * BS):
+        await fs.write(f.ino, off, data[off : off + 2 * BS])
+    assert journal_bytes(cache) - before > CS - 2 * BS
+    await fs.commit()
+    assert await fs.read(f.ino, 0, CS) == data
+    await fs.close()
+
+
+async def test_fsync_local_journals_the_data(tmp_path: Path) -> None:
+    store = LocalStore(str(tmp_path / "store"), create=True)
+    await new_vault(store, SMALL)
+    cache = tmp_path / "cache"
+    vault = await Vault.unlock(store, PASS)
+    fs = await Filesystem.load(vault, journal=Journal(str(cache), vault.keys), fsync_local=True)
+    f = await fs.create(ROOT_INO, b"f", 0o644, 0, 0)
+    before = journal_bytes(cache)
+    await write_seq(fs, f.ino, os.urandom(2 * CS))
+    # an fsync then syncs only the journal: the data must be in it
+    assert journal_bytes(cache) - before > 2 * CS
+    await fs.close()

@@ -250,7 +250,8 @@ class Journal:
         #: to it are in no log object, so fsync commits until a commit covers it.
         self.overflow: int | None = None
         self.segment = max(self._segments(), default=0) + 1
-        self._replaying: int | None = None  # the segment :meth:`pending` is in
+        #: (segment, record number) of the record :meth:`pending` gave last
+        self.replaying: tuple[int, int] | None = None
         self.id = self._load_id()
 
     def _load_id(self) -> bytes:
@@ -543,7 +544,7 @@ class Journal:
         """The record :meth:`pending` gave last cannot be applied (``why``):
         set its segment and every later one aside (``.stale``), as after a
         torn record. Call before ending the iteration."""
-        first = self._replaying
+        first = self.replaying[0] if self.replaying is not None else None
         for seg in self._segments():
             if first is not None and seg >= first:
                 os.rename(self.segment_path(seg), self.segment_path(seg) + ".stale")
@@ -591,7 +592,8 @@ class Journal:
                 )
                 continue
             records, whole = self.read_segment(seg)
-            self._replaying = seg
-            yield from records
+            for recno, rec in enumerate(records):
+                self.replaying = (seg, recno)
+                yield rec
             if not whole:
                 cut = seg

@@ -248,8 +248,6 @@ class Committer:
                 upto = self.oplog.mutations  # every record so far is in what is taken now
                 paths = journal.take_unsynced()
                 try:
-                    if self.data.stages_writes:
-                        await self.vault.store.sync()  # the staged blocks records name
                     await trio.to_thread.run_sync(sync_files, journal.dir, paths)
                 except BaseException:
                     journal.restore_unsynced(paths)

@@ -413,8 +413,11 @@ class DataPath:
                         "ws", ino, offset, len(data), st.obj, node.file_key, node.file_id
                     )
             except BaseException:
-                if staged is not None and staged[0].buf is None:
-                    self._end_stage(staged[0], first)  # a new stage, never named: garbage
+                if staged is not None:
+                    if staged[0].buf is None:
+                        self._end_stage(staged[0], first)  # a new stage, never named: garbage
+                    else:  # its blocks hold bytes no record names: never stage them again
+                        staged[0].spoiled = True
                 raise
             view = memoryview(data)
             self._unsmall(node)
@@ -557,6 +560,9 @@ class DataPath:
         cs, bs = self.layout.chunk_size, self.layout.block_size
         idx = offset // cs
         first = (offset % cs) // bs
+        if obj not in self._replayed_stages:
+            self._replayed_stages.add(obj)
+            self.collector.retire_chunk(ChunkRef(obj, cs), unborn=True)
         try:
             plain = await self.content.open_blocks(
                 ChunkRef(obj, cs), file_key, file_id, idx, first, first + length // bs,
@@ -564,9 +570,6 @@ class DataPath:
             )
         except IntegrityError as e:
             raise StagedDataLost(e.obj, e.detail) from None
-        if obj not in self._replayed_stages:
-            self._replayed_stages.add(obj)
-            self.collector.retire_chunk(ChunkRef(obj, cs), unborn=True)
         return await self.write(ino, offset, b"".join(plain))
 
     async def _upload_early(self, node: Inode, idx: int) -> None:

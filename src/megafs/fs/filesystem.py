@@ -160,6 +160,10 @@ class Filesystem:
             block_cache_bytes=block_cache_bytes,
             packs_small_chunks=packed,
         )
+        if fsync_local:
+            # an fsync then names only local journal segments: what they
+            # acknowledge must not lie in store objects nothing else names
+            self.data.stages_writes = False
         self.namespace = Namespace(self.table, self.data, self.collector, self.oplog, root, device)
         self.committer = Committer(
             vault,
@@ -369,7 +373,8 @@ class Filesystem:
             # replay it onto the root it was written against, then merge.
             try:
                 return await cls._open(
-                    vault, base, device_id, journal, base=True, logged=logged, **kw
+                    vault, base, device_id, journal, base=True, logged=logged,
+                    set_aside=set_aside, **kw,
                 )
             except* RollbackError:
                 raise  # the store's fault, not the journal's: keep it for the next mount
@@ -389,7 +394,8 @@ class Filesystem:
             last_mark = (bytes(16), 0)  # names no journal: set aside
             logged = None  # and its copy in the store stays (fsck --repair collects it)
         fs = await cls._open(
-            vault, root, device_id, journal, last_mark=last_mark, logged=logged, **kw
+            vault, root, device_id, journal, last_mark=last_mark, logged=logged,
+            set_aside=set_aside, **kw,
         )
         return fs
 
@@ -426,7 +432,8 @@ class Filesystem:
             log.info("restored %d journal records from this device's log in the store", restored)
         if sealed is not None and vault.state.base is None:
             vault.state.keep_base(sealed)
-        return Series(device_id, journal.id, mark, gen, next=count)
+        last = (records[-1][0], records[-1][1]) if records else None
+        return Series(device_id, journal.id, mark, gen, next=count, last=last)
 
     @staticmethod
     def _journal_base(vault: Vault, root: Root, journal: Journal | None) -> Root | None:
@@ -464,11 +471,15 @@ class Filesystem:
         base: bool = False,
         last_mark: tuple[bytes, int] | None = None,
         logged: Series | None = None,
+        set_aside: bool = True,
         **kw: Any,
     ) -> Filesystem:
         """Build the filesystem on ``root``; writable (``device_id``): purge
         orphans, replay the journal, merge if ``root`` is a base older than the
-        store's, and commit."""
+        store's, and commit. A record whose staged blocks the store lacks
+        ends the replay (the rest set aside), unless ``set_aside`` is False
+        or the device log ``logged`` holds it (an fsync acknowledged it):
+        then StagedDataLost is raised."""
         writable = device_id is not None
         fs = cls(vault, root, writable=writable, device_id=device_id, **kw)
         if root.itab is not None:
@@ -494,6 +505,12 @@ class Filesystem:
                     try:
                         await fs.apply_record(rec)
                     except StagedDataLost as e:
+                        at = journal.replaying
+                        if not set_aside or (
+                            logged is not None and logged.last is not None
+                            and at is not None and at <= logged.last
+                        ):
+                            raise  # an fsync acknowledged it: the store lost it
                         journal.cut_replay(str(e))  # as at a torn record
                         break
                     fs.replayed += 1

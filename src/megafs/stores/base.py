@@ -134,9 +134,10 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def put(self, name: str, data: bytes) -> None:
-        """Store an immutable object: complete or absent, never torn; durable
-        after the next :meth:`sync` returns. ``data`` may be at most
-        :data:`MAX_OBJECT_SIZE` bytes (ValueError otherwise)."""
+        """Store an immutable object: complete or absent, never torn (unlike
+        one built by :meth:`stage`); durable after the next :meth:`sync`
+        returns. ``data`` may be at most :data:`MAX_OBJECT_SIZE` bytes
+        (ValueError otherwise)."""
 
     @abc.abstractmethod
     async def get(self, name: str, max_size: int = MAX_OBJECT_SIZE) -> bytes:
@@ -237,9 +238,11 @@ class Store(abc.ABC):
         await self.sync()
 
     async def sync(self) -> None:  # noqa: B027 - optional hook, default does nothing
-        """Make every object ``put`` so far durable (where ``put`` alone does not).
+        """Make every object put (or staged: :meth:`stage`) so far durable
+        (where ``put`` alone does not).
 
-        Called once per commit, before the root pointer is swapped.
+        Called once per commit, before the root pointer is swapped, and
+        before a device log object that may name staged blocks is put.
         """
 
     def can_stage(self) -> bool:

@@ -3,7 +3,10 @@
 Objects are files under ``objects/`` in fan-out folders named by the first
 two characters of the object name; pointers are files under ``pointers/``.
 Every write goes to a temporary file in the same folder and is renamed into
-place, so a crash leaves the old or the new file, never a torn one. A pointer
+place, so a crash leaves the old or the new file, never a torn one; except a
+*staged* object (:meth:`LocalStore.stage`), written piece by piece under its
+own name while a file is written, which a crash may leave partial (its
+blocks authenticate, or the journal's replay stops there). A pointer
 is fsynced before the rename and its folder after it; objects are not when
 written: :meth:`LocalStore.sync` (before every root swap) fdatasyncs the
 objects put since the last sync and their folders.
@@ -360,7 +363,8 @@ class LocalStore(Store):
                 with contextlib.ExitStack() as stack:
                     folder = self._folder(stack, "objects", name[:2], create=True)
                     assert folder is not None
-                    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+                    # a new name: O_EXCL makes sure it is a regular file of ours
+                    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
                     return os.open(name, flags, 0o600, dir_fd=folder)
 
             fd = _guarded(make, name, reading=False)
@@ -386,8 +390,8 @@ class LocalStore(Store):
         """Make every object put so far durable: ``fdatasync`` each object put
         since the last sync and ``fsync`` each fan-out folder one was renamed
         into, one worker job per folder, then ``objects/`` itself (objects
-        are renamed into place unsynced: a crash can leave them torn, but
-        only objects no committed root references yet). Not ``syncfs``,
+        are renamed into place, or staged in place, unsynced: a crash can
+        leave them torn, but only objects no committed root references yet). Not ``syncfs``,
         which would also write out everything else the disk holds unwritten:
         the journal's segments, which the commit then deletes (they are
         mostly never written), and other programs' files.

@@ -67,6 +67,8 @@ class Series:
     next: int = 0
     #: the generation of the root the records apply to (the committer's base)
     base_generation: int = -1
+    #: (segment, record number) of its last record, for a series read back
+    last: tuple[int, int] | None = None
 
     def ids(self, keys: crypto.Keys) -> list[bytes]:
         """The ids of the objects put so far (for deletion once committed)."""

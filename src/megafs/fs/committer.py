@@ -287,7 +287,7 @@ class Committer:
         if records:
             base = self.vault.seal_root(self.base) if series.next == 0 else None
             try:
-                if self.data.stages_writes:
+                if self.data.stager.enabled:
                     await self.vault.store.sync()  # the staged blocks records name
                 await series.put(self.vault, records, base)
             except BaseException:

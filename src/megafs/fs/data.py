@@ -4,9 +4,10 @@ Owns: the dirty chunk buffers' accounting (which inodes have them, how many
 bytes), chunks that are sealed or uploading but not committed yet
 (*pending*, with the packs they go into), the memory cache of opened
 blocks, read-ahead, background uploads of full chunks and background disk
-cache writes. Chunk and pack objects go through
-:class:`~megafs.vault.content.Content` only; replaced chunks are handed to
-the :class:`~.collector.Collector` (retired).
+cache writes, and turning a chunk staged whole into that chunk (the
+stages themselves are the :class:`~.staging.Stager`'s). Chunk and pack
+objects go through :class:`~megafs.vault.content.Content` only; replaced
+chunks are handed to the :class:`~.collector.Collector` (retired).
 
 May not touch: directories and names (the namespace), inode pages (it marks
 an inode's page dirty through the table), the root pointer or the journal
@@ -22,14 +23,14 @@ from __future__ import annotations
 
 import errno
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import cachetools
 import trio
 
 from ..client.cache import ContentCache
-from ..errors import FsError, IntegrityError, StagedDataLost, StoreError
+from ..errors import FsError
 from ..format import crypto
 from ..vault.content import ChunkRef, Content, KeepFn, PackPart, read_chunked
 from ..vault.root import Root
@@ -37,6 +38,7 @@ from ..vault.tables import PackTable
 from .collector import Collector
 from .inode import Inode
 from .oplog import OpLog, operation
+from .staging import Stage, Stager
 from .table import InodeTable
 
 log = logging.getLogger(__name__)
@@ -53,8 +55,6 @@ PACK_TARGET = 4 << 20
 #: Packs sealed and uploading at once, at most.
 PACK_UPLOADS = 4
 INLINE_MAX = 2048  # files up to this size live inside their inode record
-#: Chunks being staged at once, at most (each keeps its object's file open).
-MAX_STAGES = 64
 
 
 @dataclass
@@ -83,27 +83,6 @@ class PackJob:
 
 
 ChunkJobs = list[tuple[ChunkRef, Pending]]
-
-
-@dataclass
-class Stage:
-    """A full-length chunk sealed into its object block by block while its
-    file is written, on a store that can stage (docs/concurrency.md,
-    "Writing each byte once"). ``buf`` is the dirty buffer it mirrors,
-    ``blocks`` the blocks staged so far. ``spoiled`` once the buffer
-    changed other than by a staged write: the object is then kept only for
-    the journal records that name it, and is garbage at the next snapshot.
-    """
-
-    obj: bytes
-    node: Inode
-    buf: bytearray | None = None
-    blocks: set[int] = field(default_factory=set)
-    spoiled: bool = False
-
-
-async def _no_keep(cname: str, first_block: int, sealed: bytes) -> None:
-    """Keeps nothing: staged blocks read back in a replay are garbage soon."""
 
 
 class DataPath:
@@ -144,13 +123,8 @@ class DataPath:
         self._upload_slots = trio.Semaphore(EARLY_UPLOADS)
         self._cache_slots = trio.Semaphore(CACHE_WRITES)
         self._pack_slots = trio.Semaphore(PACK_UPLOADS)
-        #: chunks being staged, by (inode, chunk index); staging only where
-        #: the store can (a local folder)
-        self._stages: dict[tuple[int, int], Stage] = {}
-        self.stages_writes = content.can_stage()
-        #: staged objects named by replayed records (garbage once committed)
-        self._replayed_stages: set[bytes] = set()
-        self._stage_failing = False  # (warn once until staging works again)
+        #: full chunks written once, into their objects (a local folder)
+        self.stager = Stager(content, collector, oplog)
         #: what keeps blocks fetched from the store: nothing when there is no
         #: disk cache, or one of size 0 (a local store's)
         self._keep: KeepFn | None = (
@@ -169,7 +143,7 @@ class DataPath:
 
     def quiet(self) -> bool:
         """Nothing uncommitted here (no dirty or pending chunk, no stage). No await."""
-        return not (self.dirty_inodes or self.pending or self._stages)
+        return not (self.dirty_inodes or self.pending or self.stager.active())
 
     async def file(self, ino: int) -> Inode:
         """The regular file ``ino``, its content key unwrapped: a key that
@@ -403,7 +377,7 @@ class DataPath:
                 # another device deleted it and a merge took that in
                 raise FsError(errno.ESTALE, "the file was deleted on another device")
             # No await from here on.
-            staged = self._stage(node, offset, data)
+            staged = self.stager.start(node, offset, data)
             try:
                 if staged is None:
                     self.oplog.record("wr", ino, offset, data)
@@ -414,10 +388,7 @@ class DataPath:
                     )
             except BaseException:
                 if staged is not None:
-                    if staged[0].buf is None:
-                        self._end_stage(staged[0], first)  # a new stage, never named: garbage
-                    else:  # its blocks hold bytes no record names: never stage them again
-                        staged[0].spoiled = True
+                    self.stager.not_recorded(staged[0])
                 raise
             view = memoryview(data)
             self._unsmall(node)
@@ -441,12 +412,7 @@ class DataPath:
                 before = len(buf)
                 buf[lo:hi] = view[base + lo - offset : base + hi - offset]
                 self.dirty_bytes += len(buf) - before
-                if staged is not None:
-                    staged[0].buf = buf
-                    staged[0].blocks.update(staged[1])
-                    self._stages[(ino, idx)] = staged[0]
-                elif (ino, idx) in self._stages:
-                    self._stages[(ino, idx)].spoiled = True
+                self.stager.applied(ino, idx, buf, staged)
             if end > node.size:
                 self.root.stats[1] += end - node.size
                 node.size = end
@@ -458,119 +424,45 @@ class DataPath:
                     await self._upload_early(node, idx)
         return len(data)
 
-    def _stage(self, node: Inode, offset: int, data: bytes) -> tuple[Stage, range] | None:
-        """Seal a write's blocks straight into the object its chunk will be
-        (:meth:`Content.stage_blocks`), if it can be: a store that stages, a
-        journal to name them in (not during a replay), whole blocks within
-        one chunk, none of them staged before in that chunk's stage (an
-        earlier record names them), fewer than MAX_STAGES open. Returns the
-        stage (new ones not registered yet) and the blocks staged; None for
-        a write to journal with its data. A stage starts only with a write
-        at the chunk's start (a sequential writer: random writes would leave
-        mostly stages that never fill). No await."""
-        if not self.stages_writes or self.oplog.journal is None:
-            return None
-        bs, cs = self.layout.block_size, self.layout.chunk_size
-        n = len(data)
-        if offset % bs or n % bs or not n or offset // cs != (offset + n - 1) // cs:
-            return None
-        idx = offset // cs
-        blocks = range((offset % cs) // bs, (offset % cs + n) // bs)
-        st = self._stages.get((node.ino, idx))
-        if st is None:
-            if blocks[0] != 0 or len(self._stages) >= MAX_STAGES:
-                return None  # (a chunk is staged from its start: a sequential writer)
-            st = Stage(crypto.new_id(), node)
-        elif (
-            st.spoiled
-            or st.node is not node
-            or st.buf is not node.dirty.get(idx)
-            or not st.blocks.isdisjoint(blocks)
-        ):
-            return None
-        assert node.file_key is not None
-        try:
-            self.content.stage_blocks(st.obj, node.file_key, node.file_id, idx, blocks[0], data)
-        except StoreError as e:
-            (log.debug if self._stage_failing else log.warning)(
-                "could not stage a write in the store (%s); journalling its data", e
-            )
-            self._stage_failing = True
-            if st.buf is None:
-                self._end_stage(st, idx)
-            else:
-                st.spoiled = True
-            return None
-        self._stage_failing = False
-        return st, blocks
-
     def _end_stage(self, st: Stage, idx: int) -> bool:
-        """No more blocks go into ``st``. If it is chunk ``idx``'s whole
-        content, unspoiled, the chunk becomes pending, already in the store
-        (no seal, no upload: its bytes were written once); else its object is
-        garbage once the next commit (which covers the records naming it)
-        is in. Returns whether it became the chunk. No await."""
-        self.content.end_stage(st.obj)
+        """End ``st``: if it holds chunk ``idx``'s whole content, the chunk
+        becomes pending, already in the store (no seal, no upload: its bytes
+        were written once); else its object is garbage
+        (:meth:`Stager.drop`). Returns whether it became the chunk. No await."""
         node, cs = st.node, self.layout.chunk_size
         buf = node.dirty.get(idx)
-        if (
-            not st.spoiled
-            and buf is not None
-            and buf is st.buf
-            and len(buf) == cs
-            and len(st.blocks) == cs // self.layout.block_size
-            and self.table.peek(node.ino) is node
-        ):
-            del node.dirty[idx]
-            self.dirty_bytes -= len(buf)
-            ref = ChunkRef(st.obj, cs)
-            self.pending[ref] = Pending(node, idx, None, uploaded=True)
-            node.chunks[idx] = ref
-            node.body_dirty = True
-            self.table.touch(node)
-            return True
-        self.collector.retire_chunk(ChunkRef(st.obj, cs), unborn=True)
-        return False
+        if not self.stager.whole(st, buf) or self.table.peek(node.ino) is not node:
+            self.stager.drop(st)
+            return False
+        assert buf is not None
+        self.stager.close(st)
+        del node.dirty[idx]
+        self.dirty_bytes -= len(buf)
+        ref = ChunkRef(st.obj, cs)
+        self.pending[ref] = Pending(node, idx, None, uploaded=True)
+        node.chunks[idx] = ref
+        node.body_dirty = True
+        self.table.touch(node)
+        return True
 
     def end_stages(self) -> None:
         """End every stage (:meth:`_end_stage`): a snapshot is being taken,
         and the journal records naming them are in the segments it closes.
         No await."""
-        stages, self._stages = self._stages, {}
-        for (_, idx), st in stages.items():
+        for idx, st in self.stager.take_all():
             self._end_stage(st, idx)
-
-    def _spoil(self, ino: int, idxs: set[int] | None = None) -> None:
-        """The buffers of these chunks of ``ino`` (None: all) changed other
-        than by a staged write. No await."""
-        for (i, idx), st in self._stages.items():
-            if i == ino and (idxs is None or idx in idxs):
-                st.spoiled = True
 
     @operation
     async def write_staged(
         self, ino: int, offset: int, length: int, obj: bytes, file_key: bytes, file_id: bytes
     ) -> int:
         """Replay a write whose blocks were staged into ``obj`` (a ``ws``
-        record): read them back from the store, sealed under the key and id
-        the file had then, and write them again. ``obj`` is garbage once the
-        replay's commit is in. Raises StagedDataLost if the store does not
-        hold them (a crashed machine lost them: the replay stops here).
-        Blocks on the store."""
-        cs, bs = self.layout.chunk_size, self.layout.block_size
-        idx = offset // cs
-        first = (offset % cs) // bs
-        if obj not in self._replayed_stages:
-            self._replayed_stages.add(obj)
-            self.collector.retire_chunk(ChunkRef(obj, cs), unborn=True)
-        try:
-            plain = await self.content.open_blocks(
-                ChunkRef(obj, cs), file_key, file_id, idx, first, first + length // bs,
-                keep=_no_keep,
-            )
-        except IntegrityError as e:
-            raise StagedDataLost(e.obj, e.detail) from None
-        return await self.write(ino, offset, b"".join(plain))
+        record): read them back (:meth:`Stager.read_back`, sealed under the
+        key and id the file had then) and write them again. Raises
+        StagedDataLost if the store does not hold them (a crashed machine
+        lost them: the replay stops here). Blocks on the store."""
+        data = await self.stager.read_back(offset, length, obj, file_key, file_id)
+        return await self.write(ino, offset, data)
 
     async def _upload_early(self, node: Inode, idx: int) -> None:
         """Start uploading a completely written chunk now, not at the next commit.
@@ -582,7 +474,7 @@ class DataPath:
         references it.
         """
         assert self._nursery is not None
-        st = self._stages.pop((node.ino, idx), None)
+        st = self.stager.pop(node.ino, idx)
         if st is not None and self._end_stage(st, idx):
             return
         await self._upload_slots.acquire()
@@ -661,7 +553,7 @@ class DataPath:
             self._unsmall(node)
             node.body_dirty = True
             if size < node.size:
-                self._spoil(ino, {i for i in node.dirty if i >= cut_idx})
+                self.stager.spoil(ino, {i for i in node.dirty if i >= cut_idx})
                 for idx in [i for i in node.chunks if i > cut_idx or (i == cut_idx and not cut_at)]:
                     self._drop_ref(node.chunks.pop(idx))
                 for idx in [i for i in node.dirty if i > cut_idx or (i == cut_idx and not cut_at)]:
@@ -704,7 +596,7 @@ class DataPath:
         """Make ``buf`` chunk ``idx`` of ``node``, dirty: stored afresh at the
         next commit (a merge's copy of a chunk another device retired). The
         caller removed the old reference without retiring it. No await."""
-        self._spoil(node.ino, {idx})
+        self.stager.spoil(node.ino, {idx})
         node.dirty[idx] = buf
         self.dirty_inodes.add(node.ino)
         self.dirty_bytes += len(buf)
@@ -713,7 +605,7 @@ class DataPath:
 
     def discard(self, node: Inode) -> None:
         """A purged file: retire its chunks and drop its dirty buffers. No await."""
-        self._spoil(node.ino)
+        self.stager.spoil(node.ino)
         for ref in node.chunks.values():
             self._drop_ref(ref)
         node.chunks.clear()

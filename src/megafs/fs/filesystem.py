@@ -77,13 +77,12 @@ from ..errors import (
     IntegrityError,
     MegafsError,
     RollbackError,
-    StagedDataLost,
     UnsupportedVersion,
     first_leaf,
 )
 from ..format import crypto
 from ..vault.content import Content
-from ..vault.devlog import Series, read_series
+from ..vault.devlog import Series
 from ..vault.history import Entry
 from ..vault.retention import Policy
 from ..vault.root import RECORD_VERSION, Root
@@ -98,6 +97,7 @@ from .namespace import NAME_MAX, Namespace
 from .oplog import OpLog
 from .records import RecordCodec
 from .replay import apply_record
+from .restore import replay_journal, restore_logged
 from .table import InodeTable
 from .trash import deleted_between
 
@@ -163,7 +163,7 @@ class Filesystem:
         if fsync_local:
             # an fsync then names only local journal segments: what they
             # acknowledge must not lie in store objects nothing else names
-            self.data.stages_writes = False
+            self.data.stager.enabled = False
         self.namespace = Namespace(self.table, self.data, self.collector, self.oplog, root, device)
         self.committer = Committer(
             vault,
@@ -366,7 +366,7 @@ class Filesystem:
         logged = None
         if writable and journal is not None:
             assert device_id is not None
-            logged = await cls._restore_logged(vault, root, device_id, journal)
+            logged = await restore_logged(vault, root, device_id, journal)
         base = cls._journal_base(vault, root, journal) if writable else None
         if base is not None:
             # Another device committed since this one's journal was written:
@@ -398,42 +398,6 @@ class Filesystem:
             set_aside=set_aside, **kw,
         )
         return fs
-
-    @staticmethod
-    async def _restore_logged(
-        vault: Vault, root: Root, device_id: bytes, journal: Journal
-    ) -> Series | None:
-        """Read this device's log series after its mark in ``root`` back into
-        ``journal`` (records a crashed machine cut from the local segments, or
-        all of them when the device is recovered elsewhere), and keep the
-        series' base as the local state's if it has none. A journal of
-        another cache folder takes over the journal the mark names if that
-        has a series (its own segments set aside first, as they would be
-        anyway: :attr:`Journal.borrowed`, and the open then commits again
-        under a new journal id). Returns the series (for the next commit to
-        delete), None if there is none. Blocks on the store (one GET per
-        object, and one that finds nothing)."""
-        mine = root.devices.get(device_id)
-        if mine is None or mine.journal is None:
-            return None
-        (jid, mark), gen = mine.journal, mine.generation
-        sealed, records, count = await read_series(vault, device_id, jid, mark, gen)
-        if not count:
-            return None
-        if jid != journal.id:
-            journal.set_aside("this device last committed with another cache folder")
-            journal.adopt_id(jid, borrowed=True)
-            log.info("this device's journal continues from its log in the store")
-        try:
-            restored = journal.fill(records)
-        except ValueError as e:
-            raise IntegrityError("device log", str(e)) from None
-        if restored:
-            log.info("restored %d journal records from this device's log in the store", restored)
-        if sealed is not None and vault.state.base is None:
-            vault.state.keep_base(sealed)
-        last = (records[-1][0], records[-1][1]) if records else None
-        return Series(device_id, journal.id, mark, gen, next=count, last=last)
 
     @staticmethod
     def _journal_base(vault: Vault, root: Root, journal: Journal | None) -> Root | None:
@@ -500,21 +464,10 @@ class Filesystem:
                     own = root.devices[vault.state.client_id].journal
                     if own is not None and own[0] == journal.id:
                         covered = own[1]  # this device's own commit holds those
-                records = journal.pending(mark_client, mark, covered)
-                for rec in records:
-                    try:
-                        await fs.apply_record(rec)
-                    except StagedDataLost as e:
-                        at = journal.replaying
-                        if not set_aside or (
-                            logged is not None and logged.last is not None
-                            and at is not None and at <= logged.last
-                        ):
-                            raise  # an fsync acknowledged it: the store lost it
-                        journal.cut_replay(str(e))  # as at a torn record
-                        break
-                    fs.replayed += 1
-                records.close()
+                fs.replayed = await replay_journal(
+                    journal, mark_client, mark, covered, fs.apply_record,
+                    logged=logged, set_aside=set_aside,
+                )
                 if fs.replayed:
                     log.warning("applied %d journalled changes left by a previous run", fs.replayed)
                 fs.oplog.journal = journal

@@ -34,7 +34,8 @@ costs more than such a read; a slow disk sends reads back to the threads.
 
 May not touch: the format or the vault (objects are opaque bytes: no keys, no
 crypto), any layer above the stores, or anything outside the store's own
-folder; of megafs it imports only :mod:`megafs.errors` and :mod:`.base`.
+folder; of megafs it imports only :mod:`megafs.errors`, :mod:`megafs.nowait`,
+:mod:`.base` and :mod:`.files` (the safe file operations it is built on).
 """
 
 from __future__ import annotations
@@ -54,14 +55,10 @@ from typing import TypeVar
 import trio
 
 from ..errors import (
-    IntegrityError,
     NoSuchBucket,
     ObjectNotFound,
     PreconditionFailed,
-    StoreAuthError,
     StoreError,
-    StoreFull,
-    StoreReadOnly,
     UsageError,
 )
 from ..nowait import InlineReads, KeptFiles, dup_or_none
@@ -77,6 +74,17 @@ from .base import (
     check_share_name,
     is_object_name,
 )
+from .files import (
+    Refusal,
+    SyncLost,
+    atomic_write,
+    guarded,
+    kind,
+    open_dir,
+    open_regular,
+    read_capped,
+    timed,
+)
 
 T = TypeVar("T")
 
@@ -84,183 +92,11 @@ log = logging.getLogger(__name__)
 
 _LIMITER = trio.CapacityLimiter(16)
 
-#: A folder below the root: never through a symbolic link.
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 #: Objects a local store keeps open for reads (random reads of blocks): a
 #: 1 GiB file's chunks, or a quarter of the descriptors the process may have.
 OPEN_OBJECTS = KeptFiles.limit_for(4, 16, 1024)
-#: A file to read: never through a symbolic link, never blocking (a FIFO).
-_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 _FAN = re.compile(r"[0-9a-f]{2}")
-
-
-class _Refusal(Exception):
-    """Internal: an entry that is not what its place says (a symlink, a FIFO, ...)."""
-
-    def __init__(self, entry: str, reason: str) -> None:
-        super().__init__(f"{entry}: {reason}")
-        self.refused = Refused(entry, reason)
-
-
-class _SyncLost(Exception):
-    """Internal: an fsync failed; the kernel may have dropped writes (no retry helps)."""
-
-
-def _timed(fn: Callable[[], T]) -> Callable[[], tuple[T, float]]:
-    """``fn`` made to return how long it took too (in whichever thread)."""
-
-    def timed() -> tuple[T, float]:
-        started = time.monotonic()
-        got = fn()
-        return got, time.monotonic() - started
-
-    return timed
-
-
-def _guarded(fn: Callable[[], T], what: str, reading: bool) -> T:
-    """``fn()``, its OSError the matching StoreError; a refused entry an
-    IntegrityError of ``what`` when ``reading`` (something that cannot be a
-    stored object was served), else a StoreError (we will not write or
-    delete through it)."""
-    try:
-        return fn()
-    except _Refusal as r:
-        if reading:
-            raise IntegrityError(what, f"refused {r.refused}") from None
-        raise StoreError(f"local store refuses {r.refused} ({what})") from None
-    except OSError as e:
-        raise _translate(e, what) from None
-
-
-def _kind(mode: int) -> str:
-    """What a non-regular file is, for messages."""
-    if stat.S_ISLNK(mode):
-        return "a symbolic link (never followed)"
-    if stat.S_ISDIR(mode):
-        return "a folder"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return "a regular file" if stat.S_ISREG(mode) else "not a regular file"
-
-
-def _translate(e: OSError, what: str) -> StoreError:
-    if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return StoreFull(f"local store is full while writing {what}: {e.strerror}")
-    if e.errno == errno.EROFS:
-        return StoreReadOnly(f"local store is read-only: {what}")
-    if e.errno in (errno.EACCES, errno.EPERM):
-        return StoreAuthError(f"permission denied on local store: {what}")
-    return StoreError(f"local store I/O error on {what}: {e.strerror or e}")
-
-
-def _open_dir(parent: int, name: str, entry: str, *, create: bool = False) -> int | None:
-    """Open folder ``name`` in folder ``parent`` without following a symlink.
-
-    Returns None if it does not exist (with ``create``, makes it first).
-    Raises _Refusal if it is a symbolic link or not a folder.
-    """
-    while True:
-        try:
-            return os.open(name, _DIR_FLAGS, dir_fd=parent)
-        except FileNotFoundError:
-            if not create:
-                return None
-            try:
-                os.mkdir(name, 0o777, dir_fd=parent)
-            except FileExistsError:
-                pass
-            else:
-                os.fsync(parent)  # a new folder's name is durable before anything in it
-            create = False  # made (or raced into existence): one more open
-        except OSError as e:
-            if e.errno not in (errno.ELOOP, errno.ENOTDIR):
-                raise
-            try:
-                mode = os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode
-            except FileNotFoundError:
-                return None
-            raise _Refusal(entry, f"{_kind(mode)} where a folder belongs") from None
-
-
-def _open_regular(folder: int, name: str, entry: str) -> tuple[int, int]:
-    """Open regular file ``name`` in ``folder`` for reading: ``(fd, size)``.
-
-    Raises FileNotFoundError if absent, _Refusal for anything but a regular
-    file (checked before opening, so a device is never opened, and again
-    after, on the open file, so nothing swapped in between slips through).
-    """
-    mode = os.stat(name, dir_fd=folder, follow_symlinks=False).st_mode
-    if not stat.S_ISREG(mode):
-        raise _Refusal(entry, _kind(mode))
-    try:
-        fd = os.open(name, _READ_FLAGS, dir_fd=folder)
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise _Refusal(entry, _kind(stat.S_IFLNK)) from None
-        raise
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise _Refusal(entry, _kind(st.st_mode))
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd, st.st_size
-
-
-def _read_capped(fd: int, size: int, max_size: int, obj: str) -> bytes:
-    """Read the file to its end, but never more than ``max_size + 1`` bytes.
-
-    ``size`` is its fstat size. Raises IntegrityError if it is (or grows)
-    larger than ``max_size``.
-    """
-    if size > max_size:
-        raise IntegrityError(obj, f"larger than {max_size} bytes ({size} bytes in the store)")
-    limit = max_size + 1
-    parts: list[bytes] = []
-    total = 0
-    while total < limit:
-        part = os.read(fd, min(limit - total, max(size - total + 1, 1 << 16)))
-        if not part:
-            break
-        parts.append(part)
-        total += len(part)
-    if total > max_size:
-        raise IntegrityError(obj, f"larger than {max_size} bytes (it grew while read)")
-    return parts[0] if len(parts) == 1 else b"".join(parts)
-
-
-def _atomic_write(folder: int, name: str, data: bytes, *, durable: bool = True) -> None:
-    """Write ``name`` in ``folder`` under a temporary name and rename it into
-    place: old or new, never torn. A symlink at ``name`` is replaced, never
-    followed.
-
-    With ``durable`` the file and its folder are fsynced before returning;
-    without, durability waits for the next :meth:`LocalStore.sync`.
-    """
-    tmp = f"{name}.tmp.{os.getpid()}.{os.urandom(4).hex()}"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(tmp, flags, 0o600, dir_fd=folder)
-    try:
-        view = memoryview(data)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
-        if durable:
-            os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        os.unlink(tmp, dir_fd=folder)
-        raise
-    os.close(fd)
-    os.rename(tmp, name, src_dir_fd=folder, dst_dir_fd=folder)
-    if durable:
-        os.fsync(folder)
 
 
 class LocalStore(Store):
@@ -282,8 +118,8 @@ class LocalStore(Store):
         self._staged: dict[str, int] = {}
 
     async def _run(self, fn: Callable[[], T], what: str, *, reading: bool = True) -> T:
-        """Run blocking ``fn`` in a worker thread, errors as :func:`_guarded` says."""
-        return await trio.to_thread.run_sync(_guarded, fn, what, reading, limiter=_LIMITER)
+        """Run blocking ``fn`` in a worker thread, errors as :func:`guarded` says."""
+        return await trio.to_thread.run_sync(guarded, fn, what, reading, limiter=_LIMITER)
 
     def _note_read(self, took: float, what: str) -> None:
         """A read took ``took`` seconds: tell :attr:`inline_reads`."""
@@ -303,13 +139,13 @@ class LocalStore(Store):
         """Open ``root/parts...`` one folder at a time, never through a symlink.
 
         The descriptors close with ``stack``. None if a folder is missing
-        (unless ``create``); _Refusal if one is not a real folder.
+        (unless ``create``); Refusal if one is not a real folder.
         """
         fd = self._open_root(stack)
         entry = ""
         for part in parts:
             entry = f"{entry}/{part}" if entry else part
-            sub = _open_dir(fd, part, entry, create=create)
+            sub = open_dir(fd, part, entry, create=create)
             if sub is None:
                 return None
             stack.callback(os.close, sub)
@@ -331,7 +167,7 @@ class LocalStore(Store):
         self._unsynced.setdefault(name[:2], set()).add(name)
 
     async def _put(self, name: str, data: bytes, *, durable: bool) -> None:
-        """Write object ``name`` in one worker job (:func:`_atomic_write`)."""
+        """Write object ``name`` in one worker job (:func:`atomic_write`)."""
         check_object_name(name)
         self._open.forget(name)  # (never rewritten by megafs; a test or a repair may)
         if len(data) > MAX_OBJECT_SIZE:
@@ -341,7 +177,7 @@ class LocalStore(Store):
             with contextlib.ExitStack() as stack:
                 folder = self._folder(stack, "objects", name[:2], create=True)
                 assert folder is not None
-                _atomic_write(folder, name, data, durable=durable)
+                atomic_write(folder, name, data, durable=durable)
 
         await self._run(work, name, reading=False)
 
@@ -367,7 +203,7 @@ class LocalStore(Store):
                     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
                     return os.open(name, flags, 0o600, dir_fd=folder)
 
-            fd = _guarded(make, name, reading=False)
+            fd = guarded(make, name, reading=False)
             self._staged[name] = fd
             self._open.forget(name)
         self._unsynced.setdefault(name[:2], set()).add(name)  # (again after each sync)
@@ -379,7 +215,7 @@ class LocalStore(Store):
                 n = os.pwrite(fd, view, at)
                 view, at = view[n:], at + n
 
-        _guarded(write, name, reading=False)
+        guarded(write, name, reading=False)
 
     def unstage(self, name: str) -> None:
         fd = self._staged.pop(name, None)
@@ -413,7 +249,7 @@ class LocalStore(Store):
             async def one(fan: str, names: set[str]) -> None:
                 try:
                     await self._run(lambda: self._sync_folder(fan, names), "sync", reading=False)
-                except _SyncLost as e:
+                except SyncLost as e:
                     self._sync_lost = StoreError(f"local store lost writes in objects/{fan}: {e}")
                     failed.append(self._sync_lost)
                 except BaseException as e:
@@ -435,26 +271,26 @@ class LocalStore(Store):
     def _sync_folder(self, fan: str, names: set[str]) -> None:
         """fdatasync the objects ``names`` of fan-out folder ``fan`` that are
         still there, then the folder (``fan`` empty: ``objects/`` alone).
-        Worker thread. A failed fsync raises _SyncLost."""
+        Worker thread. A failed fsync raises SyncLost."""
         with contextlib.ExitStack() as stack:
             folder = self._folder(stack, "objects", *([fan] if fan else []))
             if folder is None:
                 return  # everything in it was deleted since
             for name in sorted(names):
                 try:
-                    fd, _ = _open_regular(folder, name, f"objects/{fan}/{name}")
+                    fd, _ = open_regular(folder, name, f"objects/{fan}/{name}")
                 except FileNotFoundError:
                     continue  # deleted since: nothing to make durable
                 try:
                     os.fdatasync(fd)
                 except OSError as e:
-                    raise _SyncLost(e.strerror or str(e)) from None
+                    raise SyncLost(e.strerror or str(e)) from None
                 finally:
                     os.close(fd)
             try:
                 os.fsync(folder)
             except OSError as e:
-                raise _SyncLost(e.strerror or str(e)) from None
+                raise SyncLost(e.strerror or str(e)) from None
 
     def _open_object(self, stack: contextlib.ExitStack, name: str) -> tuple[int, int]:
         """``(fd, size)`` of object ``name``, closed with ``stack``; ObjectNotFound if absent."""
@@ -462,7 +298,7 @@ class LocalStore(Store):
         if folder is None:
             raise ObjectNotFound(name)
         try:
-            fd, size = _open_regular(folder, name, f"objects/{name[:2]}/{name}")
+            fd, size = open_regular(folder, name, f"objects/{name[:2]}/{name}")
         except FileNotFoundError:
             raise ObjectNotFound(name) from None
         stack.callback(os.close, fd)
@@ -504,7 +340,7 @@ class LocalStore(Store):
             with contextlib.ExitStack() as stack:
                 folder = self._folder(stack, "shares", create=True)
                 assert folder is not None
-                _atomic_write(folder, f"{share}.html", data)
+                atomic_write(folder, f"{share}.html", data)
 
         await self._run(work, f"share {share}", reading=False)
 
@@ -518,11 +354,11 @@ class LocalStore(Store):
                     return None
                 entry = f"shares/{share}.html"
                 try:
-                    fd, size = _open_regular(folder, f"{share}.html", entry)
+                    fd, size = open_regular(folder, f"{share}.html", entry)
                 except FileNotFoundError:
                     return None
                 stack.callback(os.close, fd)
-                return _read_capped(fd, size, MAX_PAGE_SIZE, entry)
+                return read_capped(fd, size, MAX_PAGE_SIZE, entry)
 
         return await self._run(work, f"share {share}")
 
@@ -567,7 +403,7 @@ class LocalStore(Store):
         def work() -> bytes:
             with contextlib.ExitStack() as stack:
                 fd, size = self._open_object(stack, name)
-                return _read_capped(fd, size, limit, name)
+                return read_capped(fd, size, limit, name)
 
         return await self._run(work, name)
 
@@ -602,11 +438,11 @@ class LocalStore(Store):
 
             started = time.monotonic()
             try:
-                data, fd = _guarded(inline, name, True)
+                data, fd = guarded(inline, name, True)
             finally:
                 self._note_read(time.monotonic() - started, name)
         else:
-            (data, fd), took = await self._run(_timed(work), name)
+            (data, fd), took = await self._run(timed(work), name)
             self._note_read(took, name)
         self._open.keep(name, fd)
         return data
@@ -645,7 +481,7 @@ class LocalStore(Store):
                 for name in todo:
                     try:
                         if name[:2] not in fans:
-                            fan = _open_dir(objects, name[:2], f"objects/{name[:2]}")
+                            fan = open_dir(objects, name[:2], f"objects/{name[:2]}")
                             if fan is not None:
                                 stack.callback(os.close, fan)
                             fans[name[:2]] = fan
@@ -654,7 +490,7 @@ class LocalStore(Store):
                             os.unlink(name, dir_fd=folder)
                     except FileNotFoundError:
                         pass
-                    except (OSError, _Refusal):
+                    except (OSError, Refusal):
                         failed.append(name)
             return failed
 
@@ -681,7 +517,7 @@ class LocalStore(Store):
             with contextlib.ExitStack() as stack:
                 try:
                     objects = self._folder(stack, "objects")
-                except _Refusal as r:
+                except Refusal as r:
                     return out, [r.refused]
                 if objects is None:
                     return out, bad
@@ -693,11 +529,11 @@ class LocalStore(Store):
                     where = f"objects/{fan.name}"
                     if _FAN.fullmatch(fan.name) is None:
                         mode = fan.stat(follow_symlinks=False).st_mode
-                        bad.append(Refused(where, f"{_kind(mode)}, not a fan-out folder"))
+                        bad.append(Refused(where, f"{kind(mode)}, not a fan-out folder"))
                         continue
                     try:
-                        folder = _open_dir(objects, fan.name, where)
-                    except _Refusal as r:
+                        folder = open_dir(objects, fan.name, where)
+                    except Refusal as r:
                         bad.append(r.refused)
                         continue
                     if folder is None:
@@ -720,7 +556,7 @@ class LocalStore(Store):
                             except FileNotFoundError:
                                 continue
                             if not stat.S_ISREG(st.st_mode):
-                                bad.append(Refused(spot, _kind(st.st_mode)))
+                                bad.append(Refused(spot, kind(st.st_mode)))
                                 continue
                             out.append((name, st.st_size))
                             times[name] = st.st_mtime
@@ -747,11 +583,11 @@ class LocalStore(Store):
                 if folder is None:
                     return None
                 try:
-                    fd, size = _open_regular(folder, name, f"pointers/{name}")
+                    fd, size = open_regular(folder, name, f"pointers/{name}")
                 except FileNotFoundError:
                     return None
                 stack.callback(os.close, fd)
-                data = _read_capped(fd, size, limit, name)
+                data = read_capped(fd, size, limit, name)
             return Pointer(data, hashlib.sha256(data).hexdigest())
 
         return await self._run(work, name)
@@ -770,24 +606,24 @@ class LocalStore(Store):
                     lfd = os.open(".lock", lock_flags, 0o600, dir_fd=folder)
                 except OSError as e:
                     if e.errno == errno.ELOOP:
-                        raise _Refusal("pointers/.lock", _kind(stat.S_IFLNK)) from None
+                        raise Refusal("pointers/.lock", kind(stat.S_IFLNK)) from None
                     raise
                 stack.callback(os.close, lfd)
                 mode = os.fstat(lfd).st_mode
                 if not stat.S_ISREG(mode):
-                    raise _Refusal("pointers/.lock", _kind(mode))
+                    raise Refusal("pointers/.lock", kind(mode))
                 fcntl.flock(lfd, fcntl.LOCK_EX)
                 try:
-                    fd, size = _open_regular(folder, name, f"pointers/{name}")
+                    fd, size = open_regular(folder, name, f"pointers/{name}")
                 except FileNotFoundError:
                     current: str | None = None
                 else:
                     stack.callback(os.close, fd)
-                    old = _read_capped(fd, size, MAX_POINTER_SIZE, name)
+                    old = read_capped(fd, size, MAX_POINTER_SIZE, name)
                     current = hashlib.sha256(old).hexdigest()
                 if current != expected:
                     raise PreconditionFailed(f"pointer {name} changed concurrently")
-                _atomic_write(folder, name, data)
+                atomic_write(folder, name, data)
                 return hashlib.sha256(data).hexdigest()
 
         return await self._run(work, name, reading=False)

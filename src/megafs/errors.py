@@ -118,7 +118,8 @@ class IntegrityError(VaultError):
 class StagedDataLost(IntegrityError):
     """A journal record names blocks staged into an object that the store no
     longer holds whole (a crashed machine lost them): the journal's replay
-    stops there, as at a torn record."""
+    stops there, as at a torn record, unless an fsync acknowledged the
+    record (then the open fails with this error)."""
 
 
 class RollbackError(IntegrityError):

@@ -460,7 +460,8 @@ class DataPath:
         record): read them back (:meth:`Stager.read_back`, sealed under the
         key and id the file had then) and write them again. Raises
         StagedDataLost if the store does not hold them (a crashed machine
-        lost them: the replay stops here). Blocks on the store."""
+        lost them: :func:`~.restore.replay_journal` decides whether the
+        replay stops there or the open fails). Blocks on the store."""
         data = await self.stager.read_back(offset, length, obj, file_key, file_id)
         return await self.write(ino, offset, data)
 

@@ -3,13 +3,16 @@ together, and the calls the FUSE adapter makes.
 
 No FUSE here: the pyfuse3 adapter (:mod:`megafs.fuse.operations`) calls these
 methods, and tests do too. :class:`Filesystem` owns nothing but the wiring,
-opening (lease, orphans, journal replay) and closing, the dirty limit, and
-the lookup-count calls that span parts. The parts, each owning its state:
+opening (lease, orphans, the journal replay that :mod:`.restore` runs) and
+closing, the dirty limit, and the lookup-count calls that span parts. The
+parts, each owning its state:
 
 * :class:`~.table.InodeTable`: resident inodes and pages, loading, eviction,
   lookup counts;
 * :class:`~.namespace.Namespace`: names, links, attributes, orphans;
 * :class:`~.data.DataPath`: reads, writes, dirty and pending chunks;
+* :class:`~.staging.Stager`: chunks sealed into their objects as they are
+  written (a local folder);
 * :class:`~.committer.Committer`: snapshot, upload, the root swap, fsync;
 * :class:`~.collector.Collector`: what is retired, and deleting it;
 * :class:`~.oplog.OpLog`: timestamps and journalling of each mutation;
@@ -77,6 +80,7 @@ from ..errors import (
     IntegrityError,
     MegafsError,
     RollbackError,
+    StagedDataLost,
     UnsupportedVersion,
     first_leaf,
 )
@@ -376,8 +380,10 @@ class Filesystem:
                     vault, base, device_id, journal, base=True, logged=logged,
                     set_aside=set_aside, **kw,
                 )
-            except* RollbackError:
-                raise  # the store's fault, not the journal's: keep it for the next mount
+            except* (RollbackError, StagedDataLost):
+                # the store's fault, not the journal's (a rollback, or staged
+                # blocks an fsync acknowledged that it lost): keep the journal
+                raise
             except* (IntegrityError, FsError) as failed:
                 if not set_aside:
                     raise

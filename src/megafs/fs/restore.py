@@ -2,9 +2,11 @@
 device log series read back into the journal (:func:`restore_logged`), and
 the journal's records replayed (:func:`replay_journal`).
 
-Owns: which records are replayed and where a replay stops (a record whose
-staged blocks the store lost ends it, unless an fsync acknowledged that
-record: then the open fails).
+Owns: where a replay stops (a record whose staged blocks the store lost
+ends it, unless an fsync acknowledged that record: then the open fails),
+and keeping a restored series' base as the local state's when it has none.
+Which segments are replayed is the journal's (:meth:`Journal.pending`,
+given the mark the opening filesystem passes).
 
 May not touch: what a record means (:mod:`.replay` applies each one), the
 journal's files (the :class:`~megafs.client.journal.Journal` reads, fills

@@ -6,7 +6,7 @@ Every write goes to a temporary file in the same folder and is renamed into
 place, so a crash leaves the old or the new file, never a torn one; except a
 *staged* object (:meth:`LocalStore.stage`), written piece by piece under its
 own name while a file is written, which a crash may leave partial (its
-blocks authenticate, or the journal's replay stops there). A pointer
+blocks authenticate, or the journal's replay does not get past them). A pointer
 is fsynced before the rename and its folder after it; objects are not when
 written: :meth:`LocalStore.sync` (before every root swap) fdatasyncs the
 objects put since the last sync and their folders.

@@ -63,22 +63,35 @@ async def write_seq(fs: Filesystem, ino: int, data: bytes, piece: int = 2 * BS) 
         await fs.write(ino, off, data[off : off + piece])
 
 
+async def one_file(
+    store: Store, cache: Path, *, fsync_local: bool = False
+) -> tuple[Filesystem, int]:
+    """A new vault (SMALL layout) in ``store``, opened with a journal in
+    ``cache``, holding one empty file ``f``, committed: (filesystem, its inode)."""
+    await new_vault(store, SMALL)
+    vault = await Vault.unlock(store, PASS)
+    fs = await Filesystem.load(
+        vault, journal=Journal(str(cache), vault.keys), fsync_local=fsync_local
+    )
+    ino = (await fs.create(ROOT_INO, b"f", 0o644, 0, 0)).ino
+    await fs.commit()
+    return fs, ino
+
+
 async def test_full_chunks_are_written_once(tmp_path: Path) -> None:
     store = Calls(LocalStore(str(tmp_path / "store"), create=True))
-    await new_vault(store, SMALL)
     cache = tmp_path / "cache"
-    fs = await open_fs(store, cache)
-    f = await fs.create(ROOT_INO, b"f", 0o644, 0, 0)
+    fs, ino = await one_file(store, cache)
     data = os.urandom(3 * CS + 2 * BS + 100)  # three full chunks, then a short one
     before = journal_bytes(cache)
-    await write_seq(fs, f.ino, data)
+    await write_seq(fs, ino, data)
     # the journal names the staged blocks: far less than the data
     assert journal_bytes(cache) - before < len(data) // 8
     staged = {c[1] for c in store.calls if c[0] == "stage"}
     assert len(staged) == 4  # one per chunk (the short one's stage never fills)
     store.calls.clear()
     await fs.commit()
-    node = await fs.data.file(f.ino)
+    node = await fs.data.file(ino)
     chunk_objs = {obj_name(node.chunks[i].obj) for i in range(3)}
     assert chunk_objs <= staged  # the staged objects are the chunks: no second seal
     puts = [c for c in store.calls if c[0] == "put"]
@@ -88,27 +101,24 @@ async def test_full_chunks_are_written_once(tmp_path: Path) -> None:
     # the short chunk's stage was garbage of that commit: gone
     assert not (staged - chunk_objs) & objects(tmp_path / "store")
     fresh = await open_fs(store, tmp_path / "other-cache")
-    assert await fresh.read(f.ino, 0, len(data) + 1) == data
+    assert await fresh.read(ino, 0, len(data) + 1) == data
     await fresh.close()
 
 
 async def test_a_killed_process_replays_staged_blocks(tmp_path: Path) -> None:
     root = tmp_path / "store"
     store = LocalStore(str(root), create=True)
-    await new_vault(store, SMALL)
     cache = tmp_path / "cache"
-    fs = await open_fs(store, cache)
-    f = await fs.create(ROOT_INO, b"f", 0o644, 0, 0)
-    await fs.commit()
+    fs, ino = await one_file(store, cache)
     had = objects(root)
     data = bytearray(os.urandom(2 * CS + 3 * BS))
-    await write_seq(fs, f.ino, bytes(data))
+    await write_seq(fs, ino, bytes(data))
     # an aligned rewrite of staged blocks goes to the journal with its data,
     # and spoils that chunk's stage; then the file is cut into chunk 1
     new = os.urandom(2 * BS)
-    await fs.write(f.ino, 2 * BS, new)
+    await fs.write(ino, 2 * BS, new)
     data[2 * BS : 4 * BS] = new
-    await fs.truncate(f.ino, CS + 5 * BS)
+    await fs.truncate(ino, CS + 5 * BS)
     del data[CS + 5 * BS :]
     g = await fs.create(ROOT_INO, b"g", 0o644, 0, 0)
     await write_seq(fs, g.ino, bytes(data[:CS]))
@@ -118,26 +128,23 @@ async def test_a_killed_process_replays_staged_blocks(tmp_path: Path) -> None:
 
     fs2 = await open_fs(store, cache)
     assert fs2.replayed > 10
-    assert await fs2.read(f.ino, 0, CS * 4) == data
+    assert await fs2.read(ino, 0, CS * 4) == data
     assert await fs2.read(g.ino, 0, CS * 4) == data[:CS]
     await fs2.close()
     # the replay sealed the data afresh: the staged objects are garbage, deleted
     assert not staged & objects(root)
     fresh = await open_fs(store, tmp_path / "other-cache")
-    assert await fresh.read(f.ino, 0, CS * 4) == data
+    assert await fresh.read(ino, 0, CS * 4) == data
     await fresh.close()
 
 
 async def test_a_lost_staged_block_stops_the_replay(tmp_path: Path) -> None:
     root = tmp_path / "store"
     store = LocalStore(str(root), create=True)
-    await new_vault(store, SMALL)
     cache = tmp_path / "cache"
-    fs = await open_fs(store, cache)
-    f = await fs.create(ROOT_INO, b"f", 0o644, 0, 0)
-    await fs.commit()
+    fs, ino = await one_file(store, cache)
     first = os.urandom(CS)
-    await write_seq(fs, f.ino, first)
+    await write_seq(fs, ino, first)
     had = objects(root)
     g = await fs.create(ROOT_INO, b"g", 0o644, 0, 0)
     await fs.write(g.ino, 0, os.urandom(CS))  # one write of a whole chunk: staged
@@ -151,7 +158,7 @@ async def test_a_lost_staged_block_stops_the_replay(tmp_path: Path) -> None:
 
     fs2 = await open_fs(store, cache)
     # f's write is back; the replay stopped at g's, before the mkdir
-    assert await fs2.read(f.ino, 0, 2 * CS) == first
+    assert await fs2.read(ino, 0, 2 * CS) == first
     assert (await fs2.getattr(g.ino)).size == 0
     assert b"after" not in [e[0] for e in await fs2.readdir(ROOT_INO, 0)]
     assert list((cache / "journal").glob("*.stale"))
@@ -161,13 +168,10 @@ async def test_a_lost_staged_block_stops_the_replay(tmp_path: Path) -> None:
 async def test_fsync_logs_names_after_syncing_the_blocks(tmp_path: Path) -> None:
     root = tmp_path / "store"
     store = Calls(LocalStore(str(root), create=True))
-    await new_vault(store, SMALL)
     cache = tmp_path / "cache"
-    fs = await open_fs(store, cache)
-    f = await fs.create(ROOT_INO, b"f", 0o644, 0, 0)
-    await fs.commit()
+    fs, ino = await one_file(store, cache)
     data = os.urandom(4 * CS)
-    await write_seq(fs, f.ino, data)
+    await write_seq(fs, ino, data)
     store.calls.clear()
     await fs.fsync()
     assert fs.committer.log_puts == 1  # a log object, not a commit
@@ -178,20 +182,17 @@ async def test_fsync_logs_names_after_syncing_the_blocks(tmp_path: Path) -> None
     # reading the staged blocks back from the store
     shutil.rmtree(cache)
     fs2 = await open_fs(store, cache)
-    assert await fs2.read(f.ino, 0, len(data) + 1) == data
+    assert await fs2.read(ino, 0, len(data) + 1) == data
     await fs2.close()
 
 
 async def test_a_lost_block_an_fsync_acknowledged_refuses_the_open(tmp_path: Path) -> None:
     root = tmp_path / "store"
     store = LocalStore(str(root), create=True)
-    await new_vault(store, SMALL)
     cache = tmp_path / "cache"
-    fs = await open_fs(store, cache)
-    f = await fs.create(ROOT_INO, b"f", 0o644, 0, 0)
-    await fs.commit()
+    fs, ino = await one_file(store, cache)
     had = objects(root)
-    await write_seq(fs, f.ino, os.urandom(CS))
+    await write_seq(fs, ino, os.urandom(CS))
     (staged,) = objects(root) - had
     await fs.fsync()  # a device log object names the staged blocks
     assert fs.committer.log_puts == 1
@@ -203,12 +204,10 @@ async def test_a_lost_block_an_fsync_acknowledged_refuses_the_open(tmp_path: Pat
 
 async def test_a_failed_append_spoils_the_stage(tmp_path: Path) -> None:
     store = LocalStore(str(tmp_path / "store"), create=True)
-    await new_vault(store, SMALL)
     cache = tmp_path / "cache"
-    fs = await open_fs(store, cache)
-    f = await fs.create(ROOT_INO, b"f", 0o644, 0, 0)
+    fs, ino = await one_file(store, cache)
     data = os.urandom(CS)
-    await fs.write(f.ino, 0, data[: 2 * BS])
+    await fs.write(ino, 0, data[: 2 * BS])
     journal = fs.oplog.journal
     assert journal is not None
     real = journal.append
@@ -218,27 +217,24 @@ async def test_a_failed_append_spoils_the_stage(tmp_path: Path) -> None:
 
     journal.append = full  # type: ignore[method-assign]
     with pytest.raises(CacheFull):
-        await fs.write(f.ino, 2 * BS, data[2 * BS : 4 * BS])
+        await fs.write(ino, 2 * BS, data[2 * BS : 4 * BS])
     journal.append = real  # type: ignore[method-assign]
     # those blocks hold bytes no record names: the rest goes to the journal
     before = journal_bytes(cache)
     for off in range(2 * BS, CS, 2 * BS):
-        await fs.write(f.ino, off, data[off : off + 2 * BS])
+        await fs.write(ino, off, data[off : off + 2 * BS])
     assert journal_bytes(cache) - before > CS - 2 * BS
     await fs.commit()
-    assert await fs.read(f.ino, 0, CS) == data
+    assert await fs.read(ino, 0, CS) == data
     await fs.close()
 
 
 async def test_fsync_local_journals_the_data(tmp_path: Path) -> None:
     store = LocalStore(str(tmp_path / "store"), create=True)
-    await new_vault(store, SMALL)
     cache = tmp_path / "cache"
-    vault = await Vault.unlock(store, PASS)
-    fs = await Filesystem.load(vault, journal=Journal(str(cache), vault.keys), fsync_local=True)
-    f = await fs.create(ROOT_INO, b"f", 0o644, 0, 0)
+    fs, ino = await one_file(store, cache, fsync_local=True)
     before = journal_bytes(cache)
-    await write_seq(fs, f.ino, os.urandom(2 * CS))
+    await write_seq(fs, ino, os.urandom(2 * CS))
     # an fsync then syncs only the journal: the data must be in it
     assert journal_bytes(cache) - before > 2 * CS
     await fs.close()
@@ -252,13 +248,10 @@ async def test_a_lost_acknowledged_block_refuses_the_open_after_another_device(
     rather than set the journal (and what an fsync acknowledged) aside."""
     root = tmp_path / "store"
     store = LocalStore(str(root), create=True)
-    await new_vault(store, SMALL)
     monkeypatch.setenv("MEGAFS_STATE_DIR", str(tmp_path / "a-state"))
-    a = await open_fs(store, tmp_path / "a")
-    f = await a.create(ROOT_INO, b"f", 0o644, 0, 0)
-    await a.commit()
+    a, ino = await one_file(store, tmp_path / "a")
     had = objects(root)
-    await write_seq(a, f.ino, os.urandom(CS))
+    await write_seq(a, ino, os.urandom(CS))
     (staged,) = objects(root) - had
     await a.fsync()
     assert a.committer.log_puts == 1

@@ -544,9 +544,9 @@ class Journal:
         """The record :meth:`pending` gave last cannot be applied (``why``):
         set its segment and every later one aside (``.stale``), as after a
         torn record. Call before ending the iteration."""
-        first = self.replaying[0] if self.replaying is not None else None
+        first = self.replaying[0] if self.replaying is not None else 0
         for seg in self._segments():
-            if first is not None and seg >= first:
+            if seg >= first:
                 os.rename(self.segment_path(seg), self.segment_path(seg) + ".stale")
         log.warning(
             "journal replay stopped in segment %s (%s; a crashed machine?): it and the "

@@ -254,9 +254,10 @@ class Store(abc.ABC):
         """Write ``data`` at ``offset`` of object ``name``, made if missing,
         in place: until it is whole the object exists with only some of its
         bytes. Durable at the next :meth:`sync`, like a put. Synchronous (a
-        write to the page cache, in the caller's thread); raises StoreError.
-        Only where :meth:`can_stage`."""
-        raise NotImplementedError
+        write to the page cache, in the caller's thread); raises StoreError,
+        as this default does: a store that cannot stage refuses, and the
+        caller journals the data instead."""
+        raise StoreError(f"{self.url} cannot write an object in place ({name})")
 
     def unstage(self, name: str) -> None:  # noqa: B027 - optional hook
         """Nothing more will be staged into ``name``: let go of what writing

@@ -8,6 +8,7 @@ Run from the repository root (one heavy job at a time), as root for
 ``--drop-caches``:
 
     python3 bench/random_reads.py [--size 256M] [--reads 20000] [--threads 1] [--src DIR]
+        [--init '--block-size 4K']
 
 ``--src`` measures another checkout's ``src`` folder (e.g. a
 ``git worktree`` of an older commit).
@@ -42,6 +43,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--src", default=str(ROOT / "src"))
     ap.add_argument("--drop-caches", action="store_true")
+    ap.add_argument("--init", default="", help="more `megafs init` options, e.g. '--block-size 4K'")
     ap.add_argument("--threads", type=int, default=1, help="readers at once, sharing the reads")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="megafs-rand-") as tmp:
@@ -64,7 +66,8 @@ def main() -> None:
         def mount() -> None:
             run(*megafs, "mount", store, mnt, "--cache-dir", base / f"c{time.monotonic_ns()}")
 
-        run(*megafs, "init", store, "--kdf-memory", "8192", "--kdf-iterations", "1")
+        run(*megafs, "init", store, "--kdf-memory", "8192", "--kdf-iterations", "1",
+            *args.init.split())
         mount()
         block = os.urandom(1 << 20)
         with open(mnt / "big.bin", "wb") as f:

@@ -177,6 +177,16 @@ def test_init_creates_missing_folder_and_honours_chunk_size(tmp_path: Path, run:
     assert proc.returncode == 0, proc.stderr
     proc = run("info", url, env=pw())
     assert "chunk size:      262144 bytes (256 KiB)" in proc.stdout
+    assert "block size:      65536 bytes (64 KiB)" in proc.stdout
+
+
+def test_init_honours_block_size(tmp_path: Path, run: Cli) -> None:
+    url = f"file://{tmp_path}/store"
+    proc = run("init", url, *KDF_ARGS, "--block-size", "4K", "--chunk-size", "8M", env=pw())
+    assert proc.returncode == 0, proc.stderr
+    proc = run("info", url, env=pw())
+    assert "chunk size:      8388608 bytes (8 MiB)" in proc.stdout
+    assert "block size:      4096 bytes (4 KiB)" in proc.stdout
 
 
 @pytest.mark.parametrize(
@@ -188,6 +198,10 @@ def test_init_creates_missing_folder_and_honours_chunk_size(tmp_path: Path, run:
         ["--chunk-size", "1000"],
         ["--chunk-size", "100000"],  # not a multiple of the block size
         ["--chunk-size", "lots"],
+        ["--chunk-size", "0"],
+        ["--block-size", "2K"],  # below the smallest block
+        ["--block-size", "2M"],  # larger than the chunk
+        ["--block-size", "48K"],  # the chunk is not a multiple of it
     ],
 )
 def test_init_bad_options_are_usage_errors(tmp_path: Path, run: Cli, opts: list[str]) -> None:

@@ -588,9 +588,11 @@ def test_model_against_a_plain_folder(tmp_path: Path) -> None:
 
 @pytest.fixture
 def small_chunk_drive(tmp_path: Path, any_store_url: tuple[str, dict[str, str]]) -> Iterator[Drive]:
-    """A mounted vault with 64 KiB chunks (the writes above cross chunk boundaries)."""
+    """A mounted vault with 64 KiB chunks of four 16 KiB blocks (the writes
+    above cross chunk and block boundaries)."""
     url, env = any_store_url
-    with mounted_drive(url, tmp_path, env, init_args=("--chunk-size", "64K")) as drive:
+    init_args = ("--chunk-size", "64K", "--block-size", "16K")
+    with mounted_drive(url, tmp_path, env, init_args=init_args) as drive:
         yield drive
 
 

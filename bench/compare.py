@@ -200,6 +200,7 @@ class Params:
     sqlite_txns: int = 300  # per run and journal mode
     bigdir_files: int = 100_000  # empty files in the one folder `ls -l` lists
     systems: list[str] = field(default_factory=lambda: list(SYSTEMS))
+    megafs_init: tuple[str, ...] = ()  # more `megafs init` options for every megafs vault
     groups: list[str] = field(
         default_factory=lambda: ["seq", "rand", "tree", "mount", "fsync", "sqlite", "bigdir"])
 
@@ -496,12 +497,13 @@ class Megafs(System):
     """megafs through its CLI (from the source snapshot), a fresh cache folder per mount."""
 
     def __init__(self, base: Path, name: str, url: str, env: dict[str, str],
-                 mount_args: tuple[str, ...] = ()) -> None:
+                 mount_args: tuple[str, ...] = (), init_args: tuple[str, ...] = ()) -> None:
         super().__init__(base)
         self.name = name
         self.url = url
         self.env = env
         self.mount_args = mount_args
+        self.init_args = init_args
         self.run_dir = base / "run"
         self.log_file = base / "daemon.log"
         self._pid: int | None = None
@@ -529,7 +531,7 @@ class Megafs(System):
                    check=check)
 
     def setup(self) -> None:
-        self.megafs("init", self.url, *KDF)
+        self.megafs("init", self.url, *KDF, *self.init_args)
 
     def mount(self) -> None:
         cache = self._fresh_dir("cache")
@@ -1451,6 +1453,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Params]:
     ap.add_argument("--megafs-rev", default="HEAD",
                     help="git revision of src/megafs to measure, or 'worktree' for the files "
                          "as they are (default HEAD: the last commit, whatever is being edited)")
+    ap.add_argument("--megafs-init", default="", metavar="OPTIONS",
+                    help="more `megafs init` options for every megafs vault, e.g. "
+                         "'--block-size 4K --chunk-size 8M' (default: none)")
     ap.add_argument("--profile", type=Path, metavar="DIR",
                     help="record a py-spy profile (speedscope JSON) of the megafs daemon "
                          "during every timed phase into DIR (slows megafs a little)")
@@ -1474,6 +1479,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Params]:
             ap.error(f"unknown systems: {', '.join(sorted(unknown))}")
     if a.no_readahead_variants:
         p.readahead_variants = False
+    p.megafs_init = tuple(a.megafs_init.split())
     if a.only:
         p.groups = a.only.split(",")
     if p.size_mib < 1 or p.runs < 1:
@@ -1540,10 +1546,11 @@ def main(argv: list[str] | None = None) -> int:
             sysm: System
             if name == "megafs-s3":
                 env = Megafs.make_env(base, pysrc, s3.env)
-                sysm = Megafs(base, name, f"s3://{s3.bucket}/megafs", env)
+                sysm = Megafs(base, name, f"s3://{s3.bucket}/megafs", env,
+                              init_args=p.megafs_init)
             elif name == "megafs-local":
                 env = Megafs.make_env(base, pysrc, {})
-                sysm = Megafs(base, name, str(base / "store"), env)
+                sysm = Megafs(base, name, str(base / "store"), env, init_args=p.megafs_init)
             elif name == "rclone":
                 sysm = Rclone(base, tools["rclone"], s3)
             elif name == "juicefs":
@@ -1572,7 +1579,7 @@ def main(argv: list[str] | None = None) -> int:
                 base = work / vname
                 url = s.url + suffix if s.url.startswith("s3://") else str(base / "store")
                 env = Megafs.make_env(base, pysrc, s3.env if s.url.startswith("s3://") else {})
-                v = Megafs(base, vname, url, env, options)
+                v = Megafs(base, vname, url, env, options, s.init_args)
                 systems[vname] = v
                 v.setup()
                 v.mount()
@@ -1609,7 +1616,7 @@ def main(argv: list[str] | None = None) -> int:
                            else str(base / "store"))
                     env = Megafs.make_env(base, pysrc, s3.env if s.url.startswith("s3://")
                                           else {})
-                    m = Megafs(base, s.name, url, env)
+                    m = Megafs(base, s.name, url, env, init_args=s.init_args)
                     extra_cleanup.append(m)
                     return m
 

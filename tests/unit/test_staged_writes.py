@@ -58,6 +58,13 @@ def objects(root: Path) -> set[str]:
     return {p.name for p in (root / "objects").glob("*/*") if ".tmp." not in p.name}
 
 
+async def reads_back(store: Store, cache: Path, ino: int, want: bytes | bytearray) -> None:
+    """A fresh open with journal folder ``cache`` reads file ``ino`` as ``want``."""
+    fs = await open_fs(store, cache)
+    assert await fs.read(ino, 0, len(want) + 1) == want
+    await fs.close()
+
+
 async def write_seq(fs: Filesystem, ino: int, data: bytes, piece: int = 2 * BS) -> None:
     for off in range(0, len(data), piece):
         await fs.write(ino, off, data[off : off + piece])
@@ -100,9 +107,7 @@ async def test_full_chunks_are_written_once(tmp_path: Path) -> None:
     await fs.close()
     # the short chunk's stage was garbage of that commit: gone
     assert not (staged - chunk_objs) & objects(tmp_path / "store")
-    fresh = await open_fs(store, tmp_path / "other-cache")
-    assert await fresh.read(ino, 0, len(data) + 1) == data
-    await fresh.close()
+    await reads_back(store, tmp_path / "other-cache", ino, data)
 
 
 async def test_a_killed_process_replays_staged_blocks(tmp_path: Path) -> None:
@@ -133,9 +138,7 @@ async def test_a_killed_process_replays_staged_blocks(tmp_path: Path) -> None:
     await fs2.close()
     # the replay sealed the data afresh: the staged objects are garbage, deleted
     assert not staged & objects(root)
-    fresh = await open_fs(store, tmp_path / "other-cache")
-    assert await fresh.read(ino, 0, CS * 4) == data
-    await fresh.close()
+    await reads_back(store, tmp_path / "other-cache", ino, data)
 
 
 async def test_a_lost_staged_block_stops_the_replay(tmp_path: Path) -> None:
@@ -181,9 +184,7 @@ async def test_fsync_logs_names_after_syncing_the_blocks(tmp_path: Path) -> None
     # the machine is lost: a new cache folder restores from the device log,
     # reading the staged blocks back from the store
     shutil.rmtree(cache)
-    fs2 = await open_fs(store, cache)
-    assert await fs2.read(ino, 0, len(data) + 1) == data
-    await fs2.close()
+    await reads_back(store, cache, ino, data)
 
 
 async def test_a_lost_block_an_fsync_acknowledged_refuses_the_open(tmp_path: Path) -> None:

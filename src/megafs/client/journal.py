@@ -79,6 +79,12 @@ def _segments(folder: str) -> list[int]:
     return sorted(out)
 
 
+def decode_record(plain: bytes) -> list[Any]:
+    """A journal record from its plaintext (a segment's, or a device log's)."""
+    rec: list[Any] = msgpack.unpackb(plain, raw=False, strict_map_key=False)
+    return rec
+
+
 def _aad(keys: Keys, seg: int, recno: int) -> bytes:
     return _AAD + keys.vault_id + struct.pack(">QQ", seg, recno)
 
@@ -381,7 +387,7 @@ class Journal:
         for seg, plains in by_seg.items():
             path = self.segment_path(seg)
             have = self.read_segment(seg)[0] if os.path.exists(path) else []
-            want = [msgpack.unpackb(p, raw=False, strict_map_key=False) for p in plains]
+            want = [decode_record(p) for p in plains]
             if have[: len(want)] == want:
                 continue  # the local segment holds the log's records (and maybe more)
             tmp = f"{path}.tmp"
@@ -396,7 +402,7 @@ class Journal:
             if seg == max(by_seg):
                 for later in self._segments():
                     if later > seg:
-                        os.rename(self.segment_path(later), self.segment_path(later) + ".stale")
+                        self._stale(later)
                         log.warning(
                             "journal segment %d not applied: segment %d before it was cut "
                             "(a crashed machine?) and restored only up to the device log's "
@@ -442,12 +448,16 @@ class Journal:
         (:meth:`adopt_id`) and not yet replaced by one of its own."""
         return os.path.exists(os.path.join(self.dir, "borrowed"))
 
+    def _stale(self, seg: int) -> None:
+        """Keep segment ``seg`` aside, never to be replayed (``*.stale``)."""
+        os.rename(self.segment_path(seg), self.segment_path(seg) + ".stale")
+
     def set_aside(self, why: str) -> None:
         """Rename every segment to ``*.stale`` (kept, never replayed), with a
         warning saying ``why``."""
         segs = self._segments()
         for seg in segs:
-            os.rename(self.segment_path(seg), self.segment_path(seg) + ".stale")
+            self._stale(seg)
         if segs:
             log.warning(
                 "%d journal segment(s) kept in %s and not applied: %s", len(segs), self.dir, why
@@ -512,7 +522,7 @@ class Journal:
             except crypto.AuthFailed:
                 log.warning("journal segment %d record %d fails authentication", seg, recno)
                 return out, False
-            out.append(msgpack.unpackb(plain, raw=False, strict_map_key=False))
+            out.append(decode_record(plain))
             pos += 4 + n
             recno += 1
         return out, True
@@ -544,10 +554,11 @@ class Journal:
         """The record :meth:`pending` gave last cannot be applied (``why``):
         set its segment and every later one aside (``.stale``), as after a
         torn record. Call before ending the iteration."""
-        first = self.replaying[0] if self.replaying is not None else 0
+        assert self.replaying is not None, "no record was given yet"
+        first = self.replaying[0]
         for seg in self._segments():
             if seg >= first:
-                os.rename(self.segment_path(seg), self.segment_path(seg) + ".stale")
+                self._stale(seg)
         log.warning(
             "journal replay stopped in segment %s (%s; a crashed machine?): it and the "
             "segments after it were not applied further and are kept in %s",
@@ -565,7 +576,7 @@ class Journal:
                 if covered is not None and seg <= covered:
                     os.unlink(self.segment_path(seg))  # in a root already
                 elif seg > 0:
-                    os.rename(self.segment_path(seg), self.segment_path(seg) + ".stale")
+                    self._stale(seg)
                     kept += 1
             if kept:
                 log.warning(
@@ -582,7 +593,7 @@ class Journal:
                 os.unlink(self.segment_path(seg))
                 continue
             if cut is not None:
-                os.rename(self.segment_path(seg), self.segment_path(seg) + ".stale")
+                self._stale(seg)
                 log.warning(
                     "journal segment %d not applied: segment %d before it is cut short "
                     "(a crashed machine?); kept in %s",

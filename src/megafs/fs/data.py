@@ -99,7 +99,10 @@ class DataPath:
         cache: ContentCache | None,
         block_cache_bytes: int,
         packs_small_chunks: bool,
+        stages: bool = True,
     ) -> None:
+        """``stages``: whether full chunks may be sealed into their objects as
+        they are written, where the store can (:class:`~.staging.Stager`)."""
         self.table = table
         self.content = content
         self.collector = collector
@@ -124,7 +127,7 @@ class DataPath:
         self._cache_slots = trio.Semaphore(CACHE_WRITES)
         self._pack_slots = trio.Semaphore(PACK_UPLOADS)
         #: full chunks written once, into their objects (a local folder)
-        self.stager = Stager(content, collector, oplog)
+        self.stager = Stager(content, collector, oplog, enabled=stages)
         #: what keeps blocks fetched from the store: nothing when there is no
         #: disk cache, or one of size 0 (a local store's)
         self._keep: KeepFn | None = (
@@ -436,14 +439,21 @@ class DataPath:
             return False
         assert buf is not None
         self.stager.close(st)
+        pend = Pending(node, idx, None, uploaded=True)  # its bytes are in the store
+        self._make_pending(node, idx, buf, ChunkRef(st.obj, cs), pend)
+        return True
+
+    def _make_pending(
+        self, node: Inode, idx: int, buf: bytearray, ref: ChunkRef, pend: Pending
+    ) -> None:
+        """Dirty chunk ``idx`` of ``node`` (``buf``) becomes ``pend``, under
+        ``ref``: the next commit references it. No await."""
         del node.dirty[idx]
         self.dirty_bytes -= len(buf)
-        ref = ChunkRef(st.obj, cs)
-        self.pending[ref] = Pending(node, idx, None, uploaded=True)
+        self.pending[ref] = pend
         node.chunks[idx] = ref
         node.body_dirty = True
         self.table.touch(node)
-        return True
 
     def end_stages(self) -> None:
         """End every stage (:meth:`_end_stage`): a snapshot is being taken,
@@ -462,6 +472,8 @@ class DataPath:
         StagedDataLost if the store does not hold them (a crashed machine
         lost them: :func:`~.restore.replay_journal` decides whether the
         replay stops there or the open fails). Blocks on the store."""
+        self.stager.retire_replayed(obj)
+        await self.file(ino)  # (a record that no longer applies is skipped unread)
         data = await self.stager.read_back(offset, length, obj, file_key, file_id)
         return await self.write(ino, offset, data)
 
@@ -487,14 +499,9 @@ class DataPath:
         ):
             self._upload_slots.release()
             return
-        del node.dirty[idx]
-        self.dirty_bytes -= len(buf)
         pend = Pending(node, idx, buf)  # out of node.dirty: nothing changes it now
         ref = ChunkRef(crypto.new_id(), len(buf))
-        self.pending[ref] = pend
-        node.chunks[idx] = ref
-        node.body_dirty = True
-        self.table.touch(node)
+        self._make_pending(node, idx, buf, ref, pend)
         self._nursery.start_soon(self._early_task, ref, pend)
 
     async def _early_task(self, ref: ChunkRef, pend: Pending) -> None:

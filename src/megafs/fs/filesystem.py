@@ -163,11 +163,8 @@ class Filesystem:
             cache=cache,
             block_cache_bytes=block_cache_bytes,
             packs_small_chunks=packed,
+            stages=not fsync_local,
         )
-        if fsync_local:
-            # an fsync then names only local journal segments: what they
-            # acknowledge must not lie in store objects nothing else names
-            self.data.stager.enabled = False
         self.namespace = Namespace(self.table, self.data, self.collector, self.oplog, root, device)
         self.committer = Committer(
             vault,

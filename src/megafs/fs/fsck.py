@@ -36,9 +36,9 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-import msgpack
 import trio
 
+from ..client.journal import decode_record
 from ..errors import IntegrityError, MegafsError, ObjectNotFound, VaultBusy
 from ..format import crypto
 from ..stores.base import MAX_OBJECT_SIZE, Refused
@@ -245,7 +245,7 @@ async def _series(
     into.update(log_id(vault.keys, device, journal, mark, gen, k) for k in range(count))
     # the objects its records staged blocks into (a local folder's writes)
     for _, _, plain in records:
-        obj = staged_object(msgpack.unpackb(plain, raw=False, strict_map_key=False))
+        obj = staged_object(decode_record(plain))
         if obj is not None:
             into.add(obj)
 

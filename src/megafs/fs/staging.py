@@ -54,14 +54,18 @@ async def _no_keep(cname: str, first_block: int, sealed: bytes) -> None:
 
 class Stager:
     """The stages of one filesystem. ``enabled`` where the store can stage
-    (a local folder) and fsyncs reach the store (not ``-o fsync=local``)."""
+    (a local folder) and the caller allows it: not with ``-o fsync=local``,
+    whose fsyncs name only local journal segments, so what they acknowledge
+    must not lie in store objects nothing else names."""
 
-    def __init__(self, content: Content, collector: Collector, oplog: OpLog) -> None:
+    def __init__(
+        self, content: Content, collector: Collector, oplog: OpLog, *, enabled: bool = True
+    ) -> None:
         self.content = content
         self.collector = collector
         self.oplog = oplog
         self.layout = content.layout
-        self.enabled = content.can_stage()
+        self.enabled = enabled and content.can_stage()
         self._stages: dict[tuple[int, int], Stage] = {}  # by (inode, chunk index)
         self._replayed: set[bytes] = set()  # objects replayed records named
         self._failing = False  # (warn once until staging works again)
@@ -87,7 +91,7 @@ class Stager:
         if offset % bs or n % bs or not n or offset // cs != (offset + n - 1) // cs:
             return None
         idx = offset // cs
-        blocks = range((offset % cs) // bs, (offset % cs + n) // bs)
+        blocks = range(*self.layout.block_span(offset % cs, n, cs))
         st = self._stages.get((node.ino, idx))
         if st is None:
             if blocks[0] != 0 or len(self._stages) >= MAX_STAGES:
@@ -174,23 +178,26 @@ class Stager:
         self.close(st)
         self.collector.retire_chunk(ChunkRef(st.obj, self.layout.chunk_size), unborn=True)
 
+    def retire_replayed(self, obj: bytes) -> None:
+        """``obj``, which a replayed ``ws`` record names, is garbage once the
+        replay's commit is in (its blocks are written again, or no longer
+        needed). No await."""
+        if obj not in self._replayed:
+            self._replayed.add(obj)
+            self.collector.retire_chunk(ChunkRef(obj, self.layout.chunk_size), unborn=True)
+
     async def read_back(
         self, offset: int, length: int, obj: bytes, file_key: bytes, file_id: bytes
     ) -> bytes:
         """The plaintext a ``ws`` record staged: ``length`` bytes at file
         offset ``offset`` in ``obj``, sealed under ``file_key`` and
-        ``file_id``. ``obj`` is garbage once the replay's commit is in.
-        Raises StagedDataLost if the store does not hold them whole and
-        authentic. Blocks on the store."""
-        cs, bs = self.layout.chunk_size, self.layout.block_size
-        ref = ChunkRef(obj, cs)
-        if obj not in self._replayed:
-            self._replayed.add(obj)
-            self.collector.retire_chunk(ref, unborn=True)
-        first = (offset % cs) // bs
+        ``file_id``. Raises StagedDataLost if the store does not hold them
+        whole and authentic. Blocks on the store."""
+        cs = self.layout.chunk_size
+        first, last = self.layout.block_span(offset % cs, length, cs)
         try:
             plain = await self.content.open_blocks(
-                ref, file_key, file_id, offset // cs, first, first + length // bs, keep=_no_keep
+                ChunkRef(obj, cs), file_key, file_id, offset // cs, first, last, keep=_no_keep
             )
         except IntegrityError as e:
             raise StagedDataLost(e.obj, e.detail) from None
